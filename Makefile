@@ -1,0 +1,24 @@
+# Everything runs inside .venv, which `make setup` creates from a bare python3.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test clean
+
+$(BIN)/widen: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/widen
+
+setup: $(BIN)/widen
+
+# A real training run on scikit-learn's built-in digits data, on CPU, in seconds.
+demo: setup
+	$(BIN)/widen train --dataset digits --model mlp --width 32 --epochs 5
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

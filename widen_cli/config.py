@@ -1,0 +1,191 @@
+"""Compose `conf/` with Hydra and validate it once into typed, frozen dataclasses."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from widen_cli.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+DATASETS = ("cifar10", "cifar100", "svhn", "mnist", "imagenet", "imagefolder", "digits", "synthetic")
+MODELS = ("mlp", "resnet18")
+METHODS = ("dense",)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    root: str | None = None
+    download: bool = False
+    num_classes: int | None = None
+    image_size: int = 32
+    subset: int | None = None
+    augment: tuple[str, ...] = ()
+    channels: int = 3  # synthetic only
+    train_size: int = 256  # synthetic only
+    test_size: int = 128  # synthetic only
+    data_seed: int = 0  # synthetic only
+    workers: int = 8  # image folders only
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    hidden_layers: int = 1
+    activation: str = "relu"
+    bias: bool = True
+    parameterization: str = "standard"
+    stem: str = "auto"
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    schedule: str
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: DatasetConfig
+    model: ModelConfig
+    method: MethodConfig
+    optim: OptimConfig
+    width: int
+    base_width: int
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs"
+    name: str | None = None
+
+    def identity(self) -> dict:
+        """Everything that defines the experiment: not where it runs, nor where files and data live."""
+        d = asdict(self)
+        for k in ("out", "name", "device"):
+            d.pop(k)
+        for k in ("root", "download", "workers"):
+            d["dataset"].pop(k)
+        return d
+
+    def run_name(self) -> str:
+        """Readable parts plus a short hash of everything else, so a command always finds its folder."""
+        if self.name:
+            return self.name
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.dataset.name}-{self.model.name}-{self.method.name}-w{self.width}-s{self.seed}-{digest}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.run_name()
+
+
+def _choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose_config(overrides: list[str] = ()) -> DictConfig:
+    """Compose conf/config.yaml with Hydra overrides; user mistakes become UserError."""
+    overrides = list(overrides)
+    for o in overrides:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if "=" not in o and not o.startswith("~"):
+            raise UserError(f"override {o!r} is not of the form key=value")
+        for group in ("dataset", "model", "method", "optim", "experiment"):
+            if key == group and "=" in o and o.split("=", 1)[1] not in _choices(group):
+                raise UserError(
+                    f"unknown {group} {o.split('=', 1)[1]!r}; valid: {', '.join(_choices(group))}"
+                )
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"bad override: {first}") from None
+
+
+def _build(cls, node: DictConfig):
+    data = OmegaConf.to_container(node, resolve=True)
+    known = {f.name for f in fields(cls)}
+    for k, v in list(data.items()):
+        if k not in known:
+            raise UserError(f"unknown key {node._get_full_key(k)!r}")
+        if isinstance(v, list):
+            data[k] = tuple(v)
+    return cls(**data)
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Check the composed config once, at the edge, and freeze it into a RunConfig."""
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        if "dataset.root" in missing:
+            raise UserError(f"dataset {cfg.dataset.name} needs --data-root (a folder with train/ and val/)")
+        raise UserError(f"missing value for: {', '.join(sorted(missing))}")
+    try:
+        ds = _build(DatasetConfig, cfg.dataset)
+        model = _build(ModelConfig, cfg.model)
+        method = _build(MethodConfig, cfg.method)
+        optim = _build(OptimConfig, cfg.optim)
+        top = {k: cfg[k] for k in ("width", "base_width", "seed", "device", "out", "name")}
+    except (OmegaConfBaseException, TypeError) as e:
+        raise UserError(f"invalid config: {str(e).splitlines()[0]}") from None
+
+    def integer(name, value, minimum):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    width = integer("width", top["width"], 1)
+    base_width = width if top["base_width"] is None else integer("base_width", top["base_width"], 1)
+    if method.name == "dense" and base_width != width:
+        # A dense member's budget is its own width; a different base width needs a budget method.
+        base_width = width
+    integer("seed", top["seed"], 0)
+    integer("optim.epochs", optim.epochs, 1)
+    integer("optim.batch_size", optim.batch_size, 1)
+    if ds.subset is not None:
+        integer("dataset.subset", ds.subset, 1)
+    integer("dataset.image_size", ds.image_size, 1)
+    integer("model.hidden_layers", model.hidden_layers, 1)
+    for key, value, valid in (
+        ("model.activation", model.activation, ("relu", "linear")),
+        ("model.parameterization", model.parameterization, ("standard", "ntk")),
+        ("model.stem", model.stem, ("auto", "cifar", "imagenet")),
+        ("optim.schedule", optim.schedule, ("multistep", "cosine", "constant")),
+        ("optim.name", optim.name, ("sgd",)),
+    ):
+        if value not in valid:
+            raise UserError(f"{key} must be one of {', '.join(valid)}, got {value!r}")
+    if not (optim.lr > 0):
+        raise UserError(f"optim.lr must be > 0, got {optim.lr}")
+    device = str(top["device"])
+    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return RunConfig(
+        dataset=ds, model=model, method=method, optim=optim, width=width, base_width=base_width,
+        seed=top["seed"], device=device, out=str(top["out"]), name=top["name"],
+    )
+
+
+def load(overrides: list[str] = ()) -> tuple[DictConfig, RunConfig]:
+    cfg = compose_config(overrides)
+    return cfg, validate(cfg)

@@ -1,0 +1,268 @@
+"""Datasets: read from disk once, then served as batches on the training device.
+
+CIFAR-10/100, SVHN, MNIST, digits and synthetic data are small: they are decoded once into a uint8
+tensor and augmented on the device in whole batches (no per-image PIL work). ImageNet-style folders
+stream through a multi-worker DataLoader with the paper's transforms.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from widen_cli.config import DatasetConfig
+from widen_cli.errors import UserError
+from widen_cli.models import InputSpec
+
+# Fixed seed for `dataset.subset`: every run (any seed, any width) sees the same N samples.
+SUBSET_SEED = 0
+EVAL_BATCH = 1000
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+
+
+class TensorLoader:
+    """Batches from an in-memory uint8 dataset, normalised and (for training) augmented on the device."""
+
+    def __init__(self, split: Split, mean: torch.Tensor, std: torch.Tensor, batch_size: int,
+                 device: torch.device, augment: tuple[str, ...] = (), shuffle: bool = False, seed: int = 0):
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.mean = mean.to(device).view(1, -1, 1, 1)
+        self.std = std.to(device).view(1, -1, 1, 1)
+        self.batch_size, self.augment, self.shuffle = batch_size, augment, shuffle
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self):
+        n = len(self.labels)
+        device = self.labels.device
+        order = torch.randperm(n, generator=self.generator, device=device) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
+            x = self.images[idx].float().div_(255)
+            if "crop" in self.augment:
+                x = random_crop(x, 4, self.generator)
+            if "flip" in self.augment:
+                x = random_flip(x, self.generator)
+            yield (x - self.mean) / self.std, self.labels[idx]
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's RandomCrop(size, padding) for a whole batch: zero-pad, then a random window each."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    oy = torch.randint(0, 2 * padding + 1, (b, 1), generator=generator, device=x.device)
+    ox = torch.randint(0, 2 * padding + 1, (b, 1), generator=generator, device=x.device)
+    rows = (oy + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (ox + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+# ---------------------------------------------------------------- readers of each on-disk format
+
+def _torchvision_split(cls, root: Path, train: bool, download: bool, **kw) -> Split:
+    ds = cls(str(root), train=train, download=download, **kw)
+    images = torch.as_tensor(ds.data)
+    if images.ndim == 3:  # MNIST: N x H x W
+        images = images.unsqueeze(1)
+    elif images.shape[-1] == 3:  # CIFAR: N x H x W x C
+        images = images.permute(0, 3, 1, 2)
+    return Split(images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long))
+
+
+def _svhn_split(root: Path, train: bool, download: bool) -> Split:
+    from torchvision.datasets import SVHN
+
+    ds = SVHN(str(root), split="train" if train else "test", download=download)
+    return Split(torch.as_tensor(ds.data), torch.as_tensor(ds.labels, dtype=torch.long))
+
+
+def _digits_splits() -> tuple[Split, Split]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.as_tensor(digits.images * (255 / 16)).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.as_tensor(digits.target, dtype=torch.long)
+    tr, te = train_test_split(range(len(labels)), test_size=0.2, random_state=0, stratify=digits.target)
+    return Split(images[tr], labels[tr]), Split(images[te], labels[te])
+
+
+def _synthetic_splits(cfg: DatasetConfig) -> tuple[Split, Split]:
+    """A learnable toy problem: each class is a fixed random prototype plus per-sample noise."""
+    g = torch.Generator().manual_seed(cfg.data_seed)
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    prototypes = torch.rand(cfg.num_classes, *shape, generator=g)
+
+    def make(n):
+        labels = torch.randint(0, cfg.num_classes, (n,), generator=g)
+        x = 0.6 * prototypes[labels] + 0.4 * torch.rand(n, *shape, generator=g)
+        return Split((x * 255).round().to(torch.uint8), labels)
+
+    return make(cfg.train_size), make(cfg.test_size)
+
+
+def _expected(cfg: DatasetConfig, root: Path) -> str:
+    """The path a torchvision dataset expects, for error messages."""
+    return {
+        "cifar10": root / "cifar-10-batches-py",
+        "cifar100": root / "cifar-100-python",
+        "svhn": root / "train_32x32.mat and test_32x32.mat",
+        "mnist": root / "MNIST" / "raw",
+    }[cfg.name].as_posix()
+
+
+def _read_torchvision(cfg: DatasetConfig) -> tuple[Split, Split]:
+    from torchvision import datasets
+
+    root = Path(cfg.root)
+    if not cfg.download and not root.is_dir():
+        raise UserError(f"data root {root} does not exist; expected {cfg.name} at {_expected(cfg, root)} "
+                        f"(pass --download to fetch it, or --data-root to point at it)")
+    readers = {
+        "cifar10": lambda train: _torchvision_split(datasets.CIFAR10, root, train, cfg.download),
+        "cifar100": lambda train: _torchvision_split(datasets.CIFAR100, root, train, cfg.download),
+        "mnist": lambda train: _torchvision_split(datasets.MNIST, root, train, cfg.download),
+        "svhn": lambda train: _svhn_split(root, train, cfg.download),
+    }
+    try:
+        return readers[cfg.name](True), readers[cfg.name](False)
+    except UserError:
+        raise
+    except Exception as e:  # torchvision reports missing/corrupt files as RuntimeError, unpickling errors, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"could not read {cfg.name} from {_expected(cfg, root)} ({reason}); "
+                        f"pass --download to fetch it, or --data-root to point at it") from None
+
+
+def _resize(split: Split, size: int) -> Split:
+    if split.images.shape[-1] == size and split.images.shape[-2] == size:
+        return split
+    x = F.interpolate(split.images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return Split(x.round().clamp(0, 255).to(torch.uint8), split.labels)
+
+
+def _subset(split: Split, n: int | None) -> Split:
+    if n is None:
+        return split
+    if n > len(split.labels):
+        raise UserError(f"dataset.subset={n} but the training set has only {len(split.labels)} samples")
+    idx = torch.randperm(len(split.labels), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n]
+    return Split(split.images[idx], split.labels[idx])
+
+
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units (computed on the training split)."""
+    x = images.transpose(0, 1).reshape(images.shape[1], -1)
+    mean = torch.stack([c.double().mean() for c in x]) / 255
+    std = torch.stack([c.double().std() for c in x]) / 255
+    return mean.float(), std.clamp_min(1e-6).float()
+
+
+def load_tensors(cfg: DatasetConfig) -> tuple[Split, Split]:
+    """Both splits of an in-memory dataset as uint8 tensors at the configured image size."""
+    if cfg.name == "digits":
+        train, test = _digits_splits()
+    elif cfg.name == "synthetic":
+        train, test = _synthetic_splits(cfg)
+    else:
+        train, test = _read_torchvision(cfg)
+    return _resize(train, cfg.image_size), _resize(test, cfg.image_size)
+
+
+# ---------------------------------------------------------------- image folders (ImageNet and others)
+
+class FolderLoader:
+    """A DataLoader over an ImageFolder, moving each batch to the device."""
+
+    def __init__(self, loader, device: torch.device):
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.loader.dataset)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: int):
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    root = Path(cfg.root)
+    for part in ("train", "val"):
+        if not (root / part).is_dir():
+            raise UserError(f"{cfg.name}: expected class folders under {root / part} "
+                            f"(layout <root>/train/<class>/*, <root>/val/<class>/*)")
+    size = cfg.image_size
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = [transforms.RandomResizedCrop(size, scale=(0.2, 1.0))]
+    if "flip" in cfg.augment:
+        train_tf.append(transforms.RandomHorizontalFlip())
+    test_tf = [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size)]
+    try:
+        train = datasets.ImageFolder(root / "train", transforms.Compose([*train_tf, transforms.ToTensor(), normalize]))
+        test = datasets.ImageFolder(root / "val", transforms.Compose([*test_tf, transforms.ToTensor(), normalize]))
+    except (FileNotFoundError, OSError) as e:
+        raise UserError(f"{cfg.name}: could not read images under {root}: {str(e).splitlines()[0]}") from None
+    if train.classes != test.classes:
+        only_train = sorted(set(train.classes) - set(test.classes))[:5]
+        only_val = sorted(set(test.classes) - set(train.classes))[:5]
+        raise UserError(f"{cfg.name}: class folders differ between {root / 'train'} and {root / 'val'} "
+                        f"(only in train: {only_train}, only in val: {only_val})")
+    if cfg.num_classes is not None and cfg.num_classes != len(train.classes):
+        raise UserError(f"{cfg.name}: dataset.num_classes={cfg.num_classes} but {root / 'train'} has "
+                        f"{len(train.classes)} class folders")
+    if cfg.subset is not None:
+        if cfg.subset > len(train):
+            raise UserError(f"dataset.subset={cfg.subset} but {root / 'train'} has only {len(train)} images")
+        idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(SUBSET_SEED))[:cfg.subset]
+        train = Subset(train, idx.tolist())
+    common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
+    train_dl = DataLoader(train, batch_size, shuffle=True, drop_last=False,
+                          generator=torch.Generator().manual_seed(seed), **common)
+    test_dl = DataLoader(test, EVAL_BATCH if device.type == "cuda" else batch_size, **common)
+    spec = InputSpec(channels=3, image_size=size, num_classes=len(test.classes))
+    return FolderLoader(train_dl, device), FolderLoader(test_dl, device), spec
+
+
+# ---------------------------------------------------------------- entry point
+
+def load_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: int):
+    """(train loader, test loader, InputSpec) for a dataset config; data errors become UserError."""
+    if cfg.name in ("imagenet", "imagefolder"):
+        return _image_folders(cfg, batch_size, device, seed)
+    train, test = load_tensors(cfg)
+    mean, std = channel_stats(train.images)  # full training split, before any subset
+    train = _subset(train, cfg.subset)
+    num_classes = cfg.num_classes or int(train.labels.max()) + 1
+    spec = InputSpec(channels=train.images.shape[1], image_size=cfg.image_size, num_classes=num_classes)
+    return (TensorLoader(train, mean, std, batch_size, device, cfg.augment, shuffle=True, seed=seed),
+            TensorLoader(test, mean, std, EVAL_BATCH, device), spec)

@@ -1,0 +1,5 @@
+class UserError(Exception):
+    """A mistake the user can fix (bad option, missing data, impossible budget).
+
+    The CLI prints it as one line and exits with code 2; anything else is a bug.
+    """

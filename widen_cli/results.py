@@ -1,0 +1,40 @@
+"""Result tables: one schema per table, every file written to a temporary name and renamed into place."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+# One row per epoch. Accuracies are fractions in [0, 1]; seconds is the epoch's wall time.
+METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+
+# One row per run.
+SUMMARY_COLUMNS = [
+    "dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
+    "seed", "epochs", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc", "wall_seconds",
+]
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_table(df: pd.DataFrame, path: Path, columns: list[str] | None = None) -> None:
+    if columns is not None:
+        df = df[columns]
+    _atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def write_text(text: str, path: Path) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
