@@ -60,13 +60,13 @@ def test_mlp_options():
     spec = InputSpec(1, 8, 10)
     deep = build_model(ModelConfig(name="mlp", hidden_layers=3), 16, spec)
     assert [m.out_features for m in weight_layers(deep).values()] == [16, 16, 16, 10]
-    assert sum(isinstance(m, torch.nn.ReLU) for m in deep.modules()) == 3
     linear = build_model(ModelConfig(name="mlp", activation="linear", bias=False), 16, spec)
-    assert not any(isinstance(m, torch.nn.ReLU) for m in linear.modules())
+    relu = build_model(ModelConfig(name="mlp", activation="relu", bias=False), 16, spec)
     assert all(m.bias is None for m in weight_layers(linear).values())
     x = torch.randn(4, 1, 8, 8)
-    # A linear MLP is a linear map: f(2x) = 2 f(x).
-    assert torch.allclose(linear(2 * x), 2 * linear(x), atol=1e-5)
+    # A linear MLP is a linear map, f(-x) = -f(x); a ReLU MLP is not.
+    assert torch.allclose(linear(-x), -linear(x), atol=1e-5)
+    assert not torch.allclose(relu(-x), -relu(x), atol=1e-3)
 
 
 def test_ntk_parameterisation_scales_by_fan_in():

@@ -17,7 +17,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 DATASETS = ("cifar10", "cifar100", "svhn", "mnist", "imagenet", "imagefolder", "digits", "synthetic")
 MODELS = ("mlp", "resnet18")
-METHODS = ("dense",)
+METHODS = ("dense", "sparse", "linear-bottleneck", "nonlinear-bottleneck")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class DatasetConfig:
     image_size: int = 32
     subset: int | None = None
     augment: tuple[str, ...] = ()
-    channels: int = 3  # synthetic only
+    channels: int = 3
     train_size: int = 256  # synthetic only
     test_size: int = 128  # synthetic only
     data_seed: int = 0  # synthetic only
@@ -49,6 +49,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class MethodConfig:
     name: str
+    distribution: str = "staggered"  # sparse: staggered | proportional | erk
+    within: str = "all"  # sparse: all | io
+    last_layer_connectivity: float | None = None  # sparse: fix the classifier's connectivity
+    rescale_init: bool = True  # sparse: rescale initial weights for the reduced fan-in
 
 
 @dataclass(frozen=True)
@@ -156,9 +160,9 @@ def validate(cfg: DictConfig) -> RunConfig:
 
     width = integer("width", top["width"], 1)
     base_width = width if top["base_width"] is None else integer("base_width", top["base_width"], 1)
-    if method.name == "dense" and base_width != width:
-        # A dense member's budget is its own width; a different base width needs a budget method.
-        base_width = width
+    if base_width > width:
+        raise UserError(f"width {width} is below the base width {base_width}; family members have width "
+                        f">= {base_width}")
     integer("seed", top["seed"], 0)
     integer("optim.epochs", optim.epochs, 1)
     integer("optim.batch_size", optim.batch_size, 1)
@@ -172,6 +176,8 @@ def validate(cfg: DictConfig) -> RunConfig:
         ("model.stem", model.stem, ("auto", "cifar", "imagenet")),
         ("optim.schedule", optim.schedule, ("multistep", "cosine", "constant")),
         ("optim.name", optim.name, ("sgd",)),
+        ("method.distribution", method.distribution, ("staggered", "proportional", "erk")),
+        ("method.within", method.within, ("all", "io")),
     ):
         if value not in valid:
             raise UserError(f"{key} must be one of {', '.join(valid)}, got {value!r}")

@@ -137,6 +137,8 @@ def _expected(cfg: DatasetConfig, root: Path) -> str:
 def _read_torchvision(cfg: DatasetConfig) -> tuple[Split, Split]:
     from torchvision import datasets
 
+    if cfg.root is None:
+        raise UserError(f"{cfg.name} needs --data-root (a folder for torchvision's {cfg.name} files)")
     root = Path(cfg.root)
     if not cfg.download and not root.is_dir():
         raise UserError(f"data root {root} does not exist; expected {cfg.name} at {_expected(cfg, root)} "
@@ -223,10 +225,10 @@ def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, se
                             f"(layout <root>/train/<class>/*, <root>/val/<class>/*)")
     size = cfg.image_size
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = [transforms.RandomResizedCrop(size, scale=(0.2, 1.0))]
-    if "flip" in cfg.augment:
-        train_tf.append(transforms.RandomHorizontalFlip())
     test_tf = [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size)]
+    train_tf = [transforms.RandomResizedCrop(size, scale=(0.2, 1.0))] if "resized_crop" in cfg.augment else test_tf
+    if "flip" in cfg.augment:
+        train_tf = [*train_tf, transforms.RandomHorizontalFlip()]
     try:
         train = datasets.ImageFolder(root / "train", transforms.Compose([*train_tf, transforms.ToTensor(), normalize]))
         test = datasets.ImageFolder(root / "val", transforms.Compose([*test_tf, transforms.ToTensor(), normalize]))
@@ -255,14 +257,26 @@ def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, se
 
 # ---------------------------------------------------------------- entry point
 
+def spec_from_config(cfg: DatasetConfig) -> InputSpec:
+    """What a model needs to know, from the config alone (no data read): plans and dry runs."""
+    num_classes = cfg.num_classes
+    if num_classes is None:  # image folders: one class per folder under <root>/train
+        train = Path(cfg.root) / "train"
+        if not train.is_dir():
+            raise UserError(f"{cfg.name}: set dataset.num_classes or point --data-root at a folder with train/")
+        num_classes = sum(1 for p in train.iterdir() if p.is_dir())
+    return InputSpec(channels=cfg.channels, image_size=cfg.image_size, num_classes=num_classes)
+
+
 def load_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: int):
     """(train loader, test loader, InputSpec) for a dataset config; data errors become UserError."""
     if cfg.name in ("imagenet", "imagefolder"):
         return _image_folders(cfg, batch_size, device, seed)
     train, test = load_tensors(cfg)
     mean, std = channel_stats(train.images)  # full training split, before any subset
+    # Class count from every label of both splits, before any subset (a subset may miss classes).
+    num_classes = cfg.num_classes or int(torch.cat([train.labels, test.labels]).max()) + 1
     train = _subset(train, cfg.subset)
-    num_classes = cfg.num_classes or int(train.labels.max()) + 1
     spec = InputSpec(channels=train.images.shape[1], image_size=cfg.image_size, num_classes=num_classes)
     return (TensorLoader(train, mean, std, batch_size, device, cfg.augment, shuffle=True, seed=seed),
             TensorLoader(test, mean, std, EVAL_BATCH, device), spec)

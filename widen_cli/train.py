@@ -13,10 +13,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from widen_cli import results
+from widen_cli.budget import plan_member
+from omegaconf import DictConfig, OmegaConf
+
 from widen_cli.config import OptimConfig, RunConfig
 from widen_cli.data import load_data
 from widen_cli.errors import UserError
-from widen_cli.models import build_model, count_weights
+from widen_cli.models import build_model, weight_layers
+from widen_cli.sparsity import Masks, sparsify
 
 # Epochs with more batches than this get their own (transient) progress bar.
 BATCH_BAR_MIN = 50
@@ -61,7 +65,7 @@ class Totals:
         return self.correct / max(self.count, 1)
 
 
-def train_epoch(model, loader, opt, progress: Progress | None = None) -> Totals:
+def train_epoch(model, loader, opt, masks: Masks | None = None, progress: Progress | None = None) -> Totals:
     model.train()
     totals = Totals()
     task = None
@@ -73,6 +77,8 @@ def train_epoch(model, loader, opt, progress: Progress | None = None) -> Totals:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if masks is not None:
+            masks.apply_()
         totals.add(logits.detach(), y, loss.detach())
         if task is not None:
             progress.advance(task)
@@ -95,6 +101,7 @@ def evaluate(model, loader) -> Totals:
 class RunResult:
     metrics: pd.DataFrame
     summary: dict = field(default_factory=dict)
+    skipped: bool = False  # already finished before this call
 
 
 def train_run(run: RunConfig, run_dir: Path, console: Console | None = None) -> RunResult:
@@ -103,8 +110,14 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None) -> 
     device = resolve_device(run.device)
     torch.manual_seed(run.seed)
     train_loader, test_loader, spec = load_data(run.dataset, run.optim.batch_size, device, run.seed)
-    model = build_model(run.model, run.width, spec).to(device)
-    n_weights = count_weights(model)
+    member = plan_member(run.model, spec, run.base_width, run.width, run.method)
+    model = build_model(run.model, run.width, spec, inner=member.inner, ranks=member.ranks).to(device)
+    built = {n: tuple(m.weight.shape) for n, m in weight_layers(model).items()}
+    assert built == member.layers, f"plan and model disagree: {member.layers} vs {built}"
+    masks = None
+    if run.method.name == "sparse":
+        masks = sparsify(model, member, run.seed, run.method.rescale_init)
+        masks.save(run_dir / "masks.pt")
     opt, sched = make_optimizer(model, run.optim)
 
     rows: list[dict] = []
@@ -116,7 +129,7 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None) -> 
         for epoch in range(1, run.optim.epochs + 1):
             t0 = time.perf_counter()
             lr = opt.param_groups[0]["lr"]
-            tr = train_epoch(model, train_loader, opt, progress)
+            tr = train_epoch(model, train_loader, opt, masks, progress)
             te = evaluate(model, test_loader)
             sched.step()
             rows.append(dict(epoch=epoch, lr=lr, train_loss=tr.mean_loss, train_acc=tr.acc,
@@ -132,11 +145,29 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None) -> 
 
     summary = dict(
         dataset=run.dataset.name, model=run.model.name, method=run.method.name, width=run.width,
-        base_width=run.base_width, n_weights=n_weights, n_weights_dense=n_weights,
-        connectivity=1.0, seed=run.seed, epochs=len(rows),
+        base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
+        connectivity=member.connectivity, seed=run.seed, epochs=len(rows),
         best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
         best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
         wall_seconds=time.perf_counter() - start,
     )
     results.write_table(pd.DataFrame([summary]), run_dir / "summary.parquet", results.SUMMARY_COLUMNS)
     return RunResult(metrics, summary)
+
+
+def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None) -> RunResult:
+    """Prepare the run folder (config.yaml) and train; a finished run (summary.parquet present) is
+    read back instead of retrained."""
+    run_dir = run.run_dir
+    summary_path = run_dir / "summary.parquet"
+    if summary_path.exists():
+        return RunResult(results.read_table(run_dir / "metrics.parquet"),
+                         results.read_table(summary_path).iloc[0].to_dict(), skipped=True)
+    cfg = cfg.copy()
+    cfg.base_width, cfg.name = run.base_width, run.run_name()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        results.write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config.yaml")
+    except OSError as e:
+        raise UserError(f"cannot write to output folder {run_dir}: {e.strerror or e}") from None
+    return train_run(run, run_dir, console)

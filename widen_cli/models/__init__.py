@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from widen_cli.config import ModelConfig
+from widen_cli.models.bottleneck import factorize
 from widen_cli.models.mlp import MLP
 from widen_cli.models.resnet import ResNet18
 
@@ -22,23 +23,31 @@ class InputSpec:
     num_classes: int
 
 
-def _mlp(cfg: ModelConfig, width: int, spec: InputSpec) -> nn.Module:
-    return MLP(spec.channels * spec.image_size**2, [width] * cfg.hidden_layers, spec.num_classes,
-               cfg.activation, cfg.bias, cfg.parameterization)
+def resnet_stem(cfg: ModelConfig, spec: InputSpec) -> str:
+    if cfg.stem == "auto":
+        return "cifar" if spec.image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
+    return cfg.stem
 
 
-def _resnet18(cfg: ModelConfig, width: int, spec: InputSpec) -> nn.Module:
-    stem = cfg.stem
-    if stem == "auto":
-        stem = "cifar" if spec.image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
-    return ResNet18(width, spec.num_classes, spec.channels, stem)
+def _mlp(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int] | None) -> nn.Module:
+    widths = inner if inner is not None else [width] * cfg.hidden_layers
+    return MLP(spec.channels * spec.image_size**2, widths, spec.num_classes, cfg.activation, cfg.bias,
+               cfg.parameterization)
+
+
+def _resnet18(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int] | None) -> nn.Module:
+    return ResNet18(width, spec.num_classes, spec.channels, resnet_stem(cfg, spec), inner)
 
 
 BUILDERS = {"mlp": _mlp, "resnet18": _resnet18}
 
 
-def build_model(cfg: ModelConfig, width: int, spec: InputSpec) -> nn.Module:
-    return BUILDERS[cfg.name](cfg, width, spec)
+def build_model(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int] | None = None,
+                ranks: dict[str, int] | None = None) -> nn.Module:
+    """A model at `width`. `inner`: hidden widths (MLP) or blocks' inner widths (ResNet), for the
+    non-linear bottleneck; `ranks`: per-layer ranks of the linear bottleneck (see budget.py)."""
+    model = BUILDERS[cfg.name](cfg, width, spec, inner)
+    return factorize(model, ranks) if ranks else model
 
 
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:

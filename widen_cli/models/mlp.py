@@ -23,19 +23,23 @@ class NTKLinear(nn.Linear):
 
 
 class MLP(nn.Module):
-    """input -> hidden widths -> classes; the input is flattened, the last layer is linear."""
+    """input (flattened) -> hidden widths -> classes. Layers are `layers.0`, `layers.1`, ...
+
+    Hidden widths may differ per layer (the non-linear bottleneck alternates wide and narrow).
+    """
 
     def __init__(self, input_dim: int, widths: list[int], num_classes: int, activation: str = "relu",
                  bias: bool = True, parameterization: str = "standard"):
         super().__init__()
         linear = NTKLinear if parameterization == "ntk" else nn.Linear
         dims = [input_dim, *widths, num_classes]
-        layers: list[nn.Module] = [nn.Flatten()]
-        for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(linear(fan_in, fan_out, bias=bias))
-            if i < len(dims) - 2 and activation == "relu":
-                layers.append(nn.ReLU())
-        self.net = nn.Sequential(*layers)
+        self.layers = nn.ModuleList(linear(a, b, bias=bias) for a, b in zip(dims[:-1], dims[1:]))
+        self.relu = activation == "relu"
 
     def forward(self, x):
-        return self.net(x)
+        x = x.flatten(1)
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if self.relu and i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x

@@ -27,10 +27,16 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """`stem="cifar"`: 3x3 conv, stride 1, no max-pool (small images); `"imagenet"`: 7x7/2 + max-pool."""
+    """`stem="cifar"`: 3x3 conv, stride 1, no max-pool (small images); `"imagenet"`: 7x7/2 + max-pool.
 
-    def __init__(self, width: int, num_classes: int, in_channels: int = 3, stem: str = "cifar"):
+    `inner` gives each of the 8 blocks' inner width (between its two convolutions); by default it
+    equals the block's width. The non-linear bottleneck shrinks it.
+    """
+
+    def __init__(self, width: int, num_classes: int, in_channels: int = 3, stem: str = "cifar",
+                 inner: list[int] | None = None):
         super().__init__()
+        inner = list(inner) if inner is not None else [width * m for m in (1, 1, 2, 2, 4, 4, 8, 8)]
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -43,7 +49,8 @@ class ResNet18(nn.Module):
         for i, mult in enumerate((1, 2, 4, 8)):
             ch = width * mult
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(BasicBlock(in_ch, ch, ch, stride), BasicBlock(ch, ch, ch)))
+            stages.append(nn.Sequential(BasicBlock(in_ch, inner[2 * i], ch, stride),
+                                        BasicBlock(ch, inner[2 * i + 1], ch)))
             in_ch = ch
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)

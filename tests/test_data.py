@@ -1,0 +1,568 @@
+"""The real loaders in widen_cli/data.py, run on tiny files written in each dataset's on-disk format.
+
+Every dataset is written the way its official archive lays it out (CIFAR pickles, SVHN .mat files,
+MNIST IDX files, ImageNet-style class folders), then read back through `load_data`. torchvision
+checks the md5 of CIFAR and SVHN files against the official archives; the fixtures point those
+expected checksums at the files written here (the product code is not patched).
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision import datasets as tvd
+
+from widen_cli.config import DatasetConfig
+from widen_cli.data import IMAGENET_MEAN, IMAGENET_STD, load_data
+from widen_cli.errors import UserError
+
+CPU = torch.device("cpu")
+TENSOR_DATASETS = ("cifar10", "cifar100", "svhn", "mnist")
+
+
+# ---------------------------------------------------------------- writers of each on-disk format
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+class _Py2Str(bytes):
+    """A Python 2 `str`: the official CIFAR pickles were written by Python 2, so their keys and
+    names load as `str` with encoding='latin1' (what torchvision uses) and as b'...' with 'bytes'."""
+
+
+class _Py2Pickler(pickle._Pickler):
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_py2str(self, obj):
+        n = len(obj)
+        if n < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([n]) + bytes(obj))
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", n) + bytes(obj))
+        self.memoize(obj)
+
+    dispatch[_Py2Str] = _save_py2str
+
+
+def _py2_pickle(path: Path, obj) -> None:
+    def conv(o):
+        if isinstance(o, str):
+            return _Py2Str(o.encode("latin1"))
+        if isinstance(o, dict):
+            return {conv(k): conv(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [conv(v) for v in o]
+        return o
+
+    with open(path, "wb") as f:
+        _Py2Pickler(f, protocol=2).dump(conv(obj))
+
+
+def _images(rng, n: int, channels: int, size: int) -> np.ndarray:
+    """uint8 N x C x H x W with a different brightness per channel, so normalisation has work to do."""
+    offsets = np.array([30, 90, 150][:channels]).reshape(1, channels, 1, 1)
+    return (offsets + rng.integers(0, 100, size=(n, channels, size, size))).astype(np.uint8)
+
+
+@dataclass
+class Written:
+    """What a fixture wrote: uint8 N x C x H x W images and int labels, as the loader should see them."""
+    cfg: DatasetConfig
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    expected_path: Path  # the path error messages should name
+
+
+def write_cifar10(root: Path, monkeypatch, per_batch: int = 20, n_test: int = 10, seed: int = 0,
+                  patch_md5: bool = True, train_classes: int = 10) -> Written:
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    train_x, train_y = [], []
+    for b in range(1, 6):
+        x = _images(rng, per_batch, 3, 32)
+        y = rng.integers(0, train_classes, per_batch)
+        y[:10] = np.arange(10) % train_classes  # every class in every batch
+        _py2_pickle(base / f"data_batch_{b}", {
+            "batch_label": f"training batch {b} of 5", "labels": [int(v) for v in y],
+            "data": x.reshape(per_batch, 3072), "filenames": [f"img_{b}_{i}.png" for i in range(per_batch)],
+        })
+        train_x.append(x)
+        train_y.append(y)
+    test_x, test_y = _images(rng, n_test, 3, 32), rng.integers(0, 10, n_test)
+    test_y[0] = 9
+    _py2_pickle(base / "test_batch", {
+        "batch_label": "testing batch 1 of 1", "labels": [int(v) for v in test_y],
+        "data": test_x.reshape(n_test, 3072), "filenames": [f"test_{i}.png" for i in range(n_test)],
+    })
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    _py2_pickle(base / "batches.meta", {"num_cases_per_batch": per_batch, "label_names": names, "num_vis": 3072})
+    if patch_md5:
+        patch_cifar_md5(monkeypatch, tvd.CIFAR10, base)
+    cfg = DatasetConfig(name="cifar10", root=str(root), num_classes=10, image_size=32, augment=("crop", "flip"))
+    return Written(cfg, np.concatenate(train_x), np.concatenate(train_y), test_x, test_y, base)
+
+
+def write_cifar100(root: Path, monkeypatch, n_train: int = 40, n_test: int = 10, seed: int = 1) -> Written:
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True)
+    splits = {}
+    for name, n in (("train", n_train), ("test", n_test)):
+        x = _images(rng, n, 3, 32)
+        fine = rng.integers(0, 100, n)
+        if name == "train":
+            fine[:2] = (0, 99)
+        _py2_pickle(base / name, {
+            "filenames": [f"{name}_{i}.png" for i in range(n)], "batch_label": f"{name} batch",
+            "fine_labels": [int(v) for v in fine], "coarse_labels": [int(v) // 5 for v in fine],
+            "data": x.reshape(n, 3072),
+        })
+        splits[name] = (x, fine)
+    _py2_pickle(base / "meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
+                                "coarse_label_names": [f"coarse{i}" for i in range(20)]})
+    patch_cifar_md5(monkeypatch, tvd.CIFAR100, base)
+    cfg = DatasetConfig(name="cifar100", root=str(root), num_classes=100, image_size=32, augment=("crop", "flip"))
+    return Written(cfg, *splits["train"], *splits["test"], base)
+
+
+def patch_cifar_md5(monkeypatch, cls, base: Path) -> None:
+    """Point torchvision's expected checksums at the files in `base` (torchvision still verifies them)."""
+    monkeypatch.setattr(cls, "train_list", [[f, md5(base / f)] for f, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [[f, md5(base / f)] for f, _ in cls.test_list])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(base / cls.meta["filename"])})
+
+
+def patch_svhn_md5(monkeypatch, root: Path) -> None:
+    split_list = {k: list(v) for k, v in tvd.SVHN.split_list.items()}
+    for split in ("train", "test"):
+        path = root / split_list[split][1]
+        if path.exists():
+            split_list[split][2] = md5(path)
+    monkeypatch.setattr(tvd.SVHN, "split_list", split_list)
+
+
+def write_svhn(root: Path, monkeypatch, n_train: int = 30, n_test: int = 10, seed: int = 2) -> Written:
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for name, n in (("train", n_train), ("test", n_test)):
+        x = _images(rng, n, 3, 32)  # N x C x H x W
+        y = rng.integers(1, 11, n)  # SVHN labels: 1..10, where 10 is the digit 0
+        y[:2] = (10, 1)
+        # The .mat layout: X is H x W x C x N (uint8), y is N x 1.
+        savemat(root / f"{name}_32x32.mat", {"X": np.ascontiguousarray(x.transpose(2, 3, 1, 0)),
+                                              "y": y.reshape(n, 1).astype(np.uint8)})
+        splits[name] = (x, np.where(y == 10, 0, y))
+    patch_svhn_md5(monkeypatch, root)
+    cfg = DatasetConfig(name="svhn", root=str(root), num_classes=10, image_size=32, augment=("crop",))
+    return Written(cfg, *splits["train"], *splits["test"], root / "train_32x32.mat")
+
+
+def write_mnist(root: Path, monkeypatch=None, n_train: int = 30, n_test: int = 10, seed: int = 3) -> Written:
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    splits = {}
+    for prefix, name, n in (("train", "train", n_train), ("t10k", "test", n_test)):
+        x = _images(rng, n, 1, 28)
+        y = rng.integers(0, 10, n)
+        y[:2] = (0, 9)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 28, 28) + x.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + y.astype(np.uint8).tobytes())
+        splits[name] = (x, y)
+    cfg = DatasetConfig(name="mnist", root=str(root), num_classes=10, image_size=28)
+    return Written(cfg, *splits["train"], *splits["test"], raw)
+
+
+WRITERS = {"cifar10": write_cifar10, "cifar100": write_cifar100, "svhn": write_svhn, "mnist": write_mnist}
+
+
+@pytest.fixture(params=TENSOR_DATASETS)
+def written(request, tmp_path, monkeypatch) -> Written:
+    return WRITERS[request.param](tmp_path / "data", monkeypatch)
+
+
+# ---------------------------------------------------------------- helpers
+
+def collect(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def stats(train_images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (unbiased) std of the written training images, in [0, 1] units."""
+    x = torch.as_tensor(train_images, dtype=torch.float64).div(255).transpose(0, 1).flatten(1)
+    return x.mean(1).view(1, -1, 1, 1), x.std(1).view(1, -1, 1, 1)
+
+
+def check_batches(loader, channels: int, size: int, batch_size: int) -> None:
+    n = 0
+    for x, y in loader:
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.ndim == 4 and x.shape[1:] == (channels, size, size)
+        assert x.shape[0] == y.shape[0] <= batch_size
+        assert x.device.type == y.device.type == "cpu"
+        n += len(y)
+    assert n == loader.num_samples
+    assert len(loader) == -(-n // batch_size)
+
+
+def image_keys(x: torch.Tensor) -> list[bytes]:
+    """An order-free identity for each image of a batch (exact up to float rounding)."""
+    return sorted(t.numpy().tobytes() for t in (x * 1000).round().to(torch.int32))
+
+
+# ---------------------------------------------------------------- CIFAR-10/100, SVHN, MNIST
+
+def test_reads_each_format(written):
+    cfg = replace(written.cfg, augment=())
+    train, test, spec = load_data(cfg, batch_size=16, device=CPU, seed=0)
+    c, s = written.train_images.shape[1], written.train_images.shape[-1]
+    assert (spec.channels, spec.image_size, spec.num_classes) == (c, s, cfg.num_classes)
+    assert train.num_samples == len(written.train_labels)
+    assert test.num_samples == len(written.test_labels)
+    check_batches(train, c, s, 16)
+
+    # The test loader is in file order: labels and pixels are exactly what was written
+    # (SVHN's 10 read as 0), normalised with the training set's per-channel statistics.
+    x, y = collect(test)
+    assert y.tolist() == written.test_labels.tolist()
+    mean, std = stats(written.train_images)
+    expected = (torch.as_tensor(written.test_images, dtype=torch.float64) / 255 - mean) / std
+    torch.testing.assert_close(x.double(), expected, atol=1e-4, rtol=0)
+
+    # The shuffled training set holds every written sample once.
+    x, y = collect(train)
+    assert sorted(y.tolist()) == sorted(written.train_labels.tolist())
+    expected = (torch.as_tensor(written.train_images, dtype=torch.float64) / 255 - mean) / std
+    assert image_keys(x.double()) == image_keys(expected)
+
+
+def test_training_set_is_normalised(written):
+    train, _, _ = load_data(replace(written.cfg, augment=()), batch_size=7, device=CPU, seed=1)
+    x, _ = collect(train)
+    per_channel = x.double().transpose(0, 1).flatten(1)
+    assert per_channel.mean(1).abs().max() < 1e-4
+    assert (per_channel.std(1) - 1).abs().max() < 1e-3
+    raw = torch.as_tensor(written.train_images, dtype=torch.float64).transpose(0, 1).flatten(1)
+    assert raw.mean(1).abs().min() > 10  # the written data was far from zero-mean
+
+
+def test_subset_is_fixed_across_run_seeds(written):
+    cfg = replace(written.cfg, augment=(), subset=7)
+    a, test_a, _ = load_data(cfg, batch_size=3, device=CPU, seed=1)
+    b, test_b, _ = load_data(cfg, batch_size=3, device=CPU, seed=2)
+    assert a.num_samples == b.num_samples == 7
+    xa, ya = collect(a)
+    xb, yb = collect(b)
+    assert len(ya) == len(yb) == 7
+    assert image_keys(xa) == image_keys(xb)
+    assert sorted(ya.tolist()) == sorted(yb.tolist())
+    # ... drawn from the written training set, and the test set is untouched.
+    mean, std = stats(written.train_images)
+    everything = image_keys((torch.as_tensor(written.train_images, dtype=torch.float64) / 255 - mean) / std)
+    assert set(image_keys(xa.double())) <= set(everything)
+    assert test_a.num_samples == test_b.num_samples == len(written.test_labels)
+
+
+def test_subset_larger_than_training_set(written):
+    with pytest.raises(UserError, match="subset"):
+        load_data(replace(written.cfg, subset=len(written.train_labels) + 1), 8, CPU, 0)
+
+
+def test_resizes_to_image_size(written):
+    cfg = replace(written.cfg, image_size=16, augment=())
+    train, test, spec = load_data(cfg, batch_size=8, device=CPU, seed=0)
+    assert spec.image_size == 16
+    check_batches(train, spec.channels, 16, 8)
+    check_batches(test, spec.channels, 16, 1000)
+
+
+def test_cifar_augmentation_changes_train_batches_not_test(tmp_path, monkeypatch):
+    w = write_cifar10(tmp_path, monkeypatch)
+    cfg = replace(w.cfg, subset=8)  # augment = crop + flip
+    train, test, _ = load_data(cfg, batch_size=8, device=CPU, seed=0)
+    mean, std = stats(w.train_images)
+
+    # Every augmented image is a 32x32 window of an original zero-padded by 4, maybe mirrored.
+    plain, plain_ys = collect(load_data(replace(cfg, augment=()), 8, CPU, 0)[0])
+    originals = (plain.double() * std + mean).float()  # back to [0, 1]
+    padded = F.pad(originals, (4,) * 4)
+    offsets = [(oy, ox) for oy in range(9) for ox in range(9)]
+    windows = torch.stack([padded[:, :, oy:oy + 32, ox:ox + 32] for oy, ox in offsets], 1)  # N x 81 x C x H x W
+    candidates = torch.stack([windows, windows.flip(-1)], 2).flatten(3)  # N x 81 x 2 x CHW
+
+    epochs = [collect(train) for _ in range(3)]
+    flipped, shifted = [], []
+    for x, y in epochs:
+        assert x.shape == (8, 3, 32, 32) and sorted(y.tolist()) == sorted(plain_ys.tolist())
+        pixels = (x.double() * std + mean).float().flatten(1)
+        for img in pixels:
+            match = ((candidates - img).abs().amax(-1) < 1e-4).nonzero()  # (original, offset, flip)
+            assert len(match) == 1  # random pixels: exactly one window of one original fits
+            _, offset, flip = match[0].tolist()
+            flipped.append(flip == 1)
+            shifted.append(offsets[offset] != (4, 4))
+    assert any(flipped) and not all(flipped)  # flips happen, about half the time
+    assert sum(shifted) > len(shifted) // 2  # crops move the window (it stays centred 1 time in 81)
+    keys = [image_keys(x) for x, _ in epochs]
+    assert keys[0] != keys[1] and keys[1] != keys[2]
+    assert keys[0] != image_keys(plain)
+
+    # Test batches are neither augmented nor shuffled: identical every time.
+    first, second = collect(test), collect(test)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_same_seed_gives_same_training_batches(tmp_path, monkeypatch):
+    w = write_cifar10(tmp_path, monkeypatch)
+    runs = [collect(load_data(w.cfg, 32, CPU, seed)[0]) for seed in (5, 5, 6)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][0], runs[2][0])
+
+
+def test_num_classes_inferred_from_all_labels(tmp_path, monkeypatch):
+    """With dataset.num_classes unset, the class count covers every label of both splits, whatever
+    subset of the training set is used."""
+    w = write_cifar10(tmp_path, monkeypatch)
+    cfg = replace(w.cfg, num_classes=None, augment=())
+    assert load_data(cfg, 8, CPU, 0)[2].num_classes == 10
+    for n in (1, 2, 3):
+        train, test, spec = load_data(replace(cfg, subset=n), 8, CPU, 0)
+        assert spec.num_classes == 10
+        assert int(collect(test)[1].max()) < spec.num_classes
+
+
+def test_num_classes_inferred_when_a_class_is_only_in_the_test_split(tmp_path, monkeypatch):
+    w = write_cifar10(tmp_path, monkeypatch, train_classes=9)
+    assert w.train_labels.max() == 8 and w.test_labels.max() == 9
+    _, test, spec = load_data(replace(w.cfg, num_classes=None), 8, CPU, 0)
+    assert spec.num_classes == 10
+
+
+def test_cifar_checksums_are_still_verified(tmp_path, monkeypatch):
+    """Files that do not match the expected md5 are refused (here: torchvision's official checksums)."""
+    w = write_cifar10(tmp_path, monkeypatch, patch_md5=False)
+    with pytest.raises(UserError) as e:
+        load_data(w.cfg, 8, CPU, 0)
+    assert str(w.expected_path) in str(e.value) and "--download" in str(e.value)
+
+
+# ---------------------------------------------------------------- their error paths
+
+@pytest.mark.parametrize("name", TENSOR_DATASETS)
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_missing_or_empty_root(tmp_path, name, state):
+    root = tmp_path / "data"
+    if state == "empty":
+        root.mkdir()
+    expected = {"cifar10": root / "cifar-10-batches-py", "cifar100": root / "cifar-100-python",
+                "svhn": root / "train_32x32.mat", "mnist": root / "MNIST" / "raw"}[name]
+    with pytest.raises(UserError) as e:
+        load_data(DatasetConfig(name=name, root=str(root), num_classes=10), 8, CPU, 0)
+    msg = str(e.value)
+    assert str(expected) in msg and "--download" in msg
+    assert "\n" not in msg
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("name", TENSOR_DATASETS)
+def test_corrupted_file(tmp_path, monkeypatch, name):
+    root = tmp_path / "data"
+    w = WRITERS[name](root, monkeypatch)
+    if name == "cifar10":
+        _truncate(root / "cifar-10-batches-py" / "data_batch_3")
+        patch_cifar_md5(monkeypatch, tvd.CIFAR10, root / "cifar-10-batches-py")
+    elif name == "cifar100":
+        _truncate(root / "cifar-100-python" / "test")
+        patch_cifar_md5(monkeypatch, tvd.CIFAR100, root / "cifar-100-python")
+    elif name == "svhn":
+        (root / "train_32x32.mat").write_bytes(b"this is not a MATLAB file\n" * 40)
+        patch_svhn_md5(monkeypatch, root)
+    else:
+        _truncate(root / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
+    with pytest.raises(UserError) as e:
+        load_data(w.cfg, 8, CPU, 0)
+    msg = str(e.value)
+    assert str(w.expected_path) in msg
+    assert "--download" in msg and "\n" not in msg
+
+
+def test_mnist_garbage_header(tmp_path):
+    w = write_mnist(tmp_path)
+    (tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte").write_bytes(b"\xff" * 64)
+    with pytest.raises(UserError) as e:
+        load_data(w.cfg, 8, CPU, 0)
+    assert str(w.expected_path) in str(e.value) and "--download" in str(e.value)
+
+
+# ---------------------------------------------------------------- digits and synthetic (no files)
+
+def test_digits():
+    from sklearn.datasets import load_digits
+
+    cfg = DatasetConfig(name="digits", num_classes=10, image_size=8)
+    train, test, spec = load_data(cfg, batch_size=256, device=CPU, seed=0)
+    assert (spec.channels, spec.image_size, spec.num_classes) == (1, 8, 10)
+    assert (train.num_samples, test.num_samples) == (1437, 360)
+    check_batches(train, 1, 8, 256)
+    check_batches(test, 1, 8, 1000)
+    (xtr, ytr), (xte, yte) = collect(train), collect(test)
+    target = load_digits().target
+    assert sorted(ytr.tolist() + yte.tolist()) == sorted(target.tolist())
+    assert np.bincount(yte.numpy()).min() >= 35  # stratified
+    assert xtr.double().mean().abs() < 1e-4 and abs(xtr.double().std() - 1) < 1e-2
+    # The split is fixed: the same test set for any run seed.
+    assert torch.equal(collect(load_data(cfg, 256, CPU, 9)[1])[0], xte)
+
+
+def test_synthetic():
+    cfg = DatasetConfig(name="synthetic", num_classes=5, image_size=12, channels=2,
+                        train_size=40, test_size=24, data_seed=3)
+    train, test, spec = load_data(cfg, batch_size=16, device=CPU, seed=0)
+    assert (spec.channels, spec.image_size, spec.num_classes) == (2, 12, 5)
+    assert (train.num_samples, test.num_samples) == (40, 24)
+    check_batches(train, 2, 12, 16)
+    check_batches(test, 2, 12, 1000)
+    xte, yte = collect(test)
+    assert 0 <= int(yte.min()) and int(yte.max()) < 5
+    x, _ = collect(train)
+    assert x.double().transpose(0, 1).flatten(1).mean(1).abs().max() < 1e-4
+    assert torch.equal(collect(load_data(cfg, 16, CPU, 7)[1])[0], xte)  # data_seed fixes the data
+    other = collect(load_data(replace(cfg, data_seed=4), 16, CPU, 0)[1])[0]
+    assert not torch.equal(other, xte)
+
+
+# ---------------------------------------------------------------- image folders
+
+TRAIN_FILES = {"ant": 3, "bee": 3}
+VAL_FILES = {"ant": 2, "bee": 2}
+
+
+def _colour(i: int) -> tuple[int, int, int]:
+    return (20 + 23 * i, 220 - 17 * i, (60 + 41 * i) % 256)
+
+
+def write_folders(root: Path, train=TRAIN_FILES, val=VAL_FILES) -> dict[str, list]:
+    """Solid-colour PNGs of varied sizes; the colour identifies each image through any crop or flip."""
+    from PIL import Image
+
+    written, i = {}, 0
+    for part, counts in (("train", train), ("val", val)):
+        written[part] = []
+        (root / part).mkdir(parents=True, exist_ok=True)
+        for label, (cls, n) in enumerate(sorted(counts.items())):
+            (root / part / cls).mkdir(exist_ok=True)
+            for k in range(n):
+                Image.new("RGB", (40 + 3 * k, 36 + 5 * i % 11), _colour(i)).save(root / part / cls / f"img{k}.png")
+                written[part].append((_colour(i), label))
+                i += 1
+    return written
+
+
+def _folder_cfg(root: Path, **kw) -> DatasetConfig:
+    return DatasetConfig(**{"name": "imagefolder", "root": str(root), "image_size": 32, "num_classes": None,
+                            "augment": ("resized_crop", "flip"), "workers": 0, **kw})
+
+
+def _colours(x: torch.Tensor) -> list[tuple[int, ...]]:
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    pixels = (x * std + mean) * 255
+    assert (pixels.amax((2, 3)) - pixels.amin((2, 3))).max() < 1.5  # still one solid colour
+    return [tuple(int(v) for v in c) for c in pixels.mean((2, 3)).round()]
+
+
+def test_image_folders(tmp_path):
+    written = write_folders(tmp_path)
+    train, test, spec = load_data(_folder_cfg(tmp_path), batch_size=4, device=CPU, seed=0)
+    assert (spec.channels, spec.image_size, spec.num_classes) == (3, 32, 2)
+    assert (train.num_samples, test.num_samples) == (6, 4)
+    check_batches(train, 3, 32, 4)
+    check_batches(test, 3, 32, 4)
+    x, y = collect(test)  # in folder order: classes sorted, files sorted
+    assert y.tolist() == [label for _, label in written["val"]]
+    assert _colours(x) == [colour for colour, _ in written["val"]]
+    x, y = collect(train)
+    assert sorted(zip(_colours(x), y.tolist())) == sorted(written["train"])
+
+
+def test_image_folder_subset_is_fixed_across_run_seeds(tmp_path):
+    written = write_folders(tmp_path)
+    seen = []
+    for seed in (1, 2):
+        train, _, _ = load_data(_folder_cfg(tmp_path, subset=3), batch_size=2, device=CPU, seed=seed)
+        assert train.num_samples == 3
+        x, y = collect(train)
+        seen.append(sorted(zip(_colours(x), y.tolist())))
+    assert seen[0] == seen[1] and len(seen[0]) == 3
+    assert set(seen[0]) <= set(written["train"])
+    with pytest.raises(UserError, match="subset"):
+        load_data(_folder_cfg(tmp_path, subset=7), 2, CPU, 0)
+
+
+def test_image_folder_num_classes_must_match(tmp_path):
+    write_folders(tmp_path)
+    with pytest.raises(UserError) as e:
+        load_data(_folder_cfg(tmp_path, num_classes=1000), 4, CPU, 0)
+    assert str(tmp_path / "train") in str(e.value)
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "no_val"])
+def test_image_folder_missing(tmp_path, state):
+    root = tmp_path / "imagenet"
+    if state != "missing":
+        root.mkdir()
+    if state == "no_val":
+        write_folders(root, val={})
+        (root / "val").rmdir()
+    expected = root / ("val" if state == "no_val" else "train")
+    with pytest.raises(UserError) as e:
+        load_data(_folder_cfg(root), 4, CPU, 0)
+    assert str(expected) in str(e.value)
+
+
+def test_image_folder_class_lists_differ(tmp_path):
+    write_folders(tmp_path, val={"ant": 1, "wasp": 1})
+    with pytest.raises(UserError) as e:
+        load_data(_folder_cfg(tmp_path), 4, CPU, 0)
+    msg = str(e.value)
+    assert str(tmp_path / "train") in msg and str(tmp_path / "val") in msg
+    assert "bee" in msg and "wasp" in msg
+
+
+@pytest.mark.parametrize("where", ["train", "val"])
+def test_image_folder_without_images(tmp_path, where):
+    write_folders(tmp_path)
+    for cls in TRAIN_FILES:
+        for f in (tmp_path / where / cls).iterdir():
+            f.unlink()
+        (tmp_path / where / cls / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError) as e:
+        load_data(_folder_cfg(tmp_path), 4, CPU, 0)
+    assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_image_folder_without_class_folders(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(UserError) as e:
+        load_data(_folder_cfg(tmp_path), 4, CPU, 0)
+    assert str(tmp_path / "train") in str(e.value)

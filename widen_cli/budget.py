@@ -1,0 +1,359 @@
+"""Fixed-parameter-budget families: which weights each wider member keeps. Pure functions, no torch.
+
+A family has a base width b and a budget N(b), the base model's weight count (the paper's rule:
+conv and linear weight tensors). A member at width w >= b keeps N(b) weights:
+- `sparse`: a static random mask; `distribute` says how many weights each layer keeps;
+- `linear-bottleneck`: each layer is a product of two, at a rank shrunk to hold the count;
+- `nonlinear-bottleneck`: inner widths (ResNet blocks, every other MLP layer) shrink instead.
+Shapes are computed here without building a model; tests pin them to the real modules.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from widen_cli.config import MethodConfig, ModelConfig
+from widen_cli.errors import UserError
+from widen_cli.models import InputSpec, resnet_stem
+
+METHODS = ("dense", "sparse", "linear-bottleneck", "nonlinear-bottleneck")
+DISTRIBUTIONS = ("staggered", "proportional", "erk")
+RESNET_STAGE_MULTS = (1, 1, 2, 2, 4, 4, 8, 8)  # each of the 8 BasicBlocks' width, in units of `width`
+CONNECTIVITY_FLOOR = 0.01  # sweep-width's default widths stop before connectivity falls below this
+
+
+# ---------------------------------------------------------------- shapes
+
+def weight_shapes(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int] | None = None,
+                  ranks: dict[str, int] | None = None) -> dict[str, tuple[int, ...]]:
+    """Name -> weight shape of every conv/linear layer, in module order, as models.build_model makes them."""
+    if cfg.name == "mlp":
+        widths = inner if inner is not None else [width] * cfg.hidden_layers
+        dims = [spec.channels * spec.image_size**2, *widths, spec.num_classes]
+        shapes = {f"layers.{i}": (b, a) for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))}
+    else:
+        k = 7 if resnet_stem(cfg, spec) == "imagenet" else 3
+        inner = inner if inner is not None else [width * m for m in RESNET_STAGE_MULTS]
+        shapes = {"conv1": (width, spec.channels, k, k)}
+        in_ch = width
+        for blk, mult in enumerate(RESNET_STAGE_MULTS):
+            ch, mid, name = width * mult, inner[blk], f"layer{blk // 2 + 1}.{blk % 2}"
+            shapes[f"{name}.conv1"] = (mid, in_ch, 3, 3)
+            shapes[f"{name}.conv2"] = (ch, mid, 3, 3)
+            if in_ch != ch:
+                shapes[f"{name}.downsample.0"] = (ch, in_ch, 1, 1)
+            in_ch = ch
+        shapes["fc"] = (spec.num_classes, in_ch)
+    if ranks:
+        factored = {}
+        for name, shape in shapes.items():
+            r, (out, fan_in), kernel = ranks[name], shape[:2], shape[2:]
+            factored[f"{name}.0"] = (r, fan_in, *kernel)
+            factored[f"{name}.1"] = (out, r, *((1, 1) if kernel else ()))
+        shapes = factored
+    return shapes
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def count(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(numel(s) for s in shapes.values())
+
+
+# ---------------------------------------------------------------- sparsity across layers
+
+def staggered(sizes: list[int], n_keep: int) -> list[int]:
+    """The paper's Appendix B/D: remove from the largest layer until it matches the next largest, then
+    from both equally, and so on. Returns the weights kept per layer (in the order given).
+
+    Within the layers involved, the remainder of an uneven split is taken from the largest layer.
+    """
+    n_remove = sum(sizes) - n_keep
+    if n_remove < 0 or n_keep < 1:
+        raise ValueError(f"cannot keep {n_keep} of {sum(sizes)} weights")
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    s = [sizes[i] for i in order] + [0]
+    involved = 1  # smallest number of largest layers that can give up n_remove before reaching the next
+    while n_remove > sum(s[:involved]) - involved * s[involved]:
+        involved += 1
+    base_fill = [s[i] - s[involved - 1] for i in range(involved)]  # bring them level with the smallest
+    rest_total = n_remove - sum(base_fill)
+    rest, mismatch = divmod(rest_total, involved)
+    removed = [b + rest for b in base_fill]
+    removed[0] += mismatch
+    kept = list(sizes)
+    for rank, i in enumerate(order[:involved]):
+        kept[i] = sizes[i] - removed[rank]
+    return kept
+
+
+def _round_to_total(exact: list[float], caps: list[int], total: int) -> list[int]:
+    """Integers near `exact` (largest remainders first), each <= its cap, summing to `total`."""
+    kept = [min(int(math.floor(x)), c) for x, c in zip(exact, caps)]
+    by_remainder = sorted(range(len(exact)), key=lambda i: -(exact[i] - math.floor(exact[i])))
+    short = total - sum(kept)
+    while short > 0:
+        progressed = False
+        for i in by_remainder:
+            if short and kept[i] < caps[i]:
+                kept[i] += 1
+                short -= 1
+                progressed = True
+        if not progressed:
+            raise ValueError(f"cannot place {total} weights in layers of sizes {caps}")
+    return kept
+
+
+def proportional(sizes: list[int], n_keep: int) -> list[int]:
+    """Every layer keeps the same fraction n_keep / sum(sizes) (up to rounding; the total is exact)."""
+    frac = n_keep / sum(sizes)
+    return _round_to_total([frac * s for s in sizes], sizes, n_keep)
+
+
+def erk(shapes: list[tuple[int, ...]], n_keep: int) -> list[int]:
+    """Erdős–Rényi-Kernel (Evci et al. 2020): density proportional to sum(shape) / prod(shape), capped at 1."""
+    sizes = [numel(s) for s in shapes]
+    score = [sum(s) / numel(s) for s in shapes]
+    dense: set[int] = set()
+    while True:  # layers whose density would exceed 1 stay dense; re-solve the scale for the rest
+        budget = n_keep - sum(sizes[i] for i in dense)
+        free = [i for i in range(len(sizes)) if i not in dense]
+        eps = budget / sum(score[i] * sizes[i] for i in free)
+        over = {i for i in free if eps * score[i] > 1}
+        if not over:
+            break
+        dense |= over
+    exact = [sizes[i] if i in dense else eps * score[i] * sizes[i] for i in range(len(sizes))]
+    return _round_to_total(exact, sizes, n_keep)
+
+
+def distribute(shapes: dict[str, tuple[int, ...]], n_keep: int, method: MethodConfig) -> dict[str, int]:
+    """Weights kept per layer for a sparse member, exactly n_keep in total (before `within: io` rounding)."""
+    names = list(shapes)
+    sizes = [numel(shapes[n]) for n in names]
+    fixed: dict[str, int] = {}
+    if method.last_layer_connectivity is not None:
+        last = names[-1]
+        fixed[last] = round(method.last_layer_connectivity * sizes[-1])
+        names, sizes = names[:-1], sizes[:-1]
+        n_keep -= fixed[last]
+        if fixed[last] < 1 or not 1 <= n_keep <= sum(sizes):
+            raise ValueError(f"last-layer connectivity {method.last_layer_connectivity} leaves {n_keep} weights "
+                             f"for the other layers, which hold {sum(sizes)}")
+    if method.distribution == "staggered":
+        kept = staggered(sizes, n_keep)
+    elif method.distribution == "proportional":
+        kept = proportional(sizes, n_keep)
+    else:
+        kept = erk([shapes[n] for n in names], n_keep)
+    return {**dict(zip(names, kept)), **fixed}
+
+
+def round_to_kernels(shapes: dict[str, tuple[int, ...]], kept: dict[str, int]) -> dict[str, int]:
+    """`within: io`: whole k x k kernels are kept or removed, so each count becomes a multiple of k*k."""
+    out = {}
+    for name, n in kept.items():
+        kernel = numel(shapes[name][2:])
+        out[name] = max(1, round(n / kernel)) * kernel
+    return out
+
+
+# ---------------------------------------------------------------- bottlenecks
+
+def _bottleneck(cfg: ModelConfig, width: int, spec: InputSpec, method: str):
+    """(full sizes, weights per unit of each size, make(sizes) -> (shapes, inner, ranks)) of a bottleneck
+    family member. Each layer's count is linear in its own size, which makes exact top-ups possible."""
+    if method == "linear-bottleneck":
+        dense = weight_shapes(cfg, width, spec)
+        names = list(dense)
+        full = [min(numel(dense[n][1:]), dense[n][0]) for n in names]  # rank min(fan_in k k, fan_out) is full
+        costs = [numel(dense[n][1:]) + dense[n][0] for n in names]
+
+        def make(sizes):
+            ranks = dict(zip(names, sizes))
+            return weight_shapes(cfg, width, spec, ranks=ranks), None, ranks
+
+        return full, costs, make
+    if cfg.name == "mlp":
+        if cfg.hidden_layers < 2:
+            raise UserError("nonlinear-bottleneck on the MLP needs model.hidden_layers >= 2 "
+                            "(wide and narrow layers alternate)")
+        narrow = list(range(1, cfg.hidden_layers, 2))  # hidden layers 1, 3, ... shrink; 0, 2, ... grow
+        after = [width if i + 1 < cfg.hidden_layers else spec.num_classes for i in narrow]
+        full, costs = [width] * len(narrow), [width + a for a in after]
+
+        def make(sizes):
+            inner = [width] * cfg.hidden_layers
+            for i, size in zip(narrow, sizes):
+                inner[i] = size
+            return weight_shapes(cfg, width, spec, inner=inner), inner, None
+
+        return full, costs, make
+    full = [width * m for m in RESNET_STAGE_MULTS]
+    ins = [width] + full[:-1]
+    costs = [9 * (i + o) for i, o in zip(ins, full)]  # inner width m costs 3x3 (in x m + m x out)
+    return full, costs, lambda sizes: (weight_shapes(cfg, width, spec, inner=list(sizes)), list(sizes), None)
+
+
+def solve_bottleneck(cfg: ModelConfig, width: int, spec: InputSpec, method: str, budget: int):
+    """Bottleneck sizes whose explicit count is as close to `budget` as whole units allow, never above.
+
+    All sizes shrink by one common ratio (largest with the count within budget); then the gap is filled
+    layer by layer, so what is left is less than one unit of the cheapest layer not at its full size.
+    Returns (ratio, shapes, inner, ranks), or None when even bottlenecks of 1 exceed the budget.
+    """
+    full, costs, make = _bottleneck(cfg, width, spec, method)
+
+    def scaled(ratio):
+        return [max(1, round(ratio * f)) for f in full]
+
+    def n(sizes):
+        return count(make(sizes)[0])
+
+    if n([1] * len(full)) > budget:
+        return None
+    lo, hi = 0.0, 1.0
+    if n(scaled(hi)) <= budget:
+        lo = hi
+    for _ in range(50 if lo < 1 else 0):  # the count is non-decreasing in the ratio
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if n(scaled(mid)) <= budget else (lo, mid)
+    sizes = scaled(lo)
+    gap = budget - n(sizes)
+    for i in sorted(range(len(full)), key=lambda i: -costs[i]):  # big units first, small ones mop up
+        add = min(full[i] - sizes[i], gap // costs[i])
+        sizes[i] += add
+        gap -= add * costs[i]
+    return (lo, *make(sizes))
+
+
+# ---------------------------------------------------------------- plan
+
+@dataclass(frozen=True)
+class Member:
+    """One model of a family: its width and exactly which weights it has."""
+
+    width: int
+    base_width: int
+    method: str
+    budget: int  # the family's weight count, N(base)
+    n_weights: int  # this member's count: kept (sparse) or explicit (bottlenecks)
+    n_weights_dense: int  # the dense model at this width
+    distribution: str | None = None
+    within: str | None = None
+    layers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the member's weight shapes
+    kept: dict[str, int] = field(default_factory=dict)  # weights kept per layer
+    inner: list[int] | None = None  # non-linear bottleneck
+    ranks: dict[str, int] | None = None  # linear bottleneck
+    bottleneck_ratio: float | None = None
+
+    @property
+    def connectivity(self) -> float:
+        return self.n_weights / self.n_weights_dense
+
+    @property
+    def widening_factor(self) -> float:
+        return self.width / self.base_width
+
+    @property
+    def deviation(self) -> int:
+        return self.n_weights - self.budget
+
+
+def family_budget(cfg: ModelConfig, base_width: int, spec: InputSpec, method: str) -> int:
+    """N(base): the dense count, or for the linear bottleneck the full-rank factorisation's explicit count."""
+    if method == "linear-bottleneck":
+        full, _, make = _bottleneck(cfg, base_width, spec, method)
+        return count(make(full)[0])
+    return count(weight_shapes(cfg, base_width, spec))
+
+
+class Infeasible(Exception):
+    """This width cannot hold the budget (the message says why)."""
+
+
+def _plan(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method: MethodConfig) -> Member:
+    name = method.name
+    dense = weight_shapes(cfg, width, spec)
+    n_dense = count(dense)
+    budget = family_budget(cfg, base_width, spec, name)
+    common = dict(width=width, base_width=base_width, method=name, budget=budget, n_weights_dense=n_dense)
+    if name == "dense":
+        return Member(**{**common, "budget": n_dense}, n_weights=n_dense, layers=dense,
+                      kept={n: numel(s) for n, s in dense.items()})
+    if name == "sparse":
+        try:
+            kept = distribute(dense, budget, method)
+        except ValueError as e:
+            raise Infeasible(f"width {width} cannot keep the base width's {budget:,} weights: {e}") from None
+        if min(kept.values()) < 1:
+            raise Infeasible(f"width {width} would leave a layer with no weights")
+        if method.within == "io":
+            kept = round_to_kernels(dense, kept)
+        return Member(**common, n_weights=sum(kept.values()), distribution=method.distribution,
+                      within=method.within, layers=dense, kept=kept)
+    solved = solve_bottleneck(cfg, width, spec, name, budget)
+    if solved is None:
+        raise Infeasible(f"width {width} needs a bottleneck below 1 to hold {budget:,} weights")
+    ratio, shapes, inner, ranks = solved
+    return Member(**common, n_weights=count(shapes), layers=shapes, kept={n: numel(s) for n, s in shapes.items()},
+                  inner=inner, ranks=ranks, bottleneck_ratio=ratio)
+
+
+def plan_member(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method: MethodConfig) -> Member:
+    """The member of a family at `width`; an impossible one raises UserError with the valid widths."""
+    if width < base_width:
+        raise UserError(f"width {width} is below the base width {base_width}; family members have width "
+                        f">= {base_width}")
+    llc = method.last_layer_connectivity
+    if llc is not None and not 0 < llc <= 1:
+        raise UserError(f"method.last_layer_connectivity must be in (0, 1], got {llc}")
+    try:
+        return _plan(cfg, spec, base_width, width, method)
+    except Infeasible as e:
+        top = max_width(cfg, spec, base_width, method)
+        valid = f"{base_width} to {top}" if top is not None and top >= base_width else "none"
+        raise UserError(f"{e}; valid widths for base width {base_width} with {method.name}: {valid}") from None
+
+
+def is_valid(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method: MethodConfig,
+             connectivity_floor: float = 0.0) -> bool:
+    try:
+        member = _plan(cfg, spec, base_width, width, method)
+    except Infeasible:
+        return False
+    return member.connectivity >= connectivity_floor
+
+
+def max_width(cfg: ModelConfig, spec: InputSpec, base_width: int, method: MethodConfig,
+              connectivity_floor: float = 0.0, limit: int = 1 << 16) -> int | None:
+    """The widest valid member (validity is monotone in width); None if even `limit` is valid."""
+    if not is_valid(cfg, spec, base_width, base_width, method, connectivity_floor):
+        return base_width - 1
+    if is_valid(cfg, spec, base_width, limit, method, connectivity_floor):
+        return None
+    lo, hi = base_width, limit  # lo valid, hi invalid
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if is_valid(cfg, spec, base_width, mid, method, connectivity_floor) else (lo, mid)
+    return lo
+
+
+def default_widths(cfg: ModelConfig, spec: InputSpec, base_width: int, method: MethodConfig,
+                   connectivity_floor: float, max_members: int = 16) -> list[int]:
+    """The base width times powers of sqrt(2) (as the paper writes them: 1, 1.41, 2, 2.83, ...), up to the
+    widest valid member whose connectivity (n_weights / n_weights_dense) stays >= the floor."""
+    widths = []
+    for k in range(max_members):
+        w = round(base_width * round(math.sqrt(2) ** k, 2))
+        if not is_valid(cfg, spec, base_width, w, method, connectivity_floor):
+            break
+        if w not in widths:
+            widths.append(w)
+    return widths
+
+
+def widths_from_factors(base_width: int, factors: list[float]) -> list[int]:
+    return sorted({round(base_width * f) for f in factors})

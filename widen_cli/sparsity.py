@@ -1,0 +1,69 @@
+"""Static random masks: drawn once from the seed, applied after every optimiser step.
+
+Re-masking the weights after each step keeps masked weights exactly zero whatever the optimiser
+does (momentum, weight decay): the gradients need no separate masking.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from widen_cli.budget import Member
+from widen_cli.models import weight_layers
+
+
+def draw_masks(member: Member, seed: int) -> dict[str, torch.Tensor]:
+    """One bool mask per layer with exactly `member.kept[name]` ones, uniform over the allowed positions.
+
+    `within: all`: positions uniform over every entry of the tensor; `io`: whole k x k kernels.
+    Drawn on the CPU from `seed`, so every device and every process gets the same masks.
+    """
+    g = torch.Generator().manual_seed(seed)
+    masks = {}
+    for name, shape in member.layers.items():
+        kernel = math.prod(shape[2:]) if member.within == "io" else 1
+        slots = math.prod(shape) // kernel
+        keep = member.kept[name] // kernel
+        flat = torch.zeros(slots, dtype=torch.bool)
+        flat[torch.randperm(slots, generator=g)[:keep]] = True
+        masks[name] = flat.repeat_interleave(kernel).view(shape)
+    return masks
+
+
+class Masks:
+    """Masks bound to a model's weight tensors, applied in one fused call."""
+
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]):
+        layers = weight_layers(model)
+        self.names = list(masks)
+        self.weights = [layers[n].weight for n in self.names]
+        self.masks = [masks[n].to(device=w.device, dtype=w.dtype) for n, w in zip(self.names, self.weights)]
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        torch._foreach_mul_(self.weights, self.masks)
+
+    @torch.no_grad()
+    def rescale_init_(self) -> None:
+        """Scale each layer's initial weights by 1/sqrt(kept fraction), restoring the pre-activation
+        variance that the removed fan-in took away."""
+        for w, m in zip(self.weights, self.masks):
+            w.mul_(1 / math.sqrt(m.mean().item()))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {n: m.bool().cpu() for n, m in zip(self.names, self.masks)}
+
+    def save(self, path: Path) -> None:
+        torch.save(self.state(), path)
+
+
+def sparsify(model: nn.Module, member: Member, seed: int, rescale_init: bool = True) -> Masks:
+    """Draw the member's masks, zero the masked weights and (optionally) rescale the initialisation."""
+    masks = Masks(model, draw_masks(member, seed))
+    if rescale_init:
+        masks.rescale_init_()
+    masks.apply_()
+    return masks

@@ -1,0 +1,201 @@
+"""`widen sweep-width`: plan a fixed-budget family, run every member that is missing, gather the results.
+
+Each member is an ordinary `widen train` run (same config composition, same run folder naming) under
+the sweep folder, so a finished member is found and skipped, and members never share a file: the
+results table is rebuilt from the members' own summary.parquet files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from widen_cli import budget, results
+from widen_cli.config import MethodConfig, RunConfig, load
+from widen_cli.errors import UserError
+from widen_cli.models import InputSpec
+
+LAUNCHERS = ("local", "pool", "submitit")
+PLAN_COLUMNS = [
+    "width", "widening_factor", "method", "distribution", "within", "last_layer_connectivity", "connectivity",
+    "n_weights", "n_weights_dense", "budget", "deviation", "bottleneck_ratio",
+    "layers", "layer_sizes", "layer_kept", "layer_kept_fraction",
+]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One member and seed: the overrides that make it a `widen train` run."""
+
+    member: budget.Member
+    seed: int
+    overrides: tuple[str, ...]
+    run_dir: Path
+    last_layer_connectivity: float | None = None
+
+
+def sweep_name(run: RunConfig) -> str:
+    """Readable parts plus a hash of what defines the family (not its widths or seeds, so a sweep can grow)."""
+    ident = run.identity()
+    for k in ("width", "seed"):
+        ident.pop(k)
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{run.dataset.name}-{run.model.name}-{run.method.name}-b{run.base_width}-{digest}"
+
+
+def plan_family(run: RunConfig, spec: InputSpec, widths: list[int], dense_wide: bool,
+                last_layer_connectivities: list[float | None] = (None,)) -> list[tuple[budget.Member, float | None]]:
+    """Every member: the family's method at each width, plus dense models at the wider widths.
+
+    The sparse and non-linear bottleneck members at the base width are the dense baseline itself; the
+    linear bottleneck's is its full-rank factorisation, so the unmodified dense baseline is added too.
+    With several last-layer connectivities (the Figure 4 grid), impossible combinations are left out.
+    """
+    members = []
+    for llc in last_layer_connectivities:
+        method = replace(run.method, last_layer_connectivity=llc)
+        for w in widths:
+            if llc is not None and len(last_layer_connectivities) > 1 and \
+                    not budget.is_valid(run.model, spec, run.base_width, w, method):
+                continue
+            members.append((budget.plan_member(run.model, spec, run.base_width, w, method), llc))
+    dense = MethodConfig(name="dense")
+    dense_widths = [w for w in widths if w > run.base_width] if dense_wide else []
+    if run.method.name == "linear-bottleneck" or (run.method.name == "dense" and not dense_wide):
+        dense_widths = [run.base_width] + dense_widths
+    if run.method.name != "dense":
+        members += [(budget.plan_member(run.model, spec, run.base_width, w, dense), None) for w in dense_widths]
+    return members
+
+
+def plan_table(members: list[tuple[budget.Member, float | None]]) -> pd.DataFrame:
+    rows = []
+    for m, llc in members:
+        sizes = [budget.numel(s) for s in m.layers.values()]
+        kept = [m.kept[n] for n in m.layers]
+        rows.append(dict(
+            width=m.width, widening_factor=m.widening_factor, method=m.method, distribution=m.distribution,
+            within=m.within, last_layer_connectivity=llc, connectivity=m.connectivity, n_weights=m.n_weights,
+            n_weights_dense=m.n_weights_dense, budget=m.budget, deviation=m.deviation,
+            bottleneck_ratio=m.bottleneck_ratio, layers=list(m.layers), layer_sizes=sizes, layer_kept=kept,
+            layer_kept_fraction=[k / s for k, s in zip(kept, sizes)],
+        ))
+    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
+
+
+def make_jobs(member_overrides: list[str], members, seeds: list[int], sweep_dir: Path) -> list[Job]:
+    """The `widen train` overrides of every member and seed; method.* overrides go to the family only."""
+    jobs = []
+    for member, llc in members:
+        shared = [o for o in member_overrides if member.method != "dense" or not o.startswith("method.")]
+        for seed in seeds:
+            overrides = [*shared, f"method={member.method}", f"width={member.width}",
+                         f"base_width={member.base_width}", f"seed={seed}", f"out={sweep_dir}", "name=null"]
+            if llc is not None:
+                overrides.append(f"method.last_layer_connectivity={llc}")
+            _, run = load(overrides)
+            jobs.append(Job(member, seed, tuple(overrides), run.run_dir, llc))
+    return jobs
+
+
+def run_member(overrides: list[str], threads: int | None = None) -> str:
+    """Run one member as `widen train` would, quietly; returns its run folder. Top level: picklable."""
+    import torch
+    from rich.console import Console
+
+    from widen_cli.train import run_training
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg, run = load(overrides)
+    run_training(cfg, run, Console(stderr=True, quiet=True))
+    return str(run.run_dir)
+
+
+def _record_failure(job: Job, error: BaseException | str) -> None:
+    text = error if isinstance(error, str) else "".join(traceback.format_exception(error))
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    results.write_text(text, job.run_dir / "error.txt")
+
+
+def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console,
+           submitit_params: dict | None = None) -> None:
+    """Run the jobs that have not finished; a failing member is recorded (error.txt) and the rest go on."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    todo = [j for j in jobs if not (j.run_dir / "summary.parquet").exists()]
+    console.print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; running {len(todo)} "
+                  f"with the {launcher} launcher")
+    if not todo:
+        return
+    for j in todo:
+        (j.run_dir / "error.txt").unlink(missing_ok=True)
+    columns = [TextColumn("[bold]members"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[last]}")]
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("members", total=len(todo), last="")
+
+        def done(job: Job, error=None):
+            if error is not None:
+                _record_failure(job, error)
+                console.print(f"[red]member width={job.member.width} method={job.member.method} seed={job.seed} "
+                              f"failed: {str(error).strip().splitlines()[-1] if str(error).strip() else error!r}"
+                              f" (see {job.run_dir / 'error.txt'})[/red]")
+            progress.update(task, advance=1, last=f"{job.member.method} w={job.member.width} s={job.seed}")
+
+        if launcher == "local":
+            from widen_cli.train import run_training
+
+            for job in todo:
+                try:
+                    cfg, run = load(list(job.overrides))
+                    run_training(cfg, run, console)
+                    done(job)
+                except UserError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - one member's crash must not stop the family
+                    done(job, e)
+        elif launcher == "pool":
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            threads = max(1, (os.cpu_count() or 1) // n_jobs)
+            with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(run_member, list(j.overrides), threads): j for j in todo}
+                for fut in as_completed(futures):
+                    done(futures[fut], fut.exception())
+        else:
+            import submitit
+
+            executor = submitit.AutoExecutor(folder=sweep_dir / ".submitit")
+            params = {k: v for k, v in (submitit_params or {}).items() if v is not None}
+            executor.update_parameters(**params, slurm_array_parallelism=n_jobs)
+            submitted = executor.map_array(run_member, [list(j.overrides) for j in todo])
+            for job, sub in zip(todo, submitted):
+                try:
+                    sub.result()
+                    done(job)
+                except Exception as e:  # noqa: BLE001
+                    done(job, e)
+
+
+def gather(jobs: list[Job], sweep_dir: Path) -> pd.DataFrame:
+    """results.parquet: one row per member and seed, from the members' own summary files."""
+    rows = []
+    for job in jobs:
+        path = job.run_dir / "summary.parquet"
+        if not path.exists():
+            continue
+        row = results.read_table(path).iloc[0].to_dict()
+        row.update(widening_factor=job.member.widening_factor, distribution=job.member.distribution,
+                   last_layer_connectivity=job.last_layer_connectivity, run=job.run_dir.name)
+        rows.append(row)
+    columns = results.SUMMARY_COLUMNS + ["widening_factor", "distribution", "last_layer_connectivity", "run"]
+    df = pd.DataFrame(rows, columns=columns)
+    results.write_table(df, sweep_dir / "results.parquet", columns)
+    return df
