@@ -313,8 +313,7 @@ def plan_member(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, 
     try:
         return _plan(cfg, spec, base_width, width, method)
     except Infeasible as e:
-        top = max_width(cfg, spec, base_width, method)
-        valid = f"{base_width} to {top}" if top is not None and top >= base_width else "none"
+        valid = valid_widths(cfg, spec, base_width, method)
         raise UserError(f"{e}; valid widths for base width {base_width} with {method.name}: {valid}") from None
 
 
@@ -327,18 +326,41 @@ def is_valid(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, met
     return member.connectivity >= connectivity_floor
 
 
-def max_width(cfg: ModelConfig, spec: InputSpec, base_width: int, method: MethodConfig,
-              connectivity_floor: float = 0.0, limit: int = 1 << 16) -> int | None:
-    """The widest valid member (validity is monotone in width); None if even `limit` is valid."""
-    if not is_valid(cfg, spec, base_width, base_width, method, connectivity_floor):
-        return base_width - 1
-    if is_valid(cfg, spec, base_width, limit, method, connectivity_floor):
+def _widest(cfg, spec, base_width, method, valid_from: int, floor: float, limit: int) -> int | None:
+    """Bisection for the widest valid width above `valid_from` (valid); None if even `limit` is."""
+    if is_valid(cfg, spec, base_width, limit, method, floor):
         return None
-    lo, hi = base_width, limit  # lo valid, hi invalid
+    lo, hi = valid_from, limit  # lo valid, hi invalid
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if is_valid(cfg, spec, base_width, mid, method, connectivity_floor) else (lo, mid)
+        lo, hi = (mid, hi) if is_valid(cfg, spec, base_width, mid, method, floor) else (lo, mid)
     return lo
+
+
+def max_width(cfg: ModelConfig, spec: InputSpec, base_width: int, method: MethodConfig,
+              connectivity_floor: float = 0.0, limit: int = 1 << 16) -> int | None:
+    """The widest valid member, assuming the base width is valid (validity is monotone in width from
+    there); None if even `limit` is valid."""
+    return _widest(cfg, spec, base_width, method, base_width, connectivity_floor, limit)
+
+
+def valid_widths(cfg: ModelConfig, spec: InputSpec, base_width: int, method: MethodConfig,
+                 limit: int = 1 << 16) -> str:
+    """The valid widths in words. A fixed last-layer connectivity can make narrow widths invalid too: the
+    other layers must be wide enough to hold the rest of the budget."""
+    lo = base_width
+    if not is_valid(cfg, spec, base_width, lo, method):
+        step = base_width
+        while lo <= limit and not is_valid(cfg, spec, base_width, lo, method):
+            lo, step = lo + step, step * 2
+        if lo > limit:
+            return "none"
+        bad = lo - step // 2
+        while lo - bad > 1:  # bad invalid, lo valid
+            mid = (lo + bad) // 2
+            lo, bad = (mid, bad) if is_valid(cfg, spec, base_width, mid, method) else (lo, mid)
+    hi = _widest(cfg, spec, base_width, method, lo, 0.0, limit)
+    return f"{lo} and above" if hi is None else f"{lo} to {hi}"
 
 
 def default_widths(cfg: ModelConfig, spec: InputSpec, base_width: int, method: MethodConfig,

@@ -197,7 +197,7 @@ def sweep_width(
     }
     member_overrides = options_to_overrides(experiment, shared, overrides)
     cfg = config_mod.compose_config(member_overrides)
-    base = base_width or cfg.base_width or cfg.width
+    base = next(b for b in (base_width, cfg.base_width, cfg.width) if b is not None)
     member_overrides.append(f"base_width={base}")
     cfg, run = config_mod.load([*member_overrides, f"width={base}"])
     s = cfg.sweep

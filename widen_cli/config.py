@@ -181,6 +181,9 @@ def validate(cfg: DictConfig) -> RunConfig:
     ):
         if value not in valid:
             raise UserError(f"{key} must be one of {', '.join(valid)}, got {value!r}")
+    llc = method.last_layer_connectivity
+    if llc is not None and not (isinstance(llc, (int, float)) and 0 < llc <= 1):
+        raise UserError(f"method.last_layer_connectivity must be in (0, 1], got {llc}")
     if not (optim.lr > 0):
         raise UserError(f"optim.lr must be > 0, got {optim.lr}")
     device = str(top["device"])

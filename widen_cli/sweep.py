@@ -58,12 +58,13 @@ def plan_family(run: RunConfig, spec: InputSpec, widths: list[int], dense_wide: 
     """
     members = []
     for llc in last_layer_connectivities:
-        method = replace(run.method, last_layer_connectivity=llc)
+        method = run.method if llc is None else replace(run.method, last_layer_connectivity=llc)
         for w in widths:
             if llc is not None and len(last_layer_connectivities) > 1 and \
                     not budget.is_valid(run.model, spec, run.base_width, w, method):
                 continue
-            members.append((budget.plan_member(run.model, spec, run.base_width, w, method), llc))
+            members.append((budget.plan_member(run.model, spec, run.base_width, w, method),
+                            method.last_layer_connectivity))
     dense = MethodConfig(name="dense")
     dense_widths = [w for w in widths if w > run.base_width] if dense_wide else []
     if run.method.name == "linear-bottleneck" or (run.method.name == "dense" and not dense_wide):
@@ -96,7 +97,7 @@ def make_jobs(member_overrides: list[str], members, seeds: list[int], sweep_dir:
         for seed in seeds:
             overrides = [*shared, f"method={member.method}", f"width={member.width}",
                          f"base_width={member.base_width}", f"seed={seed}", f"out={sweep_dir}", "name=null"]
-            if llc is not None:
+            if llc is not None and member.method != "dense":
                 overrides.append(f"method.last_layer_connectivity={llc}")
             _, run = load(overrides)
             jobs.append(Job(member, seed, tuple(overrides), run.run_dir, llc))

@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from widen_cli import results
-from widen_cli.budget import plan_member
+from widen_cli.budget import Member, plan_member
 from omegaconf import DictConfig, OmegaConf
 
 from widen_cli.config import OptimConfig, RunConfig
-from widen_cli.data import load_data
+from widen_cli.data import load_data, spec_from_config
 from widen_cli.errors import UserError
 from widen_cli.models import build_model, weight_layers
 from widen_cli.sparsity import Masks, sparsify
@@ -104,13 +104,15 @@ class RunResult:
     skipped: bool = False  # already finished before this call
 
 
-def train_run(run: RunConfig, run_dir: Path, console: Console | None = None) -> RunResult:
-    """Train one model as `run` says, writing metrics.parquet each epoch and summary.parquet at the end."""
+def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | None = None) -> RunResult:
+    """Train `member` as `run` says, writing metrics.parquet each epoch and summary.parquet at the end."""
     console = console or Console(stderr=True)
     device = resolve_device(run.device)
     torch.manual_seed(run.seed)
     train_loader, test_loader, spec = load_data(run.dataset, run.optim.batch_size, device, run.seed)
-    member = plan_member(run.model, spec, run.base_width, run.width, run.method)
+    if spec != spec_from_config(run.dataset):
+        raise UserError(f"{run.dataset.name}: the data holds {spec} but the config says "
+                        f"{spec_from_config(run.dataset)}; fix dataset.channels / num_classes")
     model = build_model(run.model, run.width, spec, inner=member.inner, ranks=member.ranks).to(device)
     built = {n: tuple(m.weight.shape) for n, m in weight_layers(model).items()}
     assert built == member.layers, f"plan and model disagree: {member.layers} vs {built}"
@@ -163,6 +165,8 @@ def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None
     if summary_path.exists():
         return RunResult(results.read_table(run_dir / "metrics.parquet"),
                          results.read_table(summary_path).iloc[0].to_dict(), skipped=True)
+    # Plan first: an impossible member is refused before any data is read or folder made.
+    member = plan_member(run.model, spec_from_config(run.dataset), run.base_width, run.width, run.method)
     cfg = cfg.copy()
     cfg.base_width, cfg.name = run.base_width, run.run_name()
     try:
@@ -170,4 +174,4 @@ def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None
         results.write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config.yaml")
     except OSError as e:
         raise UserError(f"cannot write to output folder {run_dir}: {e.strerror or e}") from None
-    return train_run(run, run_dir, console)
+    return train_run(run, member, run_dir, console)

@@ -1,0 +1,171 @@
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from widen_cli.cli import app
+from widen_cli.results import SUMMARY_COLUMNS
+
+runner = CliRunner()
+
+
+def widen(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_dry_run_cifar100_base18_plan(tmp_path):
+    res = widen("sweep-width", "--dataset", "cifar100", "--base-width", 18, "--dry-run",
+                "--data-root", tmp_path / "no-data-here", "--out", tmp_path, "--name", "plan")
+    assert res.exit_code == 0, res.output
+    plan = pd.read_parquet(tmp_path / "plan" / "plan.parquet")
+    sparse = plan[plan.method == "sparse"]
+    assert sparse.width.tolist()[:5] == [18, 25, 36, 51, 72]
+    assert (sparse.n_weights == 897_462).all() and (sparse.deviation == 0).all()
+    assert (sparse.connectivity >= 0.01).all() and sparse.connectivity.iloc[0] == 1.0
+    assert "897,462" in res.output and "kept fraction per layer" in res.output
+    dense = plan[plan.method == "dense"]
+    assert dense.width.tolist() == sparse.width.tolist()[1:]  # dense-wide at every wider width
+    assert (dense.n_weights == dense.n_weights_dense).all()
+    for row in sparse.itertuples():  # per-layer kept counts add up to the budget
+        assert sum(row.layer_kept) == 897_462 and len(row.layers) == 21
+    assert not any(p.is_dir() for p in (tmp_path / "plan").iterdir())  # nothing ran
+
+
+def test_dry_run_imagenet_table1_needs_no_data(tmp_path):
+    res = widen("sweep-width", "--experiment", "table1_imagenet", "--dry-run", "--out", tmp_path, "--name", "t1")
+    assert res.exit_code == 0, res.output
+    plan = pd.read_parquet(tmp_path / "t1" / "plan.parquet")
+    sparse = plan[plan.method == "sparse"]
+    assert sparse.width.tolist() == [64, 90, 128, 181, 256]
+    assert (sparse.n_weights == 11_678_912).all()
+    assert [round(n / 1e6, 2) for n in plan[plan.method == "dense"].n_weights] == [22.80, 45.67, 90.72, 180.61]
+
+
+@pytest.mark.parametrize("method", ["linear-bottleneck", "nonlinear-bottleneck"])
+def test_dry_run_bottleneck_families_report_deviation(tmp_path, method):
+    res = widen("sweep-width", "--dataset", "cifar10", "--method", method, "--base-width", 12,
+                "--factors", "1,2,4", "--dry-run", "--out", tmp_path, "--name", "b")
+    assert res.exit_code == 0, res.output
+    plan = pd.read_parquet(tmp_path / "b" / "plan.parquet")
+    family = plan[plan.method == method]
+    assert family.width.tolist() == [12, 24, 48]
+    budget = family.budget.iloc[0]
+    assert (family.deviation <= 0).all() and (family.deviation > -0.001 * budget).all()
+    assert (family.n_weights == family.budget + family.deviation).all()
+    assert family.bottleneck_ratio.iloc[0] == 1.0 and family.bottleneck_ratio.is_monotonic_decreasing
+
+
+def sweep_args(widths="8,32", seeds="0,1"):
+    return ["sweep-width", "--dataset", "synthetic", "--model", "mlp", "--base-width", 8, "--widths", widths,
+            "--seeds", seeds, "--epochs", 2, "dataset.train_size=128", "dataset.test_size=64",
+            "dataset.image_size=8", "optim.batch_size=32"]
+
+
+SWEEP = sweep_args()
+IDENTITY = ["method", "width", "seed", "base_width", "n_weights", "n_weights_dense", "connectivity"]
+METRICS = ["best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc"]
+
+
+def sorted_rows(df):
+    return df.sort_values(["method", "width", "seed"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweeps")
+    res = widen(*SWEEP, "--out", out, "--name", "local")
+    assert res.exit_code == 0, res.output
+    return out, res
+
+
+def test_sweep_runs_every_member_and_seed(local_sweep):
+    out, _ = local_sweep
+    df = sorted_rows(pd.read_parquet(out / "local" / "results.parquet"))
+    assert set(SUMMARY_COLUMNS + ["widening_factor", "distribution"]) <= set(df.columns)
+    assert list(zip(df.method, df.width, df.seed)) == [
+        ("dense", 32, 0), ("dense", 32, 1), ("sparse", 8, 0), ("sparse", 8, 1), ("sparse", 32, 0), ("sparse", 32, 1)]
+    sparse = df[df.method == "sparse"]
+    assert (sparse.n_weights == 3 * 8 * 8 * 8 + 8 * 10).all()  # base width 8 on 3x8x8 input, 10 classes
+    assert sparse.distribution.eq("staggered").all()
+    assert df.widening_factor.tolist() == [4.0, 4.0, 1.0, 1.0, 4.0, 4.0]
+    # Each member is an ordinary run folder; the sparse ones carry their masks, exactly at the budget.
+    for run in df[df.method == "sparse"].run:
+        masks = torch.load(out / "local" / run / "masks.pt", weights_only=True)
+        assert sum(int(m.sum()) for m in masks.values()) == 3 * 8 * 8 * 8 + 8 * 10
+    # The two seeds are different runs.
+    assert df[df.method == "sparse"].run.nunique() == 4
+
+
+def test_rerun_trains_nothing(local_sweep):
+    out, _ = local_sweep
+    before = {p: p.stat().st_mtime_ns for p in (out / "local").glob("*/summary.parquet")}
+    res = widen(*SWEEP, "--out", out, "--name", "local")
+    assert res.exit_code == 0, res.output
+    assert "6 of 6 runs already finished; running 0" in res.output
+    assert {p: p.stat().st_mtime_ns for p in (out / "local").glob("*/summary.parquet")} == before
+
+
+def test_missing_member_is_run_on_rerun(local_sweep, tmp_path):
+    out, _ = local_sweep
+    shutil.copytree(out / "local", tmp_path / "grown")
+    res = widen(*sweep_args(widths="8,32,64", seeds="0"), "--out", tmp_path, "--name", "grown")
+    assert res.exit_code == 0, res.output
+    assert "3 of 5 runs already finished; running 2" in res.output  # width 64: sparse and dense-wide
+    df = pd.read_parquet(tmp_path / "grown" / "results.parquet")
+    assert sorted(zip(df.method, df.width)) == [("dense", 32), ("dense", 64), ("sparse", 8), ("sparse", 32),
+                                                 ("sparse", 64)]
+
+
+@pytest.mark.parametrize("launcher", ["pool", "submitit"])
+def test_launchers_give_the_same_rows(local_sweep, launcher):
+    out, _ = local_sweep
+    res = widen(*SWEEP, "--out", out, "--name", launcher, "--launcher", launcher, "--jobs", 2)
+    assert res.exit_code == 0, res.output
+    local = sorted_rows(pd.read_parquet(out / "local" / "results.parquet"))
+    other = sorted_rows(pd.read_parquet(out / launcher / "results.parquet"))
+    local = local[local.seed.isin([0, 1]) & local.width.isin([8, 32])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(local[IDENTITY + ["run"]], other[IDENTITY + ["run"]])
+    pd.testing.assert_frame_equal(local[METRICS], other[METRICS], atol=1e-6, rtol=0)
+
+
+def test_train_one_sparse_member_directly(tmp_path):
+    res = widen("train", "--dataset", "synthetic", "--model", "resnet18", "--method", "sparse", "--width", 8,
+                "--base-width", 4, "--epochs", 1, "--out", tmp_path, "--name", "m", "dataset.train_size=32",
+                "dataset.test_size=16", "optim.batch_size=16")
+    assert res.exit_code == 0, res.output
+    s = pd.read_parquet(tmp_path / "m" / "summary.parquet").iloc[0]
+    assert (s.method, s.width, s.base_width) == ("sparse", 8, 4)
+    assert s.n_weights == 27 * 4 + 2724 * 16 + 8 * 4 * 10  # the base width's count (closed form)
+    assert s.n_weights_dense == 27 * 8 + 2724 * 64 + 8 * 8 * 10
+    assert s.connectivity == pytest.approx(s.n_weights / s.n_weights_dense)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--base-width", 18, "--widths", "12,18"), "width 12 is below the base width 18"),
+    (("--base-width", 18, "--widths", "18,300", "--method", "nonlinear-bottleneck"),
+     "valid widths for base width 18 with nonlinear-bottleneck: 18 to 131"),
+    (("--base-width", 18, "--widths", "18,36", "method.last_layer_connectivity=1.5"),
+     "method.last_layer_connectivity must be in (0, 1], got 1.5"),
+    (("--base-width", 18, "--widths", "18,abc"), "--widths takes comma-separated ints"),
+    (("--base-width", 18, "--launcher", "slurm"), "unknown launcher 'slurm'; valid: local, pool, submitit"),
+    (("--base-width", 18, "--method", "pruned"), "unknown method 'pruned'"),
+    (("--base-width", 0,), "width must be an integer >= 1, got 0"),
+])
+def test_impossible_family_refused(tmp_path, args, needle):
+    res = widen("sweep-width", "--dataset", "cifar100", "--dry-run", "--out", tmp_path, *args)
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and "Traceback" not in res.output
+    assert not (tmp_path.exists() and any(tmp_path.rglob("plan.parquet")))
+
+
+def test_impossible_member_refused_before_reading_data(tmp_path):
+    # 784-5-10 holds 3,970 weights. With the last layer at connectivity 0.5, width 5 would have to keep
+    # 3,945 first-layer weights of 3,920; width 6 is the narrowest whose first layer (4,704) holds them.
+    # At width 794 the last layer alone would keep 0.5 * 7,940 = 3,970: 793 is the widest.
+    res = widen("train", "--dataset", "mnist", "--data-root", tmp_path / "absent", "--method", "sparse",
+                "--base-width", 5, "--width", 5, "method.last_layer_connectivity=0.5", "--out", tmp_path)
+    assert res.exit_code == 2, res.output
+    assert "valid widths for base width 5 with sparse: 6 to 793" in res.output
+    assert not any(tmp_path.iterdir())
