@@ -115,11 +115,16 @@ def proportional(sizes: list[int], n_keep: int) -> list[int]:
 def erk(shapes: list[tuple[int, ...]], n_keep: int) -> list[int]:
     """Erdős–Rényi-Kernel (Evci et al. 2020): density proportional to sum(shape) / prod(shape), capped at 1."""
     sizes = [numel(s) for s in shapes]
+    if n_keep >= sum(sizes):
+        return sizes
     score = [sum(s) / numel(s) for s in shapes]
     dense: set[int] = set()
+    eps = 0.0
     while True:  # layers whose density would exceed 1 stay dense; re-solve the scale for the rest
         budget = n_keep - sum(sizes[i] for i in dense)
         free = [i for i in range(len(sizes)) if i not in dense]
+        if not free:
+            break
         eps = budget / sum(score[i] * sizes[i] for i in free)
         over = {i for i in free if eps * score[i] > 1}
         if not over:
@@ -197,11 +202,44 @@ def _bottleneck(cfg: ModelConfig, width: int, spec: InputSpec, method: str):
     return full, costs, lambda sizes: (weight_shapes(cfg, width, spec, inner=list(sizes)), list(sizes), None)
 
 
+def _fill(sizes: list[int], full: list[int], costs: list[int], gap: int) -> int:
+    """Add whole units to `sizes` (in place), biggest units first, while they fit in `gap`; the gap left."""
+    for i in sorted(range(len(full)), key=lambda i: -costs[i]):
+        add = min(full[i] - sizes[i], gap // costs[i])
+        sizes[i] += add
+        gap -= add * costs[i]
+    return gap
+
+
+MAX_SHIFT = 64  # the local search moves up to this many units of one layer at a time
+
+
+def _shift(sizes, full, costs, gap, i, d):
+    """Layer i gets d more (or -d fewer) units; the others pay (cheapest first) or absorb the difference.
+    Returns (sizes, gap) or (None, None) if impossible."""
+    if not 1 <= sizes[i] + d <= full[i]:
+        return None, None
+    trial = list(sizes)
+    trial[i] += d
+    gap -= d * costs[i]
+    for j in sorted((j for j in range(len(full)) if j != i), key=lambda j: costs[j]):
+        if gap >= 0:
+            break
+        take = min(trial[j] - 1, -(gap // costs[j]))
+        trial[j] -= take
+        gap += take * costs[j]
+    if gap < 0:
+        return None, None
+    caps = [trial[i] if j == i else f for j, f in enumerate(full)]  # refill the others, not layer i
+    return trial, _fill(trial, caps, costs, gap)
+
+
 def solve_bottleneck(cfg: ModelConfig, width: int, spec: InputSpec, method: str, budget: int):
     """Bottleneck sizes whose explicit count is as close to `budget` as whole units allow, never above.
 
     All sizes shrink by one common ratio (largest with the count within budget); then the gap is filled
-    layer by layer, so what is left is less than one unit of the cheapest layer not at its full size.
+    layer by layer, and a local search shifts whole units between layers while that narrows the gap.
+    What is left is less than one unit of the cheapest layer not at its full size.
     Returns (ratio, shapes, inner, ranks), or None when even bottlenecks of 1 exceed the budget.
     """
     full, costs, make = _bottleneck(cfg, width, spec, method)
@@ -221,11 +259,15 @@ def solve_bottleneck(cfg: ModelConfig, width: int, spec: InputSpec, method: str,
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if n(scaled(mid)) <= budget else (lo, mid)
     sizes = scaled(lo)
-    gap = budget - n(sizes)
-    for i in sorted(range(len(full)), key=lambda i: -costs[i]):  # big units first, small ones mop up
-        add = min(full[i] - sizes[i], gap // costs[i])
-        sizes[i] += add
-        gap -= add * costs[i]
+    gap = _fill(sizes, full, costs, budget - n(sizes))
+    improved = True
+    while improved:  # local search: shift whole units between layers while that narrows the gap
+        improved = False
+        for i in range(len(full)):
+            for d in range(1, MAX_SHIFT + 1):
+                for trial, trial_gap in (_shift(sizes, full, costs, gap, i, -d), _shift(sizes, full, costs, gap, i, d)):
+                    if trial is not None and trial_gap < gap:
+                        sizes, gap, improved = trial, trial_gap, True
     return (lo, *make(sizes))
 
 

@@ -57,7 +57,8 @@ def train(
     dataset: Optional[str] = typer.Option(
         None, help=f"One of {', '.join(config_mod.DATASETS)}. Default: digits (built in, offline)."),
     model: Optional[str] = typer.Option(None, help="mlp or resnet18. Default: mlp."),
-    method: Optional[str] = typer.Option(None, help="How a wider member keeps the weight budget: dense."),
+    method: Optional[str] = typer.Option(None, help="dense (default), or how a member wider than --base-width "
+                                         "keeps its budget: sparse, linear-bottleneck, nonlinear-bottleneck."),
     width: Optional[int] = typer.Option(
         None, help="MLP: hidden units; ResNet-18: output channels of the first conv (stages at 1:2:4:8)."),
     base_width: Optional[int] = typer.Option(None, help="Width of the family's dense baseline (the budget)."),
@@ -242,13 +243,15 @@ def sweep_width(
 
 
 def print_plan(plan, sweep_dir: Path) -> None:
+    import pandas as pd
+
     table = Table(title=f"[bold]plan: {sweep_dir}[/bold]", header_style="bold")
     for col in ("width", "factor", "method", "connectivity", "n_weights", "n_weights_dense", "deviation",
                 "bottleneck"):
         table.add_column(col, justify="right")
     for r in plan.itertuples():
-        method = r.method + (f" ({r.distribution}, llc {r.last_layer_connectivity})"
-                             if r.last_layer_connectivity is not None else "")
+        method = r.method + (f" (last layer {r.last_layer_connectivity:g})"
+                             if pd.notna(r.last_layer_connectivity) else "")
         table.add_row(str(r.width), f"{r.widening_factor:.2f}", method, f"{r.connectivity:.4f}",
                       f"{r.n_weights:,}", f"{r.n_weights_dense:,}", f"{r.deviation:+,}",
                       "" if r.bottleneck_ratio is None or r.bottleneck_ratio != r.bottleneck_ratio
@@ -259,8 +262,8 @@ def print_plan(plan, sweep_dir: Path) -> None:
         kept = Table(title="kept fraction per layer (sparse members)", header_style="bold")
         kept.add_column("layer")
         for r in sparse.itertuples():
-            kept.add_column(f"w={r.width}" + (f" llc={r.last_layer_connectivity}"
-                                               if r.last_layer_connectivity is not None else ""), justify="right")
+            kept.add_column(f"w={r.width}" + (f" last={r.last_layer_connectivity:g}"
+                                               if pd.notna(r.last_layer_connectivity) else ""), justify="right")
         for i, layer in enumerate(sparse.iloc[0].layers):
             kept.add_row(layer, *(f"{r.layer_kept_fraction[i]:.3f}" for r in sparse.itertuples()))
         console.print(kept)
