@@ -65,13 +65,13 @@ def plan_family(run: RunConfig, spec: InputSpec, widths: list[int], dense_wide: 
                 continue
             members.append((budget.plan_member(run.model, spec, run.base_width, w, method),
                             method.last_layer_connectivity))
-    dense = MethodConfig(name="dense")
+    if run.method.name == "dense":
+        return members
     dense_widths = [w for w in widths if w > run.base_width] if dense_wide else []
-    if run.method.name == "linear-bottleneck" or (run.method.name == "dense" and not dense_wide):
+    if run.method.name == "linear-bottleneck":
         dense_widths = [run.base_width] + dense_widths
-    if run.method.name != "dense":
-        members += [(budget.plan_member(run.model, spec, run.base_width, w, dense), None) for w in dense_widths]
-    return members
+    dense = MethodConfig(name="dense")
+    return members + [(budget.plan_member(run.model, spec, run.base_width, w, dense), None) for w in dense_widths]
 
 
 def plan_table(members: list[tuple[budget.Member, float | None]]) -> pd.DataFrame:
@@ -118,10 +118,9 @@ def run_member(overrides: list[str], threads: int | None = None) -> str:
     return str(run.run_dir)
 
 
-def _record_failure(job: Job, error: BaseException | str) -> None:
-    text = error if isinstance(error, str) else "".join(traceback.format_exception(error))
+def _record_failure(job: Job, error: BaseException) -> None:
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    results.write_text(text, job.run_dir / "error.txt")
+    results.write_text("".join(traceback.format_exception(error)), job.run_dir / "error.txt")
 
 
 def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console,
