@@ -255,9 +255,10 @@ def solve_bottleneck(cfg: ModelConfig, width: int, spec: InputSpec, method: str,
     lo, hi = 0.0, 1.0
     if n(scaled(hi)) <= budget:
         lo = hi
-    for _ in range(50 if lo < 1 else 0):  # the count is non-decreasing in the ratio
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if n(scaled(mid)) <= budget else (lo, mid)
+    else:
+        for _ in range(50):  # the count is non-decreasing in the ratio
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if n(scaled(mid)) <= budget else (lo, mid)
     sizes = scaled(lo)
     gap = _fill(sizes, full, costs, budget - n(sizes))
     improved = True

@@ -254,8 +254,7 @@ def print_plan(plan, sweep_dir: Path) -> None:
                              if pd.notna(r.last_layer_connectivity) else "")
         table.add_row(str(r.width), f"{r.widening_factor:.2f}", method, f"{r.connectivity:.4f}",
                       f"{r.n_weights:,}", f"{r.n_weights_dense:,}", f"{r.deviation:+,}",
-                      "" if r.bottleneck_ratio is None or r.bottleneck_ratio != r.bottleneck_ratio
-                      else f"{r.bottleneck_ratio:.3f}")
+                      f"{r.bottleneck_ratio:.3f}" if pd.notna(r.bottleneck_ratio) else "")
     console.print(table)
     sparse = plan[plan.method == "sparse"]
     if len(sparse):

@@ -110,9 +110,10 @@ def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | 
     device = resolve_device(run.device)
     torch.manual_seed(run.seed)
     train_loader, test_loader, spec = load_data(run.dataset, run.optim.batch_size, device, run.seed)
-    if spec != spec_from_config(run.dataset):
-        raise UserError(f"{run.dataset.name}: the data holds {spec} but the config says "
-                        f"{spec_from_config(run.dataset)}; fix dataset.channels / num_classes")
+    expected = spec_from_config(run.dataset)
+    if spec != expected:
+        raise UserError(f"{run.dataset.name}: the data holds {spec} but the config says {expected}; "
+                        f"fix dataset.channels / num_classes")
     model = build_model(run.model, run.width, spec, inner=member.inner, ranks=member.ranks).to(device)
     built = {n: tuple(m.weight.shape) for n, m in weight_layers(model).items()}
     assert built == member.layers, f"plan and model disagree: {member.layers} vs {built}"
