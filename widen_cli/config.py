@@ -198,3 +198,89 @@ def validate(cfg: DictConfig) -> RunConfig:
 def load(overrides: list[str] = ()) -> tuple[DictConfig, RunConfig]:
     cfg = compose_config(overrides)
     return cfg, validate(cfg)
+
+
+def dataset_config(name: str, overrides: list[str] = ()) -> DatasetConfig:
+    """One dataset's config from conf/dataset/, for commands that only need data (kernel-distance)."""
+    return validate(compose_config([f"dataset={name}", *overrides])).dataset
+
+
+KERNEL_INPUTS = ("gaussian", "mnist", "digits", "cifar10", "cifar100", "svhn", "synthetic")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """`widen kernel-distance`: a one-hidden-layer ReLU family at one weight budget (paper Section 3)."""
+    widths: tuple[int, ...] | None  # None: the Figure 7 widths when they fit, else a geometric range
+    n_weights: int
+    base_width: int | None  # the dense width whose weight count is the budget, when given that way
+    input_dim: int
+    outputs: int
+    inputs: str = "gaussian"
+    allocation: str = "first-layer"
+    reference: int | None = None  # None: the analytic arc-cosine kernel; N: a dense width-N network
+    pairs: int = 10_000
+    inits: int = 10
+    mask_samples: int = 64
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs"
+    name: str | None = None
+
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        identity = {k: v for k, v in asdict(self).items() if k not in ("device", "out", "name")}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+        return f"kernel-{self.inputs}-{self.allocation}-{self.n_weights}w-s{self.seed}-{digest}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.run_name()
+
+
+def parse_reference(text: str) -> int | None:
+    """`analytic` or `dense:N`."""
+    if text == "analytic":
+        return None
+    kind, _, size = text.partition(":")
+    if kind == "dense" and size.isdigit() and int(size) >= 1:
+        return int(size)
+    raise UserError(f"--reference must be analytic or dense:N with N >= 1 (e.g. dense:10000), got {text!r}")
+
+
+def kernel_config(*, widths: list[int] | None, base_width: int | None, weights: int | None,
+                  input_dim: int | None, outputs: int | None, inputs: str, data_root: str | None = None,
+                  download: bool = False, reference: str = "analytic", **rest) -> tuple[KernelConfig, DatasetConfig | None]:
+    """Validate kernel-distance options into a KernelConfig (and the dataset's config, for real inputs)."""
+    if inputs not in KERNEL_INPUTS:
+        raise UserError(f"unknown --inputs {inputs!r}; valid: {', '.join(KERNEL_INPUTS)}")
+    for key in ("pairs", "inits", "seed", "mask_samples"):
+        minimum = {"seed": 0, "mask_samples": 2}.get(key, 1)
+        value = rest.get(key, KernelConfig.__dataclass_fields__[key].default)
+        if value < minimum:
+            raise UserError(f"--{key.replace('_', '-')} must be >= {minimum}, got {value}")
+    for key, value in (("--width(s)", min(widths) if widths else 1), ("--base-width", base_width),
+                       ("--weights", weights), ("--input-dim", input_dim), ("--outputs", outputs)):
+        if value is not None and value < 1:
+            raise UserError(f"{key} must be >= 1, got {value}")
+    ds = None
+    if inputs != "gaussian":
+        overrides = [f"dataset.root={data_root}"] if data_root is not None else []
+        ds = dataset_config(inputs, overrides + (["dataset.download=true"] if download else []))
+        dim = ds.channels * ds.image_size ** 2
+        if input_dim is not None and input_dim != dim:
+            raise UserError(f"--input-dim {input_dim} does not match {inputs} images ({dim} values each); "
+                            f"leave it out for dataset inputs")
+        input_dim, outputs = dim, outputs or ds.num_classes
+    input_dim, outputs = input_dim or 784, outputs or 10
+    if base_width is not None and weights is not None:
+        raise UserError("give the budget as --base-width or --weights, not both")
+    if weights is None:
+        base_width = base_width or 8  # the paper's Figure 7: width 8 on MNIST, 6,352 weights
+        weights = base_width * (input_dim + outputs)
+    if widths is not None:
+        widths = tuple(sorted(set(widths)))
+    cfg = KernelConfig(widths=widths, n_weights=weights, base_width=base_width, input_dim=input_dim,
+                       outputs=outputs, inputs=inputs, reference=parse_reference(reference), **rest)
+    return cfg, ds
