@@ -141,12 +141,6 @@ def test_unwritable_output_folder(tmp_path):
     assert res.exit_code == 2 and "cannot write to output folder" in res.output
 
 
-@pytest.mark.parametrize("command", ["report"])
-def test_unimplemented_commands_exit_1(command):
-    res = widen(command)
-    assert res.exit_code == 1 and "not implemented yet" in res.output
-
-
 @pytest.mark.parametrize("command", ["train", "sweep-width", "kernel-distance", "report"])
 def test_help(command):
     res = widen(command, "--help")

@@ -118,11 +118,6 @@ def print_summary(s: dict, run_dir: Path) -> None:
     console.print(table)
 
 
-def _not_implemented(command: str):
-    err.print(f"widen {command}: not implemented yet")
-    raise typer.Exit(1)
-
-
 def _numbers(text: str | None, kind, option: str) -> list | None:
     if text is None:
         return None
@@ -370,9 +365,41 @@ def kernels_distances():
 
 
 @app.command()
-def report():
-    """Figures and tables from Parquet results (not implemented yet)."""
-    _not_implemented("report")
+@user_errors
+def report(
+    folders: List[Path] = typer.Argument(..., help="Run, sweep or kernel-distance folders (or Parquet files); "
+                                         "every result table under them is read.", show_default=False),
+    out: Path = typer.Option(Path("report"), help="Output folder for the figures, table.md/.csv and index.html."),
+):
+    """The paper's figures and Table 1 from any mix of Parquet results.
+
+    Writes one PNG and one SVG per figure whose data is present, table.md and table.csv (best test accuracy
+    per method and width) and a self-contained index.html into --out.
+
+    Example: widen report runs/cifar100-b18 runs/kernel-fig7 --out report
+    """
+    from widen_cli import report as report_mod
+
+    res = report_mod.load(folders, lambda msg: err.print(f"[yellow]warning:[/yellow] {msg}", highlight=False,
+                                                          markup=True, soft_wrap=True))
+    plots, table = report_mod.write(res, out)
+    if len(table):
+        print_table1(report_mod.table1_display(table))
+    err.print(f"{len(res.runs)} runs, {len(res.plans)} plans, {len(res.kernels)} kernel tables -> "
+              f"{len(plots)} figures: {', '.join(p.name for p in plots) or 'none'}")
+    console.print(f"wrote {out / 'index.html'}", highlight=False)
+
+
+def print_table1(shown) -> None:
+    """One table per setting; a cell is the accuracy over its weight count, so many widths still fit."""
+    for setting, rows in shown.groupby("setting", sort=False):
+        rows = rows.drop(columns="setting").loc[:, lambda d: (d != "").any()]
+        table = Table(title=f"[bold]{setting}[/bold]: best test accuracy (%) and weights", header_style="bold")
+        for col in rows.columns:
+            table.add_column(col, justify="left" if col == "row" else "right")
+        for row in rows.itertuples(index=False):
+            table.add_row(*(cell.replace(" (", "\n(") for cell in row))
+        console.print(table)
 
 
 def main() -> None:

@@ -36,5 +36,9 @@ def write_text(text: str, path: Path) -> None:
     _atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def write_bytes(data: bytes, path: Path) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
 def read_table(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
