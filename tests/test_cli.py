@@ -113,10 +113,23 @@ def run_cli(*args):
 @pytest.mark.parametrize("args,needle", [
     (("--dataset", "imagenet21k"), "unknown dataset 'imagenet21k'; valid: cifar10, cifar100, digits"),
     (("--model", "vgg"), "unknown model 'vgg'; valid: mlp, resnet18"),
+    (("--method", "pruned"), "unknown method 'pruned'; valid: dense, linear-bottleneck, nonlinear-bottleneck, sparse"),
     (("--width", 0), "width must be an integer >= 1, got 0"),
+    (("--width", -3), "width must be an integer >= 1, got -3"),
     (("width=2.5",), "width must be an integer >= 1, got 2.5"),
-    (("optim.lrr=0.1",), "optim.lrr"),
+    (("--width", 8, "--base-width", 16), "width 8 is below the base width 16; family members have width >= 16"),
+    (("--dataset", "cifar100", "--model", "resnet18", "--method", "nonlinear-bottleneck", "--base-width", 18,
+      "--width", 300), "valid widths for base width 18 with nonlinear-bottleneck: 18 to 131"),
+    (("--method", "sparse", "--base-width", 8, "--width", 16, "method.last_layer_connectivity=0"),
+     "method.last_layer_connectivity must be in (0, 1], got 0"),
+    (("--method", "sparse", "--base-width", 8, "--width", 16, "method.last_layer_connectivity=1.5"),
+     "method.last_layer_connectivity must be in (0, 1], got 1.5"),
+    (("optim.lrr=0.1",), "unknown config key 'optim.lrr'; valid keys under optim: name, lr, momentum"),
+    (("foo=1",), "unknown config key 'foo'; valid keys at the top level: dataset, model"),
+    (("+foo=1",), "unknown config key 'foo'; valid keys at the top level: dataset, model"),
+    (("+model.depth=50",), "unknown config key 'model.depth'; valid keys under model: name, hidden_layers"),
     (("--device", "tpu"), "device must be auto, cpu, cuda or cuda:N"),
+    (("--dataset", "imagefolder"), "dataset imagefolder needs --data-root"),
 ])
 def test_bad_input_exit_2_one_line(args, needle):
     res = widen("train", *args)
@@ -124,6 +137,75 @@ def test_bad_input_exit_2_one_line(args, needle):
     assert needle in res.output
     assert "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def _png_folders(root: Path, train: list[str], val: list[str]) -> None:
+    from PIL import Image
+
+    for part, classes in (("train", train), ("val", val)):
+        for c in classes:
+            (root / part / c).mkdir(parents=True)
+            Image.new("RGB", (12, 12), (200, 30, 30)).save(root / part / c / "a.png")
+
+
+def _junk_mnist(root: Path) -> None:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+              "t10k-labels-idx1-ubyte"):
+        (raw / f).write_bytes(b"not an IDX file")
+
+
+def _no_images(root: Path) -> None:
+    for part in ("train", "val"):
+        (root / part / "cat").mkdir(parents=True)
+        (root / part / "cat" / "notes.txt").write_text("no images here")
+
+
+# Bad data and output folders, through the whole command (exit 2, one line, what is wrong and where).
+# Each case: (dataset options, how the data root is prepared, what the message must say). {root} is the root.
+DATA_CASES = {
+    "root missing": (["--dataset", "cifar10"], None, "data root {root} does not exist; expected cifar10 at "
+                     "{root}/cifar-10-batches-py (pass --download"),
+    "root empty": (["--dataset", "cifar10"], lambda r: r.mkdir(), "could not read cifar10 from "
+                   "{root}/cifar-10-batches-py"),
+    "wrong format": (["--dataset", "mnist"], _junk_mnist, "could not read mnist from {root}/MNIST/raw (the files "
+                     "are not in its format)"),
+    "folder missing": (["--dataset", "imagefolder"], None, "imagefolder: data root {root} does not exist; expected "
+                       "<root>/train/<class>/*"),
+    "folder without train/": (["--dataset", "imagefolder"], lambda r: (r / "val").mkdir(parents=True),
+                              "imagefolder: data root {root} has no train/ folder"),
+    "folder without images": (["--dataset", "imagefolder"], _no_images, "imagefolder: could not read images under "
+                              "{root}: Found no valid file for the classes cat"),
+    "class lists differ": (["--dataset", "imagefolder"], lambda r: _png_folders(r, ["ant", "bee"], ["ant", "wasp"]),
+                           "imagefolder: class folders differ between {root}/train and {root}/val (only in train: "
+                           "['bee'], only in val: ['wasp'])"),
+}
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_bad_data_exit_2_one_line(tmp_path, case):
+    options, prepare, needle = DATA_CASES[case]
+    root = tmp_path / "data"
+    if prepare is not None:
+        prepare(root)
+    res = widen("train", *options, "--data-root", root, "--out", tmp_path / "runs", "--epochs", 1)
+    assert res.exit_code == 2, res.output
+    assert needle.format(root=root) in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+@pytest.mark.parametrize("command", ["train", "sweep-width"])
+def test_option_of_the_wrong_type_is_one_line_from_the_console_script(monkeypatch, capsys, command):
+    from widen_cli.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["widen", command, "--width" if command == "train" else "--jobs", "abc"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert "error: Invalid value for" in err and "valid integer" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_missing_data_root_names_path_and_download(tmp_path):
@@ -134,11 +216,14 @@ def test_missing_data_root_names_path_and_download(tmp_path):
     assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in lines[0] and "--download" in lines[0]
 
 
-def test_unwritable_output_folder(tmp_path):
+@pytest.mark.parametrize("command", [("train", "--experiment", "smoke"),
+                                     ("sweep-width", "--experiment", "smoke_sweep", "--dry-run")])
+def test_unwritable_output_folder(tmp_path, command):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    res = widen("train", "--experiment", "smoke", "--out", blocker)
-    assert res.exit_code == 2 and "cannot write to output folder" in res.output
+    res = widen(*command, "--out", blocker)
+    assert res.exit_code == 2 and f"cannot write to output folder {blocker}/" in res.output
+    assert "Traceback" not in res.output
 
 
 @pytest.mark.parametrize("command", ["train", "sweep-width", "kernel-distance", "report"])

@@ -566,3 +566,89 @@ def test_image_folder_without_class_folders(tmp_path):
     with pytest.raises(UserError) as e:
         load_data(_folder_cfg(tmp_path), 4, CPU, 0)
     assert str(tmp_path / "train") in str(e.value)
+
+
+# ---------------------------------------------------------------- epochs and DDP shards
+
+def _synthetic_loaders(batch_size: int, seed: int = 0):
+    cfg = DatasetConfig(name="synthetic", num_classes=5, image_size=8, channels=3, train_size=41, test_size=13,
+                        augment=("crop", "flip"))
+    return load_data(cfg, batch_size=batch_size, device=CPU, seed=seed)[:2]
+
+
+def _epoch(loader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def test_epoch_batches_depend_only_on_seed_and_epoch():
+    """A resumed run (a fresh loader at epoch 3) sees exactly what an uninterrupted one sees."""
+    train, _ = _synthetic_loaders(8)
+    for epoch in (1, 2):
+        _epoch(train, epoch)
+    after_two = _epoch(train, 3)
+    fresh = _epoch(_synthetic_loaders(8)[0], 3)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(after_two, fresh))
+    other = _epoch(_synthetic_loaders(8)[0], 4)
+    assert not torch.equal(after_two[0][0], other[0][0])
+    assert not torch.equal(after_two[0][0], _epoch(_synthetic_loaders(8, seed=1)[0], 3)[0][0])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_split_every_global_batch(world):
+    """Under DDP each rank gets a slice of the single-process batch, with the same augmentation;
+    training skips a last batch smaller than the number of ranks, evaluation keeps every sample."""
+    train, test = _synthetic_loaders(8)
+    whole_train, whole_test = _epoch(train, 2), list(test)
+    shards = []
+    for rank in range(world):
+        train, test = _synthetic_loaders(8)
+        train.shard(rank, world)
+        test.shard(rank, world)
+        shards.append((_epoch(train, 2), list(test)))
+    # 41 samples in batches of 8: 5 full batches and one of 1, which only a single process trains on.
+    assert len(whole_train) == 6 and all(len(s[0]) == 5 for s in shards)
+    for i, (x, y) in enumerate(whole_train[:5]):
+        parts = [s[0][i] for s in shards]
+        assert all(len(p[1]) >= 8 // world for p in parts)
+        assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
+    parts = [batch for s in shards for batch in s[1]]
+    assert sorted(torch.cat([p[1] for p in parts]).tolist()) == sorted(torch.cat([y for _, y in whole_test]).tolist())
+    assert sum(len(p[1]) for p in parts) == 13
+
+
+def test_image_folder_ranks_read_disjoint_slices(tmp_path):
+    from widen_cli.data import EpochBatches
+
+    world, whole = 2, EpochBatches(11, 4, shuffle=True, seed=3)
+    whole.set_epoch(5)
+    batches = list(whole)
+    ranks = [EpochBatches(11, 4, shuffle=True, seed=3) for _ in range(world)]
+    for r, b in enumerate(ranks):
+        b.shard(r, world)
+        b.set_epoch(5)
+    got = [list(b) for b in ranks]
+    assert [len(g) for g in got] == [3, 3]  # 4 + 4 + 3 samples: every batch splits
+    for i, batch in enumerate(batches):
+        assert got[0][i] + got[1][i] == batch
+    assert sorted(sum(batches, [])) == list(range(11))
+    again = EpochBatches(11, 4, shuffle=True, seed=3)
+    again.set_epoch(5)
+    assert list(again) == batches
+    again.set_epoch(6)
+    assert list(again) != batches
+
+    # Through a real image-folder loader, each rank's images are its slice of the global batch.
+    write_folders(tmp_path)
+    cfg = _folder_cfg(tmp_path, augment=())
+    full = load_data(cfg, batch_size=4, device=CPU, seed=0)[0]
+    full.set_epoch(1)
+    labels = [y for _, y in full]
+    sharded = []
+    for r in range(world):
+        loader = load_data(cfg, batch_size=4, device=CPU, seed=0)[0]
+        loader.shard(r, world)
+        loader.set_epoch(1)
+        sharded.append([y for _, y in loader])
+    for i, y in enumerate(labels):
+        assert torch.equal(torch.cat([sharded[0][i], sharded[1][i]]), y)

@@ -51,7 +51,7 @@ def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weig
     dense = mlp_weights(width)
     n = n_weights or (dense if method == "dense" else mlp_weights(base_width))
     return dict(dataset=dataset, model="mlp", method=method, width=width, base_width=base_width, n_weights=n,
-                n_weights_dense=dense, connectivity=n / dense, seed=seed, epochs=3, best_test_acc=acc,
+                n_weights_dense=dense, connectivity=n / dense, seed=seed, epochs=3, status="finished", best_test_acc=acc,
                 final_test_acc=acc - 0.01, best_train_acc=acc + 0.02, final_train_acc=acc + 0.01, wall_seconds=1.0,
                 widening_factor=width / base_width, distribution=None if method == "dense" else "staggered",
                 last_layer_connectivity=llc, run="")
@@ -183,3 +183,16 @@ def test_unknown_and_unreadable_tables_are_skipped_with_a_warning(fake_results, 
     assert not (tmp_path / "report" / "table.csv").exists()  # no runs, no Table 1
     only_odd = widen("report", odd, "--out", tmp_path / "report2")
     assert only_odd.exit_code == 2 and "is a result table" in only_odd.output
+
+
+def test_failed_members_are_left_out_with_a_warning(tmp_path):
+    rows = [row("sparse", w, 4, 0, acc) for w, acc in ((4, 0.8), (8, 0.85))]
+    failed = row("sparse", 16, 4, 0, float("nan"))
+    failed.update(status="failed", best_train_acc=float("nan"), final_test_acc=float("nan"),
+                  final_train_acc=float("nan"))
+    write_sweep(tmp_path / "runs" / "b4", [*rows, failed], base_width=4, members=False)
+    res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    assert "leaving out 1 failed run" in " ".join(res.output.split())
+    table = pd.read_csv(tmp_path / "report" / "table.csv")
+    assert "test_acc_w16" not in table and table.filter(like="test_acc_w8").notna().any().any()

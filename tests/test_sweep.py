@@ -152,6 +152,7 @@ def test_train_one_sparse_member_directly(tmp_path):
     (("--base-width", 18, "--launcher", "slurm"), "unknown launcher 'slurm'; valid: local, pool, submitit"),
     (("--base-width", 18, "--method", "pruned"), "unknown method 'pruned'"),
     (("--base-width", 0,), "width must be an integer >= 1, got 0"),
+    (("--base-width", 18, "--connectivity-floor", 0), "--connectivity-floor must be in (0, 1], got 0.0"),
 ])
 def test_impossible_family_refused(tmp_path, args, needle):
     res = widen("sweep-width", "--dataset", "cifar100", "--dry-run", "--out", tmp_path, *args)
@@ -168,4 +169,11 @@ def test_impossible_member_refused_before_reading_data(tmp_path):
                 "--base-width", 5, "--width", 5, "method.last_layer_connectivity=0.5", "--out", tmp_path)
     assert res.exit_code == 2, res.output
     assert "valid widths for base width 5 with sparse: 6 to 793" in res.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_sweep_is_refused_under_torchrun(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    res = widen("sweep-width", "--experiment", "smoke_sweep", "--out", tmp_path)
+    assert res.exit_code == 2 and "use torchrun with widen train" in res.output
     assert not any(tmp_path.iterdir())

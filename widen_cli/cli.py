@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from widen_cli import config as config_mod
+from widen_cli.distributed import is_main_process
 from widen_cli.errors import UserError
 
 app = typer.Typer(
@@ -27,18 +30,37 @@ OVERRIDES_HELP = ("Hydra overrides applied after the options, e.g. optim.lr=0.05
                   "dataset.subset=2048 (see --show-config for every key).")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def user_errors(fn):
-    """Print a UserError as one line and exit 2; everything else is a bug and keeps its traceback."""
+    """Print a UserError as one line and exit 2; Ctrl-C or SIGTERM (what a cluster sends before it
+    pre-empts a job) prints how to resume and exits 130; everything else is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+            if is_main_process():
+                err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
+        except KeyboardInterrupt as e:
+            if is_main_process():
+                err.print(str(e) or "interrupted; run the same command again to resume", highlight=False,
+                          soft_wrap=True)
+            raise typer.Exit(130)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+QUOTED = ("name", "out", "dataset.root")
 
 
 def options_to_overrides(experiment: Optional[str], options: dict, extra: Optional[List[str]]) -> list[str]:
@@ -47,7 +69,11 @@ def options_to_overrides(experiment: Optional[str], options: dict, extra: Option
     for key, value in options.items():
         if value is None or value is False:
             continue
-        overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif key in QUOTED and "'" not in str(value):
+            value = f"'{value}'"  # a name or path stays a string: --name nan, --out "my runs"
+        overrides.append(f"{key}={value}")
     return overrides + list(extra or [])
 
 
@@ -79,8 +105,13 @@ def train(
                                        "short hash, so the same command always finds the same folder."),
     experiment: Optional[str] = typer.Option(None, help="A preset from conf/experiment/, e.g. smoke."),
     show_config: bool = typer.Option(False, "--show-config", help="Print the resolved config and exit."),
+    restart: bool = typer.Option(False, "--restart", help="Discard an unfinished run's checkpoint and partial "
+                                 "metrics and start it from epoch 1 (a finished run is kept)."),
 ):
     """Train one model and write config.yaml, metrics.parquet and summary.parquet to <out>/<name>/.
+
+    The run checkpoints after every epoch: the same command again resumes an interrupted run. For
+    several GPUs: torchrun --nproc_per_node=N -m widen_cli train ...
 
     Example: widen train --dataset cifar10 --model resnet18 --width 18 --epochs 300 optim.lr=0.05
     """
@@ -93,15 +124,18 @@ def train(
     cfg, run = config_mod.load(options_to_overrides(experiment, options, overrides))
     if show_config:
         cfg.base_width, cfg.name = run.base_width, run.run_name()
-        console.print(OmegaConf.to_yaml(cfg, resolve=True), end="", highlight=False, markup=False)
-        console.print(f"# run folder: {run.run_dir}", highlight=False, markup=False)
+        console.print(OmegaConf.to_yaml(cfg, resolve=True), end="", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"# run folder: {run.run_dir}", highlight=False, markup=False, soft_wrap=True)
         return
 
     from widen_cli.train import run_training
 
-    result = run_training(cfg, run, err)
+    result = run_training(cfg, run, err, restart=restart)
+    if not is_main_process():
+        return
     if result.skipped:
-        err.print(f"{run.run_dir} has already finished; showing its summary (delete the folder to retrain)")
+        err.print(f"{run.run_dir} is done (status {result.summary.get('status', 'finished')}); showing its summary "
+                  f"(delete the folder to retrain)")
     print_summary(result.summary, run.run_dir)
 
 
@@ -110,8 +144,8 @@ def print_summary(s: dict, run_dir: Path) -> None:
     table.add_column(style="dim")
     table.add_column()
     for key in ("dataset", "model", "method", "width", "base_width", "n_weights", "connectivity", "epochs",
-                "best_test_acc", "final_test_acc", "final_train_acc", "wall_seconds"):
-        value = s[key]
+                "status", "best_test_acc", "final_test_acc", "final_train_acc", "wall_seconds"):
+        value = s.get(key, "finished") if key == "status" else s[key]  # older summaries have no status
         text = (f"{value:.2%}" if key.endswith("_acc") else f"{value:,}" if key.startswith("n_weights")
                 else f"{value:.1f} s" if key == "wall_seconds" else str(value))
         table.add_row(key, text)
@@ -165,20 +199,25 @@ def sweep_width(
     out: Optional[Path] = typer.Option(None, help="Output root; the sweep goes to <out>/<name>/. Default: runs."),
     name: Optional[str] = typer.Option(None, help="Sweep folder name. Default: from the settings plus a hash."),
     experiment: Optional[str] = typer.Option(None, help="A preset from conf/experiment/, e.g. fig1_cifar100."),
+    restart: bool = typer.Option(False, "--restart", help="Start unfinished members from epoch 1 instead of "
+                                 "resuming their checkpoints (finished members are kept)."),
 ):
     """Train a fixed-parameter-budget family: every member keeps the base width's weight count.
 
     Prints the plan and writes <out>/<name>/plan.parquet, then runs each member (and seed) as a
     `widen train` run under <out>/<name>/ and writes <out>/<name>/results.parquet. Running the same
-    command again runs only what is missing.
+    command again runs only what is missing, resuming interrupted members.
 
     Example: widen sweep-width --dataset cifar100 --base-width 18 --seeds 0,1,2
     """
     from omegaconf import OmegaConf
 
-    from widen_cli import budget, results, sweep
+    from widen_cli import budget, distributed, results, sweep
     from widen_cli.data import spec_from_config
 
+    if distributed.from_env().enabled:
+        raise UserError("sweep-width launches its members itself; use torchrun with widen train, one member "
+                        "at a time")
     if launcher not in sweep.LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r}; valid: {', '.join(sweep.LAUNCHERS)}")
     if jobs < 1:
@@ -201,6 +240,8 @@ def sweep_width(
     seed_list = _numbers(seeds, int, "--seeds") or list(s.seeds)
     llcs = _numbers(last_layer_connectivity, float, "--last-layer-connectivity") or list(s.last_layer_connectivity)
     floor = connectivity_floor if connectivity_floor is not None else s.connectivity_floor
+    if not 0 < floor <= 1:
+        raise UserError(f"--connectivity-floor must be in (0, 1], got {floor}")
     dense_wide = s.dense_wide if dense_wide is None else dense_wide
     spec = spec_from_config(run.dataset)
     width_list = _numbers(widths, int, "--widths") or (list(s.widths) if s.widths else None)
@@ -228,13 +269,15 @@ def sweep_width(
     if dry_run:
         return
     job_list = sweep.make_jobs(member_overrides, members, seed_list, sweep_dir)
-    sweep.launch(job_list, launcher, jobs, sweep_dir, err, OmegaConf.to_container(s.submitit))
-    table = sweep.gather(job_list, sweep_dir)
+    errors = sweep.launch(job_list, launcher, jobs, sweep_dir, err, OmegaConf.to_container(s.submitit), restart)
+    table = sweep.gather(job_list, sweep_dir, errors)
     print_results(table, sweep_dir)
-    missing = len(job_list) - len(table)
-    if missing:
-        err.print(f"[red]{missing} of {len(job_list)} runs did not finish; run the same command again to retry "
-                  f"them[/red]")
+    diverged, failed = (int((table.status == status).sum()) for status in ("diverged", "failed"))
+    if diverged:
+        err.print(f"{diverged} of {len(job_list)} runs diverged (non-finite loss; status diverged, not retried)")
+    if failed:
+        err.print(f"[red]{failed} of {len(job_list)} runs failed (status failed, the error in results.parquet "
+                  f"and error.txt); run the same command again to retry them[/red]")
         raise typer.Exit(1)
 
 
@@ -266,11 +309,16 @@ def print_plan(plan, sweep_dir: Path) -> None:
 
 def print_results(df, sweep_dir: Path) -> None:
     table = Table(title=f"[bold]results: {sweep_dir / 'results.parquet'}[/bold]", header_style="bold")
-    for col in ("method", "width", "seed", "connectivity", "n_weights", "best_test_acc", "final_train_acc"):
+    for col in ("method", "width", "seed", "connectivity", "n_weights", "status", "best_test_acc",
+                "final_train_acc"):
         table.add_column(col, justify="right")
+
+    def pct(x):
+        return f"{x:.2%}" if x == x else "-"  # NaN: a failed run
+
     for r in df.sort_values(["method", "width", "seed"]).itertuples():
         table.add_row(r.method, str(r.width), str(r.seed), f"{r.connectivity:.4f}", f"{r.n_weights:,}",
-                      f"{r.best_test_acc:.2%}", f"{r.final_train_acc:.2%}")
+                      r.status, pct(r.best_test_acc), pct(r.final_train_acc))
     console.print(table)
 
 
@@ -403,7 +451,17 @@ def print_table1(shown) -> None:
 
 
 def main() -> None:
-    app()
+    """The console script: typer's own usage errors (an option of the wrong type, an unknown option)
+    become one `error:` line with exit code 2 as well."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:  # click's UsageError, raised by typer's vendored click
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        if type(e).__name__ != "NoArgsIsHelpError":  # (the help is already shown)
+            err.print(f"[bold red]error:[/bold red] {e.format_message()}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -106,6 +107,27 @@ def _choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+GROUPS = ("dataset", "model", "method", "optim", "experiment")
+TOP_LEVEL = ("dataset", "model", "method", "optim", "width", "base_width", "seed", "device", "out", "name", "sweep")
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _unknown_key(key: str, overrides: list[str]) -> str:
+    """The message for an override of a key that does not exist: the keys that do, where it was looked for."""
+    parent = key.rpartition(".")[0]
+    if not parent:
+        return f"unknown config key {key!r}; valid keys at the top level: {', '.join(TOP_LEVEL)}"
+    groups = [o for o in overrides if o.lstrip("+").split("=", 1)[0] in GROUPS]
+    node = OmegaConf.select(_compose(groups), parent)
+    if not isinstance(node, DictConfig):
+        return f"unknown config key {key!r} ({parent} is a value, not a group of keys)"
+    return f"unknown config key {key!r}; valid keys under {parent}: {', '.join(node.keys())}"
+
+
 def compose_config(overrides: list[str] = ()) -> DictConfig:
     """Compose conf/config.yaml with Hydra overrides; user mistakes become UserError."""
     overrides = list(overrides)
@@ -113,25 +135,28 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
         key = o.lstrip("+~").split("=", 1)[0]
         if "=" not in o and not o.startswith("~"):
             raise UserError(f"override {o!r} is not of the form key=value")
-        for group in ("dataset", "model", "method", "optim", "experiment"):
+        for group in GROUPS:
             if key == group and "=" in o and o.split("=", 1)[1] not in _choices(group):
                 raise UserError(
                     f"unknown {group} {o.split('=', 1)[1]!r}; valid: {', '.join(_choices(group))}"
                 )
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as e:
+        return _compose(overrides)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
         first = str(e).strip().splitlines()[0]
+        unknown = re.match(r"Could not override '([^']+)'", first)
+        if unknown:
+            raise UserError(_unknown_key(unknown.group(1), overrides)) from None
         raise UserError(f"bad override: {first}") from None
 
 
 def _build(cls, node: DictConfig):
     data = OmegaConf.to_container(node, resolve=True)
-    known = {f.name for f in fields(cls)}
+    known = [f.name for f in fields(cls)]
     for k, v in list(data.items()):
         if k not in known:
-            raise UserError(f"unknown key {node._get_full_key(k)!r}")
+            raise UserError(f"unknown config key {node._get_full_key(k)!r}; valid keys under "
+                            f"{node._get_full_key('')}: {', '.join(known)}")
         if isinstance(v, list):
             data[k] = tuple(v)
     return cls(**data)
@@ -139,6 +164,9 @@ def _build(cls, node: DictConfig):
 
 def validate(cfg: DictConfig) -> RunConfig:
     """Check the composed config once, at the edge, and freeze it into a RunConfig."""
+    unknown = [k for k in cfg if k not in TOP_LEVEL]
+    if unknown:
+        raise UserError(f"unknown config key {unknown[0]!r}; valid keys at the top level: {', '.join(TOP_LEVEL)}")
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         if "dataset.root" in missing:

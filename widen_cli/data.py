@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +30,34 @@ class Split:
     labels: torch.Tensor  # int64, N
 
 
-class TensorLoader:
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data-order seed of one epoch: a function of (run seed, epoch) only, so a resumed run and
+    every DDP rank draw exactly the batches an uninterrupted single-process run draws."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
+
+
+class Shard:
+    """Which part of each global batch this process trains on (DDP); (0, 1) is the whole batch."""
+
+    rank: int = 0
+    world: int = 1
+
+    def shard(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    def part(self, batch_len: int, training: bool) -> slice | None:
+        """This rank's contiguous slice of a global batch, or None to skip it. Training skips a last
+        batch smaller than the number of ranks (every rank must take part in every step)."""
+        if self.world == 1:
+            return slice(None)
+        if training and batch_len < self.world:
+            return None
+        bounds = [batch_len * r // self.world for r in range(self.world + 1)]
+        lo, hi = bounds[self.rank], bounds[self.rank + 1]
+        return slice(lo, hi) if hi > lo else None
+
+
+class TensorLoader(Shard):
     """Batches from an in-memory uint8 dataset, normalised and (for training) augmented on the device."""
 
     def __init__(self, split: Split, mean: torch.Tensor, std: torch.Tensor, batch_size: int,
@@ -38,8 +66,12 @@ class TensorLoader:
         self.labels = split.labels.to(device)
         self.mean = mean.to(device).view(1, -1, 1, 1)
         self.std = std.to(device).view(1, -1, 1, 1)
-        self.batch_size, self.augment, self.shuffle = batch_size, augment, shuffle
+        self.batch_size, self.augment, self.shuffle, self.seed = batch_size, augment, shuffle, seed
         self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's order and augmentation from (seed, epoch) alone."""
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -54,12 +86,17 @@ class TensorLoader:
         order = torch.randperm(n, generator=self.generator, device=device) if self.shuffle else None
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
+            part = self.part(min(self.batch_size, n - start), training=self.shuffle)
+            if part is None:
+                continue
+            # The whole global batch is augmented (cheap, on the device) so the random draws are the
+            # single-process run's; each rank then keeps its slice.
             x = self.images[idx].float().div_(255)
             if "crop" in self.augment:
                 x = random_crop(x, 4, self.generator)
             if "flip" in self.augment:
                 x = random_flip(x, self.generator)
-            yield (x - self.mean) / self.std, self.labels[idx]
+            yield ((x - self.mean) / self.std)[part], self.labels[idx][part]
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -154,7 +191,7 @@ def _read_torchvision(cfg: DatasetConfig) -> tuple[Split, Split]:
     except UserError:
         raise
     except Exception as e:  # torchvision reports missing/corrupt files as RuntimeError, unpickling errors, ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else "the files are not in its format"
         raise UserError(f"could not read {cfg.name} from {_expected(cfg, root)} ({reason}); "
                         f"pass --download to fetch it, or --data-root to point at it") from None
 
@@ -196,11 +233,41 @@ def load_tensors(cfg: DatasetConfig) -> tuple[Split, Split]:
 
 # ---------------------------------------------------------------- image folders (ImageNet and others)
 
+class EpochBatches(Shard):
+    """Batch sampler over an image folder: the order of each epoch is drawn from (seed, epoch), and
+    under DDP each rank reads only its slice of every global batch (no image is decoded twice)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0):
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        for start in range(0, self.n, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            part = self.part(len(batch), training=self.shuffle)
+            if part is not None:
+                yield batch[part].tolist()
+
+
 class FolderLoader:
     """A DataLoader over an ImageFolder, moving each batch to the device."""
 
     def __init__(self, loader, device: torch.device):
         self.loader, self.device = loader, device
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.batch_sampler.set_epoch(epoch)
+
+    def shard(self, rank: int, world: int) -> None:
+        self.loader.batch_sampler.shard(rank, world)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -248,9 +315,10 @@ def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, se
         idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(SUBSET_SEED))[:cfg.subset]
         train = Subset(train, idx.tolist())
     common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
-    train_dl = DataLoader(train, batch_size, shuffle=True, drop_last=False,
+    train_dl = DataLoader(train, batch_sampler=EpochBatches(len(train), batch_size, shuffle=True, seed=seed),
                           generator=torch.Generator().manual_seed(seed), **common)
-    test_dl = DataLoader(test, EVAL_BATCH if device.type == "cuda" else batch_size, **common)
+    test_batch = EVAL_BATCH if device.type == "cuda" else batch_size
+    test_dl = DataLoader(test, batch_sampler=EpochBatches(len(test), test_batch, shuffle=False), **common)
     spec = InputSpec(channels=3, image_size=size, num_classes=len(test.classes))
     return FolderLoader(train_dl, device), FolderLoader(test_dl, device), spec
 
@@ -263,7 +331,9 @@ def spec_from_config(cfg: DatasetConfig) -> InputSpec:
     if num_classes is None:  # image folders: one class per folder under <root>/train
         train = Path(cfg.root) / "train"
         if not train.is_dir():
-            raise UserError(f"{cfg.name}: set dataset.num_classes or point --data-root at a folder with train/")
+            missing = "does not exist" if not Path(cfg.root).exists() else "has no train/ folder"
+            raise UserError(f"{cfg.name}: data root {cfg.root} {missing}; expected <root>/train/<class>/* and "
+                            f"<root>/val/<class>/* (or set dataset.num_classes to plan without data)")
         num_classes = sum(1 for p in train.iterdir() if p.is_dir())
     return InputSpec(channels=cfg.channels, image_size=cfg.image_size, num_classes=num_classes)
 

@@ -3,3 +3,7 @@ class UserError(Exception):
 
     The CLI prints it as one line and exits with code 2; anything else is a bug.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a run; the message says what is saved and how to resume (exit 130)."""

@@ -25,9 +25,11 @@ from widen_cli import results
 from widen_cli.errors import UserError
 
 # The columns each kind of table must have (more are fine), tried in this order.
+# `status` is optional: tables written before statuses existed are all finished runs.
+_SUMMARY = [c for c in results.SUMMARY_COLUMNS if c != "status"]
 KINDS = {
-    "results": [*results.SUMMARY_COLUMNS, "run"],  # a sweep's results.parquet
-    "summary": results.SUMMARY_COLUMNS,  # one run's summary.parquet
+    "results": [*_SUMMARY, "run"],  # a sweep's results.parquet
+    "summary": _SUMMARY,  # one run's summary.parquet
     "plan": ["width", "widening_factor", "method", "connectivity", "layers", "layer_kept_fraction"],
     "kernel": ["width", "base_width", "distance_empirical", "distance_empirical_se", "distance_theorem1",
                "distance_eq6", "distance_leading_order"],
@@ -111,6 +113,11 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
     table = pd.concat(runs, ignore_index=True) if runs else pd.DataFrame(columns=columns)
     # A sweep member appears in the sweep's results.parquet and as its own summary.parquet: count it once.
     table = table.sort_values("from_results", ascending=False, kind="stable").drop_duplicates("run_dir")
+    if "status" in table:  # failed sweep members have no accuracies; diverged runs keep theirs
+        failed = table.status.eq("failed")
+        if failed.any():
+            warn(f"leaving out {failed.sum()} failed run(s): " + ", ".join(sorted(map(str, table.run_dir[failed]))))
+        table = table[~failed]
     return Results(_with_families(table.reset_index(drop=True)), plans, kernels, sources, skipped)
 
 

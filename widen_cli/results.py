@@ -9,14 +9,16 @@ import pandas as pd
 # One row per epoch. Accuracies are fractions in [0, 1]; seconds is the epoch's wall time.
 METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
 
-# One row per run.
+# One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
 SUMMARY_COLUMNS = [
     "dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
-    "seed", "epochs", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc", "wall_seconds",
+    "seed", "epochs", "status", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc",
+    "wall_seconds",
 ]
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp) on a temporary name beside `path`, then rename it into place."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -29,15 +31,15 @@ def _atomic(path: Path, write) -> None:
 def write_table(df: pd.DataFrame, path: Path, columns: list[str] | None = None) -> None:
     if columns is not None:
         df = df[columns]
-    _atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def write_text(text: str, path: Path) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_bytes(data: bytes, path: Path) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from widen_cli import results
 from widen_cli.budget import Member
 from widen_cli.models import weight_layers
 
@@ -57,7 +58,7 @@ class Masks:
         return {n: m.bool().cpu() for n, m in zip(self.names, self.masks)}
 
     def save(self, path: Path) -> None:
-        torch.save(self.state(), path)
+        results.atomic_write(path, lambda tmp: torch.save(self.state(), tmp))
 
 
 def sparsify(model: nn.Module, member: Member, seed: int, rescale_init: bool = True) -> Masks:

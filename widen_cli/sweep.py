@@ -1,8 +1,9 @@
 """`widen sweep-width`: plan a fixed-budget family, run every member that is missing, gather the results.
 
 Each member is an ordinary `widen train` run (same config composition, same run folder naming) under
-the sweep folder, so a finished member is found and skipped, and members never share a file: the
-results table is rebuilt from the members' own summary.parquet files.
+the sweep folder, so a finished member is found and skipped, an interrupted one resumes from its
+checkpoint, and members never share a file: the results table is rebuilt from the members' own
+summary.parquet files, with a `failed` row for each member that crashed.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+import submitit.helpers
 
 from widen_cli import budget, results
 from widen_cli.config import MethodConfig, RunConfig, load
@@ -26,6 +28,9 @@ PLAN_COLUMNS = [
     "n_weights", "n_weights_dense", "budget", "deviation", "bottleneck_ratio",
     "layers", "layer_sizes", "layer_kept", "layer_kept_fraction",
 ]
+# results.parquet: a run's summary plus the plan's view of it; error is set for failed members only.
+RESULTS_COLUMNS = results.SUMMARY_COLUMNS + ["widening_factor", "distribution", "last_layer_connectivity", "run",
+                                             "error"]
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,12 @@ class Job:
     member: budget.Member
     seed: int
     overrides: tuple[str, ...]
-    run_dir: Path
+    run: RunConfig
     last_layer_connectivity: float | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.run_dir
 
 
 def sweep_name(run: RunConfig) -> str:
@@ -100,11 +109,11 @@ def make_jobs(member_overrides: list[str], members, seeds: list[int], sweep_dir:
             if llc is not None and member.method != "dense":
                 overrides.append(f"method.last_layer_connectivity={llc}")
             _, run = load(overrides)
-            jobs.append(Job(member, seed, tuple(overrides), run.run_dir, llc))
+            jobs.append(Job(member, seed, tuple(overrides), run, llc))
     return jobs
 
 
-def run_member(overrides: list[str], threads: int | None = None) -> str:
+def run_member(overrides: list[str], threads: int | None = None, restart: bool = False) -> str:
     """Run one member as `widen train` would, quietly; returns its run folder. Top level: picklable."""
     import torch
     from rich.console import Console
@@ -114,27 +123,55 @@ def run_member(overrides: list[str], threads: int | None = None) -> str:
     if threads:
         torch.set_num_threads(threads)
     cfg, run = load(overrides)
-    run_training(cfg, run, Console(stderr=True, quiet=True))
+    run_training(cfg, run, Console(stderr=True, quiet=True), restart=restart)
     return str(run.run_dir)
 
 
+class MemberJob(submitit.helpers.Checkpointable):
+    """run_member for submitit: a SLURM job that is pre-empted or times out is requeued, and the
+    requeued job resumes the member from its last checkpoint."""
+
+    def __call__(self, overrides: list[str], threads: int | None = None, restart: bool = False) -> str:
+        return run_member(overrides, threads, restart)
+
+    def checkpoint(self, overrides: list[str], threads: int | None = None, restart: bool = False):
+        return submitit.helpers.DelayedSubmission(self, overrides, threads)  # resume, never restart again
+
+
+def one_line(error: BaseException) -> str:
+    """What went wrong, in one line: a UserError's message, otherwise the exception's last line."""
+    text = str(error).strip()
+    if isinstance(error, UserError) and text:
+        return text.splitlines()[0]
+    return f"{type(error).__name__}: {text.splitlines()[-1]}" if text else type(error).__name__
+
+
 def _record_failure(job: Job, error: BaseException) -> None:
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    results.write_text("".join(traceback.format_exception(error)), job.run_dir / "error.txt")
+    """error.txt in the member's folder, when the folder can be written (it may be what failed)."""
+    try:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        results.write_text("".join(traceback.format_exception(error)), job.run_dir / "error.txt")
+    except OSError:
+        pass
 
 
 def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console,
-           submitit_params: dict | None = None) -> None:
-    """Run the jobs that have not finished; a failing member is recorded (error.txt) and the rest go on."""
+           submitit_params: dict | None = None, restart: bool = False) -> dict[Path, str]:
+    """Run the jobs that have not finished (resuming their checkpoints, or from scratch with `restart`);
+    a failing member is recorded (error.txt) and the rest go on. Returns {run folder: error} of failures."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     todo = [j for j in jobs if not (j.run_dir / "summary.parquet").exists()]
     console.print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; running {len(todo)} "
                   f"with the {launcher} launcher")
+    errors: dict[Path, str] = {}
     if not todo:
-        return
+        return errors
     for j in todo:
-        (j.run_dir / "error.txt").unlink(missing_ok=True)
+        try:
+            (j.run_dir / "error.txt").unlink(missing_ok=True)
+        except OSError:
+            pass
     columns = [TextColumn("[bold]members"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[last]}")]
     with Progress(*columns, console=console) as progress:
@@ -143,9 +180,10 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
         def done(job: Job, error=None):
             if error is not None:
                 _record_failure(job, error)
+                errors[job.run_dir] = one_line(error)
                 console.print(f"[red]member width={job.member.width} method={job.member.method} seed={job.seed} "
-                              f"failed: {str(error).strip().splitlines()[-1] if str(error).strip() else error!r}"
-                              f" (see {job.run_dir / 'error.txt'})[/red]")
+                              f"failed: {errors[job.run_dir]} (see {job.run_dir / 'error.txt'})[/red]",
+                              highlight=False)
             progress.update(task, advance=1, last=f"{job.member.method} w={job.member.width} s={job.seed}")
 
         if launcher == "local":
@@ -154,7 +192,7 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
             for job in todo:
                 try:
                     cfg, run = load(list(job.overrides))
-                    run_training(cfg, run, console)
+                    run_training(cfg, run, console, restart=restart)
                     done(job)
                 except UserError:
                     raise
@@ -166,7 +204,7 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
 
             threads = max(1, (os.cpu_count() or 1) // n_jobs)
             with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(run_member, list(j.overrides), threads): j for j in todo}
+                futures = {pool.submit(run_member, list(j.overrides), threads, restart): j for j in todo}
                 for fut in as_completed(futures):
                     done(futures[fut], fut.exception())
         else:
@@ -175,27 +213,38 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
             executor = submitit.AutoExecutor(folder=sweep_dir / ".submitit")
             params = {k: v for k, v in (submitit_params or {}).items() if v is not None}
             executor.update_parameters(**params, slurm_array_parallelism=n_jobs)
-            submitted = executor.map_array(run_member, [list(j.overrides) for j in todo])
+            submitted = executor.map_array(MemberJob(), [list(j.overrides) for j in todo], [None] * len(todo),
+                                           [restart] * len(todo))
             for job, sub in zip(todo, submitted):
                 try:
                     sub.result()
                     done(job)
                 except Exception as e:  # noqa: BLE001
                     done(job, e)
+    return errors
 
 
-def gather(jobs: list[Job], sweep_dir: Path) -> pd.DataFrame:
-    """results.parquet: one row per member and seed, from the members' own summary files."""
+def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = None) -> pd.DataFrame:
+    """results.parquet: one row per member and seed, from the members' own summary files; a member
+    without one is a `failed` row with its planned identity and its error."""
     rows = []
     for job in jobs:
         path = job.run_dir / "summary.parquet"
-        if not path.exists():
-            continue
-        row = results.read_table(path).iloc[0].to_dict()
+        if path.exists():
+            row = results.read_table(path).iloc[0].to_dict()
+            row.setdefault("status", "finished")  # summaries from before statuses were recorded
+            row["error"] = None
+        else:
+            m = job.member
+            metrics = job.run_dir / "metrics.parquet"
+            row = dict(dataset=job.run.dataset.name, model=job.run.model.name, method=m.method, width=m.width,
+                       base_width=m.base_width, n_weights=m.n_weights, n_weights_dense=m.n_weights_dense,
+                       connectivity=m.connectivity, seed=job.seed,
+                       epochs=len(results.read_table(metrics)) if metrics.exists() else 0, status="failed",
+                       error=(errors or {}).get(job.run_dir, "did not finish (no summary.parquet)"))
         row.update(widening_factor=job.member.widening_factor, distribution=job.member.distribution,
                    last_layer_connectivity=job.last_layer_connectivity, run=job.run_dir.name)
         rows.append(row)
-    columns = results.SUMMARY_COLUMNS + ["widening_factor", "distribution", "last_layer_connectivity", "run"]
-    df = pd.DataFrame(rows, columns=columns)
-    results.write_table(df, sweep_dir / "results.parquet", columns)
+    df = pd.DataFrame(rows, columns=RESULTS_COLUMNS)
+    results.write_table(df, sweep_dir / "results.parquet", RESULTS_COLUMNS)
     return df

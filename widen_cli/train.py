@@ -1,4 +1,7 @@
-"""One training run: data -> model -> SGD epochs -> metrics and summary Parquet in the run folder."""
+"""One training run: data -> model -> SGD epochs -> metrics and summary Parquet in the run folder.
+
+A run checkpoints after every epoch and resumes from its checkpoint (checkpoint.py); under torchrun
+it trains with DDP (distributed.py)."""
 from __future__ import annotations
 
 import math
@@ -9,16 +12,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from widen_cli import results
+from widen_cli import checkpoint, distributed, results
 from widen_cli.budget import Member, plan_member
-from omegaconf import DictConfig, OmegaConf
-
 from widen_cli.config import OptimConfig, RunConfig
 from widen_cli.data import load_data, spec_from_config
-from widen_cli.errors import UserError
+from widen_cli.errors import Interrupted, UserError
 from widen_cli.models import build_model, weight_layers
 from widen_cli.sparsity import Masks, sparsify
 
@@ -70,7 +72,7 @@ def train_epoch(model, loader, opt, masks: Masks | None = None, progress: Progre
     totals = Totals()
     task = None
     if progress is not None and len(loader) > BATCH_BAR_MIN:
-        task = progress.add_task("  batches", total=len(loader))
+        task = progress.add_task("  batches", total=len(loader), status="")
     for x, y in loader:
         logits = model(x)
         loss = F.cross_entropy(logits, y)
@@ -104,63 +106,120 @@ class RunResult:
     skipped: bool = False  # already finished before this call
 
 
-def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | None = None) -> RunResult:
-    """Train `member` as `run` says, writing metrics.parquet each epoch and summary.parquet at the end."""
-    console = console or Console(stderr=True)
-    device = resolve_device(run.device)
+def all_ranks(ctx: distributed.Context, device: torch.device, t: Totals) -> Totals:
+    """An epoch's totals over every rank's slice of the data (DDP); unchanged in a single process."""
+    loss, correct, count = distributed.sum_all(ctx, [t.loss, t.correct, t.count], device)
+    return Totals(loss, int(correct), int(count))
+
+
+def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | None = None,
+              state: dict | None = None) -> RunResult:
+    """Train `member` as `run` says, from the checkpoint `state` when resuming. After every epoch:
+    metrics.parquet and checkpoint.pt; at the end model.pt and summary.parquet (and the checkpoint goes).
+    Under torchrun every rank trains its slice of each batch and only rank 0 writes or prints."""
+    ctx = distributed.from_env()
+    console = (console or Console(stderr=True)) if ctx.is_main else Console(stderr=True, quiet=True)
+    device = resolve_device(distributed.device_for(ctx, run.device))
+    distributed.init(ctx, device, run.optim.batch_size)
+    try:
+        return _train(run, member, run_dir, console, state, ctx, device)
+    finally:
+        distributed.close(ctx)
+
+
+def _train(run: RunConfig, member: Member, run_dir: Path, console: Console, state: dict | None,
+           ctx: distributed.Context, device: torch.device) -> RunResult:
     torch.manual_seed(run.seed)
     train_loader, test_loader, spec = load_data(run.dataset, run.optim.batch_size, device, run.seed)
     expected = spec_from_config(run.dataset)
     if spec != expected:
         raise UserError(f"{run.dataset.name}: the data holds {spec} but the config says {expected}; "
                         f"fix dataset.channels / num_classes")
+    train_loader.shard(ctx.rank, ctx.world)
+    test_loader.shard(ctx.rank, ctx.world)
     model = build_model(run.model, run.width, spec, inner=member.inner, ranks=member.ranks).to(device)
     built = {n: tuple(m.weight.shape) for n, m in weight_layers(model).items()}
     assert built == member.layers, f"plan and model disagree: {member.layers} vs {built}"
     masks = None
     if run.method.name == "sparse":
         masks = sparsify(model, member, run.seed, run.method.rescale_init)
-        masks.save(run_dir / "masks.pt")
+        if state is not None and state["masks"] is not None:
+            masks = Masks(model, state["masks"])  # go on with exactly the masks the run started with
+        distributed.check_identical(ctx, masks.state(), "masks")
+        if ctx.is_main and state is None:
+            masks.save(run_dir / "masks.pt")
     opt, sched = make_optimizer(model, run.optim)
+    rows, elapsed, first = [], 0.0, 1
+    if state is not None:
+        checkpoint.restore(state, model, opt, sched)
+        rows, elapsed, first = list(state["rows"]), state["elapsed"], state["epoch"] + 1
+        console.print(f"resuming {run_dir} after epoch {state['epoch']} of {run.optim.epochs}", soft_wrap=True,
+                      highlight=False)
+    net = distributed.wrap(model, ctx, device)
 
-    rows: list[dict] = []
+    status, saved = "finished", first - 1
+    metrics = pd.DataFrame(rows, columns=results.METRICS_COLUMNS)
     start = time.perf_counter()
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=False) as progress:
-        epochs_task = progress.add_task(run.run_name(), total=run.optim.epochs, status="")
-        for epoch in range(1, run.optim.epochs + 1):
-            t0 = time.perf_counter()
-            lr = opt.param_groups[0]["lr"]
-            tr = train_epoch(model, train_loader, opt, masks, progress)
-            te = evaluate(model, test_loader)
-            sched.step()
-            rows.append(dict(epoch=epoch, lr=lr, train_loss=tr.mean_loss, train_acc=tr.acc,
-                             test_loss=te.mean_loss, test_acc=te.acc, seconds=time.perf_counter() - t0))
-            metrics = pd.DataFrame(rows, columns=results.METRICS_COLUMNS)
-            results.write_table(metrics, run_dir / "metrics.parquet", results.METRICS_COLUMNS)
-            best = metrics.test_acc.max()
-            progress.update(epochs_task, advance=1,
-                            status=f"train {tr.acc:.1%}  test {te.acc:.1%}  best {best:.1%}  loss {tr.mean_loss:.3f}")
-            if not math.isfinite(tr.mean_loss):
-                console.print(f"[red]training loss is {tr.mean_loss}: stopping this run[/red]")
-                break
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            epochs_task = progress.add_task(run.run_name(), total=run.optim.epochs, completed=first - 1, status="")
+            for epoch in range(first, run.optim.epochs + 1):
+                t0 = time.perf_counter()
+                train_loader.set_epoch(epoch)
+                lr = opt.param_groups[0]["lr"]
+                tr = all_ranks(ctx, device, train_epoch(net, train_loader, opt, masks, progress))
+                te = all_ranks(ctx, device, evaluate(model, test_loader))
+                sched.step()
+                rows.append(dict(epoch=epoch, lr=lr, train_loss=tr.mean_loss, train_acc=tr.acc,
+                                 test_loss=te.mean_loss, test_acc=te.acc, seconds=time.perf_counter() - t0))
+                metrics = pd.DataFrame(rows, columns=results.METRICS_COLUMNS)
+                diverged = not math.isfinite(tr.mean_loss)
+                if ctx.is_main:
+                    results.write_table(metrics, run_dir / "metrics.parquet", results.METRICS_COLUMNS)
+                    if not diverged:  # a diverged run is over: nothing to resume
+                        checkpoint.save(run_dir / checkpoint.FILENAME, identity=run.identity(), epoch=epoch,
+                                        rows=rows, elapsed=elapsed + time.perf_counter() - start, model=model,
+                                        optimizer=opt, scheduler=sched,
+                                        masks=masks.state() if masks is not None else None)
+                saved = epoch
+                best = metrics.test_acc.max()
+                progress.update(epochs_task, advance=1,
+                                status=f"train {tr.acc:.1%}  test {te.acc:.1%}  best {best:.1%}  loss {tr.mean_loss:.3f}")
+                if diverged:
+                    status = "diverged"
+                    console.print(f"[red]training loss is {tr.mean_loss} in epoch {epoch}: stopping this run "
+                                  f"(status diverged)[/red]", soft_wrap=True)
+                    break
+    except KeyboardInterrupt:
+        if not saved:
+            raise Interrupted("interrupted before the first epoch ended; run the same command again to start") from None
+        raise Interrupted(f"interrupted: epochs 1-{saved} of {run.optim.epochs} are saved in "
+                          f"{run_dir / checkpoint.FILENAME}; run the same command again to resume") from None
 
+    distributed.check_identical(ctx, dict(model.named_parameters()), "weights")
     summary = dict(
         dataset=run.dataset.name, model=run.model.name, method=run.method.name, width=run.width,
         base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
-        connectivity=member.connectivity, seed=run.seed, epochs=len(rows),
+        connectivity=member.connectivity, seed=run.seed, epochs=len(rows), status=status,
         best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
         best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
-        wall_seconds=time.perf_counter() - start,
+        wall_seconds=elapsed + time.perf_counter() - start,
     )
-    results.write_table(pd.DataFrame([summary]), run_dir / "summary.parquet", results.SUMMARY_COLUMNS)
+    if ctx.is_main:
+        # summary.parquet marks the run as done: written after the weights, before the checkpoint goes.
+        results.atomic_write(run_dir / "model.pt", lambda tmp: torch.save(model.state_dict(), tmp))
+        results.write_table(pd.DataFrame([summary]), run_dir / "summary.parquet", results.SUMMARY_COLUMNS)
+        (run_dir / checkpoint.FILENAME).unlink(missing_ok=True)
     return RunResult(metrics, summary)
 
 
-def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None) -> RunResult:
-    """Prepare the run folder (config.yaml) and train; a finished run (summary.parquet present) is
-    read back instead of retrained."""
+def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None,
+                 restart: bool = False) -> RunResult:
+    """Prepare the run folder (config.yaml) and train, resuming from its checkpoint if there is one
+    (`restart`: discard it and start over). A finished run (summary.parquet present) is read back
+    instead of retrained."""
     run_dir = run.run_dir
     summary_path = run_dir / "summary.parquet"
     if summary_path.exists():
@@ -170,9 +229,14 @@ def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None
     member = plan_member(run.model, spec_from_config(run.dataset), run.base_width, run.width, run.method)
     cfg = cfg.copy()
     cfg.base_width, cfg.name = run.base_width, run.run_name()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        results.write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config.yaml")
-    except OSError as e:
-        raise UserError(f"cannot write to output folder {run_dir}: {e.strerror or e}") from None
-    return train_run(run, member, run_dir, console)
+    if distributed.is_main_process():
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if restart:
+                checkpoint.discard(run_dir)
+            checkpoint.remove_stale_temporaries(run_dir)
+            results.write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config.yaml")
+        except OSError as e:
+            raise UserError(f"cannot write to output folder {run_dir}: {e.strerror or e}") from None
+    state = None if restart else checkpoint.load(run_dir / checkpoint.FILENAME, run.identity())
+    return train_run(run, member, run_dir, console, state)

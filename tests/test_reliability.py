@@ -1,0 +1,267 @@
+"""Interrupted runs resume exactly, bad checkpoints are refused, failures and divergence are recorded,
+and a 2-process DDP run matches the single-process one. Processes are real: `widen` and `torchrun`
+subprocesses killed with real signals."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from widen_cli import checkpoint, config
+from widen_cli.cli import app
+from widen_cli.results import METRICS_COLUMNS
+
+runner = CliRunner()
+BIN = Path(sys.executable).parent
+WIDEN = shutil.which("widen", path=str(BIN)) or "widen"
+TORCHRUN = shutil.which("torchrun", path=str(BIN)) or "torchrun"
+REPO = Path(__file__).resolve().parent.parent
+# One thread everywhere: the same arithmetic in every process, so resumed and uninterrupted runs can
+# be compared bit for bit (and no oversubscription on a small machine).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def widen(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def start(*args) -> subprocess.Popen:
+    return subprocess.Popen([WIDEN, *map(str, args)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll until `path` exists (the process must still be running then)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)
+
+
+def metrics(run: Path) -> pd.DataFrame:
+    return pd.read_parquet(run / "metrics.parquet").drop(columns="seconds")  # wall time is not reproducible
+
+
+# A run slow enough (~0.1 s an epoch) that a kill lands mid-run, with everything that has state:
+# momentum and weight decay, a learning-rate milestone, random crops and flips, a sparse mask.
+SLOW = ["train", "--dataset", "synthetic", "--model", "mlp", "--method", "sparse", "--width", 512, "--base-width",
+        128, "--epochs", 12, "dataset.train_size=4096", "dataset.test_size=256", "dataset.image_size=16",
+        "dataset.augment=[crop,flip]", "optim.batch_size=64", "optim.milestones=[6]", "optim.lr=0.02"]
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    proc = start(*SLOW, "--out", tmp_path, "--name", "cut")
+    wait_for(tmp_path / "cut" / checkpoint.FILENAME, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "summary.parquet").exists()  # killed mid-run
+    saved = torch.load(tmp_path / "cut" / checkpoint.FILENAME, weights_only=True)["epoch"]  # intact
+
+    resumed = widen(*SLOW, "--out", tmp_path, "--name", "cut")
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resuming {tmp_path / 'cut'} after epoch {saved} of 12" in resumed.output
+    whole = widen(*SLOW, "--out", tmp_path, "--name", "whole")
+    assert whole.exit_code == 0, whole.output
+
+    cut, ref = tmp_path / "cut", tmp_path / "whole"
+    pd.testing.assert_frame_equal(metrics(cut), metrics(ref), check_exact=True)
+    assert metrics(ref).epoch.tolist() == list(range(1, 13))
+    assert metrics(ref).lr.tolist() == [0.02] * 6 + [pytest.approx(0.002)] * 6
+    a, b = (torch.load(r / "model.pt", weights_only=True) for r in (cut, ref))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (torch.load(r / "masks.pt", weights_only=True) for r in (cut, ref))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = (pd.read_parquet(r / "summary.parquet").drop(columns="wall_seconds") for r in (cut, ref))
+    pd.testing.assert_frame_equal(sa, sb)
+    assert sa.status.item() == "finished"
+    assert not (cut / checkpoint.FILENAME).exists() and not list(cut.glob(".*.tmp"))
+
+
+DIGITS = ["train", "--dataset", "digits", "--model", "mlp", "--width", 16, "--epochs", 200]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupt_saves_and_says_how_to_resume(tmp_path, sig):
+    proc = start(*DIGITS, "--out", tmp_path, "--name", "r")
+    wait_for(tmp_path / "r" / checkpoint.FILENAME, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "run the same command again to resume" in stderr and str(tmp_path / "r" / checkpoint.FILENAME) in stderr
+    state = torch.load(tmp_path / "r" / checkpoint.FILENAME, weights_only=True)
+    assert 1 <= state["epoch"] < 200 and len(state["rows"]) == state["epoch"]
+    assert not (tmp_path / "r" / "summary.parquet").exists()
+
+
+# ---------------------------------------------------------------- unreadable checkpoints
+
+SMALL = ["train", "--dataset", "digits", "--model", "mlp", "--width", 16, "--epochs", 3]
+
+
+class Exploit:
+    """A pickle that would create a folder when unpickled without weights_only."""
+
+    def __init__(self, target: Path):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return os.mkdir, (self.target,)
+
+
+def real_checkpoint(path: Path, overrides: list[str]) -> None:
+    """A checkpoint as a run writes it (epoch 1 of the config that `overrides` compose)."""
+    _, run = config.load(overrides)
+    model = torch.nn.Linear(64, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+    checkpoint.save(path, identity=run.identity(), epoch=1, rows=[], elapsed=0.0, model=model, optimizer=opt,
+                    scheduler=sched, masks=None)
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("truncated", "cannot read checkpoint"),
+    ("foreign", "is not a widen checkpoint"),
+    ("pickle", "cannot read checkpoint"),
+    ("other-config", "was written by a run with a different config"),
+])
+def test_unreadable_checkpoint_is_refused(tmp_path, case, needle):
+    run = tmp_path / "r"
+    run.mkdir()
+    path = run / checkpoint.FILENAME
+    if case == "truncated":
+        real_checkpoint(path, ["width=16", "optim.epochs=3"])
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif case == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(3)}}, path)
+    elif case == "pickle":
+        torch.save(Exploit(tmp_path / "pwned"), path)
+    else:
+        real_checkpoint(path, ["width=16", "optim.epochs=3", "optim.lr=0.05"])
+    res = widen(*SMALL, "--out", tmp_path, "--name", "r")
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert needle in res.output and str(path) in res.output and "--restart" in res.output
+    assert not (tmp_path / "pwned").exists()  # the pickle was refused, never run
+    assert not (run / "summary.parquet").exists()
+
+    restarted = widen(*SMALL, "--out", tmp_path, "--name", "r", "--restart")
+    assert restarted.exit_code == 0, restarted.output
+    assert metrics(run).epoch.tolist() == [1, 2, 3]
+    assert not path.exists() and not (tmp_path / "pwned").exists()
+
+
+# ---------------------------------------------------------------- divergence and failures
+
+def test_nan_loss_is_recorded_as_diverged_and_not_retried(tmp_path):
+    res = widen(*SMALL, "--out", tmp_path, "--name", "nan", "optim.lr=1e30")
+    assert res.exit_code == 0, res.output
+    assert "diverged" in res.output
+    run = tmp_path / "nan"
+    s = pd.read_parquet(run / "summary.parquet").iloc[0]
+    assert s.status == "diverged" and s.epochs == 1
+    m = pd.read_parquet(run / "metrics.parquet")
+    assert list(m.columns) == METRICS_COLUMNS and len(m) == 1 and not m.train_loss.between(-1e300, 1e300).any()
+    assert not (run / checkpoint.FILENAME).exists()
+    before = (run / "summary.parquet").stat().st_mtime_ns
+    again = widen(*SMALL, "--out", tmp_path, "--name", "nan", "optim.lr=1e30")
+    assert again.exit_code == 0 and "status diverged" in again.output
+    assert (run / "summary.parquet").stat().st_mtime_ns == before
+
+
+SWEEP = ["sweep-width", "--dataset", "synthetic", "--model", "mlp", "--base-width", 8, "--widths", "8,32",
+         "--seeds", "0", "--epochs", 2, "dataset.train_size=128", "dataset.test_size=64", "dataset.image_size=8",
+         "optim.batch_size=32"]
+
+
+def test_sweep_records_diverged_members_and_goes_on(tmp_path):
+    res = widen(*SWEEP, "--out", tmp_path, "--name", "nan", "optim.lr=1e30")
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(tmp_path / "nan" / "results.parquet")
+    assert sorted(zip(df.method, df.width)) == [("dense", 32), ("sparse", 8), ("sparse", 32)]
+    assert (df.status == "diverged").all() and (df.epochs == 1).all() and df.error.isna().all()
+    assert "3 of 3 runs diverged" in res.output
+    again = widen(*SWEEP, "--out", tmp_path, "--name", "nan", "optim.lr=1e30")
+    assert "3 of 3 runs already finished; running 0" in again.output
+
+
+def test_parallel_sweep_records_a_failed_member_and_the_others(tmp_path):
+    # The member sparse w=32 finds a damaged checkpoint in its folder (a disk that filled up, say).
+    show = widen("train", "--show-config", "--dataset", "synthetic", "--model", "mlp", "--method", "sparse",
+                 "--width", 32, "--base-width", 8, "--seed", 0, "--epochs", 2, "dataset.train_size=128",
+                 "dataset.test_size=64", "dataset.image_size=8", "optim.batch_size=32", "--out", tmp_path / "s")
+    folder = Path(show.output.split("# run folder:")[1].strip())
+    folder.mkdir(parents=True)
+    (folder / checkpoint.FILENAME).write_bytes(b"PK\x03\x04 not a whole zip archive")
+
+    res = widen(*SWEEP, "--out", tmp_path, "--name", "s", "--launcher", "pool", "--jobs", 2)
+    assert res.exit_code == 1, res.output
+    assert "1 of 3 runs failed" in res.output
+    df = pd.read_parquet(tmp_path / "s" / "results.parquet").set_index("run")
+    assert len(df) == 3
+    failed = df.loc[folder.name]
+    assert (failed.status, failed.method, failed.width, failed.seed, failed.base_width) == ("failed", "sparse", 32, 0, 8)
+    assert failed.n_weights == 3 * 8 * 8 * 8 + 8 * 10 and failed.epochs == 0 and pd.isna(failed.best_test_acc)
+    assert "--restart" in failed.error and str(folder / checkpoint.FILENAME) in failed.error
+    assert "UserError" in (folder / "error.txt").read_text()
+    others = df.drop(index=folder.name)
+    assert (others.status == "finished").all() and others.best_test_acc.between(0, 1).all()
+    assert others.error.isna().all()
+
+    # Starting the damaged member over runs only it.
+    fixed = widen(*SWEEP, "--out", tmp_path, "--name", "s", "--restart")
+    assert fixed.exit_code == 0, fixed.output
+    assert "2 of 3 runs already finished; running 1" in fixed.output
+    df = pd.read_parquet(tmp_path / "s" / "results.parquet")
+    assert (df.status == "finished").all() and not (folder / "error.txt").exists()
+
+
+# ---------------------------------------------------------------- DDP
+
+DDP_RUN = ["train", "--dataset", "digits", "--model", "mlp", "--method", "sparse", "--width", 32, "--base-width",
+           16, "--epochs", 3, "--subset", 1400, "--device", "cpu"]
+
+
+def test_two_process_ddp_matches_single_process(tmp_path):
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "widen_cli", *map(str, DDP_RUN),
+                           "--out", str(tmp_path), "--name", "ddp"], env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    single = widen(*DDP_RUN, "--out", tmp_path, "--name", "single")
+    assert single.exit_code == 0, single.output
+
+    ddp, one = tmp_path / "ddp", tmp_path / "single"
+    # Rank 0 alone wrote and printed: one summary table, one file each, nothing left half-written.
+    assert proc.stdout.count("best_test_acc") == 1
+    assert sorted(p.name for p in ddp.iterdir()) == ["config.yaml", "masks.pt", "metrics.parquet", "model.pt",
+                                                     "summary.parquet"]
+    a, b = metrics(ddp), metrics(one)
+    assert a.epoch.tolist() == [1, 2, 3] and len(pd.read_parquet(ddp / "summary.parquet")) == 1
+    # Same global batches and data order: the accuracy table matches (up to float summation order).
+    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=2e-3, rtol=1e-3)
+    assert a.test_acc.iloc[-1] > 0.5
+    masks = [torch.load(r / "masks.pt", weights_only=True) for r in (ddp, one)]
+    assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+    weights = [torch.load(r / "model.pt", weights_only=True) for r in (ddp, one)]
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], atol=1e-4, rtol=1e-4)
+    for name, mask in masks[0].items():  # masked weights stayed exactly zero on the rank that wrote them
+        assert (weights[0][f"{name}.weight"][~mask] == 0).all()
