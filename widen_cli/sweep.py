@@ -106,13 +106,12 @@ def make_jobs(member_overrides: list[str], members, seeds: list[int], sweep_dir:
 
 def run_member(overrides: list[str], threads: int | None = None) -> str:
     """Run one member as `widen train` would, quietly; returns its run folder. Top level: picklable."""
-    import torch
     from rich.console import Console
 
     from widen_cli.train import run_training
 
-    if threads:
-        torch.set_num_threads(threads)
+    if threads:  # read by hardware.setup, which sets the thread count for the run
+        os.environ["WIDEN_THREADS"] = str(threads)
     cfg, run = load(overrides)
     run_training(cfg, run, Console(stderr=True, quiet=True))
     return str(run.run_dir)
@@ -149,17 +148,24 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
             progress.update(task, advance=1, last=f"{job.member.method} w={job.member.width} s={job.seed}")
 
         if launcher == "local":
+            from widen_cli import family
             from widen_cli.train import run_training
 
-            for job in todo:
+            # MLP members that can share a stacked model train together (widen_cli/family.py).
+            loaded = [(job, *load(list(job.overrides))) for job in todo]
+            for batch in family.group(loaded, lambda item: family.batch_key(item[2])):
                 try:
-                    cfg, run = load(list(job.overrides))
-                    run_training(cfg, run, console)
-                    done(job)
+                    if len(batch) == 1:
+                        run_training(batch[0][1], batch[0][2], console)
+                    else:
+                        family.train_family([(cfg, run) for _, cfg, run in batch], console)
+                    for job, _, _ in batch:
+                        done(job)
                 except UserError:
                     raise
                 except Exception as e:  # noqa: BLE001 - one member's crash must not stop the family
-                    done(job, e)
+                    for job, _, _ in batch:
+                        done(job, e)
         elif launcher == "pool":
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed

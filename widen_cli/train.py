@@ -12,26 +12,19 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from widen_cli import results
+from widen_cli import hardware, results
 from widen_cli.budget import Member, plan_member
 from omegaconf import DictConfig, OmegaConf
 
 from widen_cli.config import OptimConfig, RunConfig
 from widen_cli.data import load_data, spec_from_config
 from widen_cli.errors import UserError
+from widen_cli.hardware import resolve_device
 from widen_cli.models import build_model, weight_layers
 from widen_cli.sparsity import Masks, sparsify
 
 # Epochs with more batches than this get their own (transient) progress bar.
 BATCH_BAR_MIN = 50
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
-    return torch.device(name)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig):
@@ -47,22 +40,25 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig):
 
 @dataclass
 class Totals:
-    loss: float = 0.0
-    correct: int = 0
+    """Sums kept as tensors on the training device: no host sync per step, one when read."""
+
+    loss: torch.Tensor | float = 0.0
+    correct: torch.Tensor | int = 0
     count: int = 0
 
-    def add(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
-        self.loss += loss.item() * len(y)
-        self.correct += (logits.argmax(1) == y).sum().item()
-        self.count += len(y)
+    def add(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, class_dim: int = -1) -> None:
+        self.loss = self.loss + loss.detach().double() * y.shape[-1]
+        # max().indices is argmax (the first maximum), and far faster when classes are not the last dim
+        self.correct = self.correct + (logits.max(class_dim).indices == y).sum(-1)
+        self.count += y.shape[-1]
 
     @property
     def mean_loss(self) -> float:
-        return self.loss / max(self.count, 1)
+        return float(self.loss) / max(self.count, 1)
 
     @property
     def acc(self) -> float:
-        return self.correct / max(self.count, 1)
+        return int(self.correct) / max(self.count, 1)
 
 
 def train_epoch(model, loader, opt, masks: Masks | None = None, progress: Progress | None = None) -> Totals:
@@ -102,12 +98,14 @@ class RunResult:
     metrics: pd.DataFrame
     summary: dict = field(default_factory=dict)
     skipped: bool = False  # already finished before this call
+    model: torch.nn.Module | None = None  # the trained model (not when skipped)
 
 
 def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | None = None) -> RunResult:
     """Train `member` as `run` says, writing metrics.parquet each epoch and summary.parquet at the end."""
     console = console or Console(stderr=True)
     device = resolve_device(run.device)
+    hardware.setup(device)
     torch.manual_seed(run.seed)
     train_loader, test_loader, spec = load_data(run.dataset, run.optim.batch_size, device, run.seed)
     expected = spec_from_config(run.dataset)
@@ -115,6 +113,7 @@ def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | 
         raise UserError(f"{run.dataset.name}: the data holds {spec} but the config says {expected}; "
                         f"fix dataset.channels / num_classes")
     model = build_model(run.model, run.width, spec, inner=member.inner, ranks=member.ranks).to(device)
+    model = model.to(memory_format=hardware.memory_format(model, device))  # before the masks copy its layout
     built = {n: tuple(m.weight.shape) for n, m in weight_layers(model).items()}
     assert built == member.layers, f"plan and model disagree: {member.layers} vs {built}"
     masks = None
@@ -122,6 +121,7 @@ def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | 
         masks = sparsify(model, member, run.seed, run.method.rescale_init)
         masks.save(run_dir / "masks.pt")
     opt, sched = make_optimizer(model, run.optim)
+    net = hardware.accelerate(model, device, run.precision, run.compile)  # forward passes only
 
     rows: list[dict] = []
     start = time.perf_counter()
@@ -132,8 +132,8 @@ def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | 
         for epoch in range(1, run.optim.epochs + 1):
             t0 = time.perf_counter()
             lr = opt.param_groups[0]["lr"]
-            tr = train_epoch(model, train_loader, opt, masks, progress)
-            te = evaluate(model, test_loader)
+            tr = train_epoch(net, train_loader, opt, masks, progress)
+            te = evaluate(net, test_loader)
             sched.step()
             rows.append(dict(epoch=epoch, lr=lr, train_loss=tr.mean_loss, train_acc=tr.acc,
                              test_loss=te.mean_loss, test_acc=te.acc, seconds=time.perf_counter() - t0))
@@ -146,16 +146,22 @@ def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | 
                 console.print(f"[red]training loss is {tr.mean_loss}: stopping this run[/red]")
                 break
 
+    summary = write_summary(run, member, metrics, time.perf_counter() - start, run_dir)
+    return RunResult(metrics, summary, model=model)
+
+
+def write_summary(run: RunConfig, member: Member, metrics: pd.DataFrame, wall_seconds: float, run_dir: Path) -> dict:
+    """summary.parquet: the run's one row (also written by the batched family trainer)."""
     summary = dict(
         dataset=run.dataset.name, model=run.model.name, method=run.method.name, width=run.width,
         base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
-        connectivity=member.connectivity, seed=run.seed, epochs=len(rows),
+        connectivity=member.connectivity, seed=run.seed, epochs=len(metrics),
         best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
         best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
-        wall_seconds=time.perf_counter() - start,
+        wall_seconds=wall_seconds,
     )
     results.write_table(pd.DataFrame([summary]), run_dir / "summary.parquet", results.SUMMARY_COLUMNS)
-    return RunResult(metrics, summary)
+    return summary
 
 
 def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None) -> RunResult:
@@ -166,13 +172,18 @@ def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None
     if summary_path.exists():
         return RunResult(results.read_table(run_dir / "metrics.parquet"),
                          results.read_table(summary_path).iloc[0].to_dict(), skipped=True)
-    # Plan first: an impossible member is refused before any data is read or folder made.
+    return train_run(run, prepare_run(cfg, run), run_dir, console)
+
+
+def prepare_run(cfg: DictConfig, run: RunConfig) -> Member:
+    """Plan the member and write the run folder's config.yaml. Planning comes first: an impossible
+    member is refused before any data is read or folder made."""
     member = plan_member(run.model, spec_from_config(run.dataset), run.base_width, run.width, run.method)
     cfg = cfg.copy()
     cfg.base_width, cfg.name = run.base_width, run.run_name()
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        results.write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config.yaml")
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        results.write_text(OmegaConf.to_yaml(cfg, resolve=True), run.run_dir / "config.yaml")
     except OSError as e:
-        raise UserError(f"cannot write to output folder {run_dir}: {e.strerror or e}") from None
-    return train_run(run, member, run_dir, console)
+        raise UserError(f"cannot write to output folder {run.run_dir}: {e.strerror or e}") from None
+    return member
