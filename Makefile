@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean
 
 $(BIN)/widen: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Speed benchmarks (not tests): our path against plain loops, as ratios; a few minutes on CPU.
+# BENCH_ARGS="--device cuda" on a GPU machine.
+bench: setup
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -265,3 +265,36 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         torch.testing.assert_close(weights[0][k], weights[1][k], atol=1e-4, rtol=1e-4)
     for name, mask in masks[0].items():  # masked weights stayed exactly zero on the rank that wrote them
         assert (weights[0][f"{name}.weight"][~mask] == 0).all()
+
+
+def test_killed_batched_family_resumes_each_member_from_its_checkpoint(tmp_path):
+    # sweep-width trains these MLP members as one stacked model (family.py); each still checkpoints
+    # in a single run's format, so after a SIGKILL they resume alone and end as if never interrupted.
+    member = ["--dataset", "synthetic", "--model", "mlp", "--method", "sparse", "--base-width", 32, "--epochs", 6,
+              "dataset.train_size=4096", "dataset.test_size=256", "dataset.image_size=16",
+              "dataset.augment=[crop,flip]", "optim.batch_size=64", "optim.milestones=[3]", "optim.lr=0.02"]
+    sweep = ["sweep-width", *member, "--widths", "32,64,128", "--no-dense-wide", "--out", tmp_path, "--name", "fam"]
+    proc = start(*sweep)
+    first = tmp_path / "fam"
+    deadline = time.monotonic() + 120
+    while not list(first.glob("*/" + checkpoint.FILENAME)):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (first / "results.parquet").exists()
+
+    resumed = widen(*sweep)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output
+    table = pd.read_parquet(first / "results.parquet")
+    assert sorted(table.width) == [32, 64, 128] and set(table.status) == {"finished"}
+    for r in table.itertuples():
+        alone = widen("train", *member, "--width", r.width, "--out", tmp_path / "alone")
+        assert alone.exit_code == 0, alone.output
+        pd.testing.assert_frame_equal(metrics(first / r.run), metrics(tmp_path / "alone" / r.run), atol=1e-4, rtol=0)
+        a, b = (torch.load(d / "model.pt", weights_only=True) for d in (first / r.run, tmp_path / "alone" / r.run))
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
+        assert not (first / r.run / checkpoint.FILENAME).exists()

@@ -98,6 +98,17 @@ def test_sweep_runs_every_member_and_seed(local_sweep):
     assert df[df.method == "sparse"].run.nunique() == 4
 
 
+def test_local_launcher_trains_mlp_families_batched(local_sweep):
+    # Sparse members (both widths, both seeds) shared one stacked model, the dense ones (one width,
+    # two seeds) another: a batch's members carry the same per-epoch time, the batch's time over its size.
+    out, _ = local_sweep
+    df = pd.read_parquet(out / "local" / "results.parquet")
+    for method, size in (("sparse", 4), ("dense", 2)):
+        seconds = [pd.read_parquet(out / "local" / run / "metrics.parquet").seconds.tolist()
+                   for run in df[df.method == method].run]
+        assert len(seconds) == size and all(s == seconds[0] for s in seconds)
+
+
 def test_rerun_trains_nothing(local_sweep):
     out, _ = local_sweep
     before = {p: p.stat().st_mtime_ns for p in (out / "local").glob("*/summary.parquet")}

@@ -26,6 +26,8 @@ app = typer.Typer(
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 console = Console(width=None if sys.stdout.isatty() else 160)
 
+PRECISION_HELP = "fp32 (default) or bf16 (autocast; on CPU too, where it is usually slower). Part of the run's identity."
+COMPILE_HELP = "torch.compile the model (slow to start; pays off on long GPU runs). Not part of the run's identity."
 OVERRIDES_HELP = ("Hydra overrides applied after the options, e.g. optim.lr=0.05 model.activation=linear "
                   "dataset.subset=2048 (see --show-config for every key).")
 
@@ -93,6 +95,8 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Default: the paper's recipe (128 CIFAR/SVHN, 100 MNIST)."),
     lr: Optional[float] = typer.Option(None, help="Initial learning rate. Default: 0.1."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
+    compile_model: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
     data_root: Optional[Path] = typer.Option(None, help="Where the dataset lies (torchvision layout; "
                                              "ImageNet/imagefolder: a folder with train/ and val/)."),
     download: bool = typer.Option(False, "--download", help="Fetch the dataset into --data-root if missing."),
@@ -118,6 +122,7 @@ def train(
     options = {
         "dataset": dataset, "model": model, "method": method, "width": width, "base_width": base_width,
         "optim.epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "device": device,
+        "precision": precision, "compile": compile_model,
         "dataset.root": data_root, "dataset.download": download, "dataset.image_size": image_size,
         "dataset.subset": subset, "seed": seed, "out": out, "name": name,
     }
@@ -192,6 +197,8 @@ def sweep_width(
     batch_size: Optional[int] = typer.Option(None, help="Default: the paper's recipe."),
     lr: Optional[float] = typer.Option(None, help="Initial learning rate. Default: 0.1."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
+    compile_model: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
     data_root: Optional[Path] = typer.Option(None, help="Where the dataset lies."),
     download: bool = typer.Option(False, "--download", help="Fetch the dataset if missing."),
     image_size: Optional[int] = typer.Option(None, help="Image side in pixels."),
@@ -228,6 +235,7 @@ def sweep_width(
     shared = {
         "dataset": dataset, "model": model, "method": method, "method.distribution": distribution,
         "optim.epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "device": device,
+        "precision": precision, "compile": compile_model,
         "dataset.root": data_root, "dataset.download": download, "dataset.image_size": image_size,
         "dataset.subset": subset,
     }

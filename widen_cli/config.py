@@ -19,6 +19,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DATASETS = ("cifar10", "cifar100", "svhn", "mnist", "imagenet", "imagefolder", "digits", "synthetic")
 MODELS = ("mlp", "resnet18")
 METHODS = ("dense", "sparse", "linear-bottleneck", "nonlinear-bottleneck")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,20 @@ class RunConfig:
     device: str = "auto"
     out: str = "runs"
     name: str | None = None
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    compile: bool = False  # torch.compile the model
 
     def identity(self) -> dict:
-        """Everything that defines the experiment: not where it runs, nor where files and data live."""
+        """Everything that defines the experiment: not where it runs, nor where files and data live.
+
+        bf16 changes the numbers, so it is part of the identity; fp32 is left out so that runs named
+        before the option existed keep their folders. Compiling changes only the speed.
+        """
         d = asdict(self)
-        for k in ("out", "name", "device"):
+        for k in ("out", "name", "device", "compile"):
             d.pop(k)
+        if d["precision"] == "fp32":
+            d.pop("precision")
         for k in ("root", "download", "workers"):
             d["dataset"].pop(k)
         return d
@@ -108,7 +117,8 @@ def _choices(group: str) -> list[str]:
 
 
 GROUPS = ("dataset", "model", "method", "optim", "experiment")
-TOP_LEVEL = ("dataset", "model", "method", "optim", "width", "base_width", "seed", "device", "out", "name", "sweep")
+TOP_LEVEL = ("dataset", "model", "method", "optim", "width", "base_width", "seed", "device", "precision", "compile",
+             "out", "name", "sweep")
 
 
 def _compose(overrides: list[str]) -> DictConfig:
@@ -177,7 +187,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         model = _build(ModelConfig, cfg.model)
         method = _build(MethodConfig, cfg.method)
         optim = _build(OptimConfig, cfg.optim)
-        top = {k: cfg[k] for k in ("width", "base_width", "seed", "device", "out", "name")}
+        top = {k: cfg[k] for k in ("width", "base_width", "seed", "device", "out", "name", "precision", "compile")}
     except (OmegaConfBaseException, TypeError) as e:
         raise UserError(f"invalid config: {str(e).splitlines()[0]}") from None
 
@@ -214,12 +224,17 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise UserError(f"method.last_layer_connectivity must be in (0, 1], got {llc}")
     if not (optim.lr > 0):
         raise UserError(f"optim.lr must be > 0, got {optim.lr}")
+    if top["precision"] not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {top['precision']!r}")
+    if not isinstance(top["compile"], bool):
+        raise UserError(f"compile must be true or false, got {top['compile']!r}")
     device = str(top["device"])
     if device != "auto" and device != "cpu" and not device.startswith("cuda"):
         raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
     return RunConfig(
         dataset=ds, model=model, method=method, optim=optim, width=width, base_width=base_width,
-        seed=top["seed"], device=device, out=str(top["out"]), name=top["name"],
+        seed=top["seed"], device=device, out=str(top["out"]), name=top["name"], precision=top["precision"],
+        compile=top["compile"],
     )
 
 

@@ -41,7 +41,8 @@ class Masks:
         layers = weight_layers(model)
         self.names = list(masks)
         self.weights = [layers[n].weight for n in self.names]
-        self.masks = [masks[n].to(device=w.device, dtype=w.dtype) for n, w in zip(self.names, self.weights)]
+        # Same device, dtype and memory layout (e.g. channels_last) as the weight: one cheap multiply.
+        self.masks = [torch.empty_like(w).copy_(masks[n]) for n, w in zip(self.names, self.weights)]
 
     @torch.no_grad()
     def apply_(self) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import submitit.helpers
 
-from widen_cli import budget, results
+from widen_cli import budget, checkpoint, results
 from widen_cli.config import MethodConfig, RunConfig, load
 from widen_cli.errors import UserError
 from widen_cli.models import InputSpec
@@ -115,13 +115,12 @@ def make_jobs(member_overrides: list[str], members, seeds: list[int], sweep_dir:
 
 def run_member(overrides: list[str], threads: int | None = None, restart: bool = False) -> str:
     """Run one member as `widen train` would, quietly; returns its run folder. Top level: picklable."""
-    import torch
     from rich.console import Console
 
     from widen_cli.train import run_training
 
-    if threads:
-        torch.set_num_threads(threads)
+    if threads:  # read by hardware.setup, which sets the thread count for the run
+        os.environ["WIDEN_THREADS"] = str(threads)
     cfg, run = load(overrides)
     run_training(cfg, run, Console(stderr=True, quiet=True), restart=restart)
     return str(run.run_dir)
@@ -187,17 +186,35 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
             progress.update(task, advance=1, last=f"{job.member.method} w={job.member.width} s={job.seed}")
 
         if launcher == "local":
+            from widen_cli import family
             from widen_cli.train import run_training
 
-            for job in todo:
+            # MLP members that can share a stacked model train together (widen_cli/family.py); one
+            # with a checkpoint resumes alone.
+            loaded = [(job, *load(list(job.overrides))) for job in todo]
+
+            def key(item):
+                job = item[0]
+                if not restart and (job.run_dir / checkpoint.FILENAME).exists():
+                    return None
+                return family.batch_key(item[2])
+
+            for batch in family.group(loaded, key):
                 try:
-                    cfg, run = load(list(job.overrides))
-                    run_training(cfg, run, console, restart=restart)
-                    done(job)
+                    if len(batch) == 1:
+                        run_training(batch[0][1], batch[0][2], console, restart=restart)
+                    else:
+                        if restart:
+                            for job, _, _ in batch:
+                                checkpoint.discard(job.run_dir)
+                        family.train_family([(cfg, run) for _, cfg, run in batch], console)
+                    for job, _, _ in batch:
+                        done(job)
                 except UserError:
                     raise
                 except Exception as e:  # noqa: BLE001 - one member's crash must not stop the family
-                    done(job, e)
+                    for job, _, _ in batch:
+                        done(job, e)
         elif launcher == "pool":
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed

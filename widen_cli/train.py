@@ -16,24 +16,17 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from widen_cli import checkpoint, distributed, results
+from widen_cli import checkpoint, distributed, hardware, results
 from widen_cli.budget import Member, plan_member
 from widen_cli.config import OptimConfig, RunConfig
 from widen_cli.data import load_data, spec_from_config
 from widen_cli.errors import Interrupted, UserError
+from widen_cli.hardware import resolve_device
 from widen_cli.models import build_model, weight_layers
 from widen_cli.sparsity import Masks, sparsify
 
 # Epochs with more batches than this get their own (transient) progress bar.
 BATCH_BAR_MIN = 50
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
-    return torch.device(name)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig):
@@ -49,22 +42,25 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig):
 
 @dataclass
 class Totals:
-    loss: float = 0.0
-    correct: int = 0
+    """Sums kept as tensors on the training device: no host sync per step, one when read."""
+
+    loss: torch.Tensor | float = 0.0
+    correct: torch.Tensor | int = 0
     count: int = 0
 
-    def add(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
-        self.loss += loss.item() * len(y)
-        self.correct += (logits.argmax(1) == y).sum().item()
-        self.count += len(y)
+    def add(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, class_dim: int = -1) -> None:
+        self.loss = self.loss + loss.detach().double() * y.shape[-1]
+        # max().indices is argmax (the first maximum), and far faster when classes are not the last dim
+        self.correct = self.correct + (logits.max(class_dim).indices == y).sum(-1)
+        self.count += y.shape[-1]
 
     @property
     def mean_loss(self) -> float:
-        return self.loss / max(self.count, 1)
+        return float(self.loss) / max(self.count, 1)
 
     @property
     def acc(self) -> float:
-        return self.correct / max(self.count, 1)
+        return int(self.correct) / max(self.count, 1)
 
 
 def train_epoch(model, loader, opt, masks: Masks | None = None, progress: Progress | None = None) -> Totals:
@@ -104,11 +100,12 @@ class RunResult:
     metrics: pd.DataFrame
     summary: dict = field(default_factory=dict)
     skipped: bool = False  # already finished before this call
+    model: torch.nn.Module | None = None  # the trained model (not when skipped)
 
 
 def all_ranks(ctx: distributed.Context, device: torch.device, t: Totals) -> Totals:
     """An epoch's totals over every rank's slice of the data (DDP); unchanged in a single process."""
-    loss, correct, count = distributed.sum_all(ctx, [t.loss, t.correct, t.count], device)
+    loss, correct, count = distributed.sum_all(ctx, [float(t.loss), int(t.correct), t.count], device)
     return Totals(loss, int(correct), int(count))
 
 
@@ -120,6 +117,7 @@ def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | 
     ctx = distributed.from_env()
     console = (console or Console(stderr=True)) if ctx.is_main else Console(stderr=True, quiet=True)
     device = resolve_device(distributed.device_for(ctx, run.device))
+    hardware.setup(device)
     distributed.init(ctx, device, run.optim.batch_size)
     try:
         return _train(run, member, run_dir, console, state, ctx, device)
@@ -138,6 +136,7 @@ def _train(run: RunConfig, member: Member, run_dir: Path, console: Console, stat
     train_loader.shard(ctx.rank, ctx.world)
     test_loader.shard(ctx.rank, ctx.world)
     model = build_model(run.model, run.width, spec, inner=member.inner, ranks=member.ranks).to(device)
+    model = model.to(memory_format=hardware.memory_format(model, device))  # before the masks copy its layout
     built = {n: tuple(m.weight.shape) for n, m in weight_layers(model).items()}
     assert built == member.layers, f"plan and model disagree: {member.layers} vs {built}"
     masks = None
@@ -155,7 +154,10 @@ def _train(run: RunConfig, member: Member, run_dir: Path, console: Console, stat
         rows, elapsed, first = list(state["rows"]), state["elapsed"], state["epoch"] + 1
         console.print(f"resuming {run_dir} after epoch {state['epoch']} of {run.optim.epochs}", soft_wrap=True,
                       highlight=False)
-    net = distributed.wrap(model, ctx, device)
+    # What forward passes go through (DDP, bf16 autocast, compile); `model` stays the plain module the
+    # optimiser, masks and saved state refer to.
+    net = hardware.accelerate(distributed.wrap(model, ctx, device), device, run.precision, run.compile)
+    evaluator = hardware.accelerate(model, device, run.precision)
 
     status, saved = "finished", first - 1
     metrics = pd.DataFrame(rows, columns=results.METRICS_COLUMNS)
@@ -170,7 +172,7 @@ def _train(run: RunConfig, member: Member, run_dir: Path, console: Console, stat
                 train_loader.set_epoch(epoch)
                 lr = opt.param_groups[0]["lr"]
                 tr = all_ranks(ctx, device, train_epoch(net, train_loader, opt, masks, progress))
-                te = all_ranks(ctx, device, evaluate(model, test_loader))
+                te = all_ranks(ctx, device, evaluate(evaluator, test_loader))
                 sched.step()
                 rows.append(dict(epoch=epoch, lr=lr, train_loss=tr.mean_loss, train_acc=tr.acc,
                                  test_loss=te.mean_loss, test_acc=te.acc, seconds=time.perf_counter() - t0))
@@ -199,20 +201,29 @@ def _train(run: RunConfig, member: Member, run_dir: Path, console: Console, stat
                           f"{run_dir / checkpoint.FILENAME}; run the same command again to resume") from None
 
     distributed.check_identical(ctx, dict(model.named_parameters()), "weights")
-    summary = dict(
+    summary = summary_row(run, member, metrics, status, elapsed + time.perf_counter() - start)
+    if ctx.is_main:
+        finish(run_dir, model, summary)
+    return RunResult(metrics, summary, model=model)
+
+
+def summary_row(run: RunConfig, member: Member, metrics: pd.DataFrame, status: str, wall_seconds: float) -> dict:
+    """The run's one summary row (also made by the batched family trainer)."""
+    return dict(
         dataset=run.dataset.name, model=run.model.name, method=run.method.name, width=run.width,
         base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
-        connectivity=member.connectivity, seed=run.seed, epochs=len(rows), status=status,
+        connectivity=member.connectivity, seed=run.seed, epochs=len(metrics), status=status,
         best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
         best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
-        wall_seconds=elapsed + time.perf_counter() - start,
+        wall_seconds=wall_seconds,
     )
-    if ctx.is_main:
-        # summary.parquet marks the run as done: written after the weights, before the checkpoint goes.
-        results.atomic_write(run_dir / "model.pt", lambda tmp: torch.save(model.state_dict(), tmp))
-        results.write_table(pd.DataFrame([summary]), run_dir / "summary.parquet", results.SUMMARY_COLUMNS)
-        (run_dir / checkpoint.FILENAME).unlink(missing_ok=True)
-    return RunResult(metrics, summary)
+
+
+def finish(run_dir: Path, model: torch.nn.Module, summary: dict) -> None:
+    """model.pt, then summary.parquet, which marks the run as done; then the checkpoint goes."""
+    results.atomic_write(run_dir / "model.pt", lambda tmp: torch.save(model.state_dict(), tmp))
+    results.write_table(pd.DataFrame([summary]), run_dir / "summary.parquet", results.SUMMARY_COLUMNS)
+    (run_dir / checkpoint.FILENAME).unlink(missing_ok=True)
 
 
 def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None,
@@ -225,10 +236,18 @@ def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None
     if summary_path.exists():
         return RunResult(results.read_table(run_dir / "metrics.parquet"),
                          results.read_table(summary_path).iloc[0].to_dict(), skipped=True)
-    # Plan first: an impossible member is refused before any data is read or folder made.
+    member = prepare_run(cfg, run, restart)
+    state = None if restart else checkpoint.load(run_dir / checkpoint.FILENAME, run.identity())
+    return train_run(run, member, run_dir, console, state)
+
+
+def prepare_run(cfg: DictConfig, run: RunConfig, restart: bool = False) -> Member:
+    """Plan the member and write the run folder's config.yaml (`restart`: discard its checkpoint).
+    Planning comes first: an impossible member is refused before any data is read or folder made."""
     member = plan_member(run.model, spec_from_config(run.dataset), run.base_width, run.width, run.method)
     cfg = cfg.copy()
     cfg.base_width, cfg.name = run.base_width, run.run_name()
+    run_dir = run.run_dir
     if distributed.is_main_process():
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -238,5 +257,4 @@ def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None
             results.write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config.yaml")
         except OSError as e:
             raise UserError(f"cannot write to output folder {run_dir}: {e.strerror or e}") from None
-    state = None if restart else checkpoint.load(run_dir / checkpoint.FILENAME, run.identity())
-    return train_run(run, member, run_dir, console, state)
+    return member

@@ -1,0 +1,87 @@
+"""How a run uses the machine: CPU threads, cuDNN autotuning, memory format, bf16 autocast, compilation.
+
+None of this changes what is trained. Only `precision` changes the numbers (it is part of a run's
+identity); the rest is where and how fast it runs.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from widen_cli.errors import UserError
+
+THREADS_ENV = ("WIDEN_THREADS", "OMP_NUM_THREADS")  # the first one set wins
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def _cgroup_cpus() -> int | None:
+    """The CPU quota of this container (cgroup v2 `cpu.max`), rounded up; None when unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_threads() -> int:
+    """Threads for CPU training: $WIDEN_THREADS or $OMP_NUM_THREADS when set, else the cores this
+    process may use (its CPU affinity, capped by a container's CPU quota)."""
+    for var in THREADS_ENV:
+        value = os.environ.get(var, "").strip()
+        if value:
+            if not value.isdigit() or int(value) < 1:
+                raise UserError(f"{var} must be a positive integer, got {value!r}")
+            return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpus()
+    return min(cores, quota) if quota else cores
+
+
+def setup(device: torch.device) -> None:
+    """Process-wide settings for training on `device`."""
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads())
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+
+
+def is_conv_model(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def memory_format(model: nn.Module, device: torch.device) -> torch.memory_format:
+    """channels_last for convolutional models: cuDNN's tensor-core kernels and oneDNN's CPU kernels are
+    faster on it (ResNet-18 width 16 trains ~1.3x faster on CPU); the layout changes no result."""
+    return torch.channels_last if device.type in ("cuda", "cpu") and is_conv_model(model) else torch.contiguous_format
+
+
+class Autocast(nn.Module):
+    """Runs the wrapped model under bf16 autocast; logits come back in fp32, so the loss is fp32."""
+
+    def __init__(self, model: nn.Module, device_type: str):
+        super().__init__()
+        self.model, self.device_type = model, device_type
+
+    def forward(self, x):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
+def accelerate(model: nn.Module, device: torch.device, precision: str = "fp32", compile: bool = False) -> nn.Module:
+    """What the training loop calls forward on. `model` itself stays the plain module whose parameters
+    the optimiser, the masks and any saved state refer to; the returned module shares them."""
+    net = Autocast(model, device.type) if precision == "bf16" else model
+    if compile:
+        net = torch.compile(net)
+    return net
