@@ -365,7 +365,7 @@ def kernel_distance(
     initialisations (with its standard error), Theorem 1's exact expression (with its bias part), the
     paper's approximation eq. (6) and the leading-order formula; then the width minimising each. Writes
     <out>/<name>/kernel_distance.parquet. The work is batched over initialisations and pairs in chunks,
-    so memory stays bounded (about 64 MB per block) whatever --pairs, --inits and the widths are.
+    so memory stays bounded (a few blocks of about 64 MB) whatever --pairs, --inits and the widths are.
 
     Example: widen kernel-distance --widths 8,32,128,216,328,512,635 --inputs mnist --data-root data
     """

@@ -176,17 +176,18 @@ def theorem1(x, y, p: float, n: int, samples: int, generator, reference: int | N
         t1, s2, t2 = k1, torch.zeros_like(k1), k2
     else:
         blocks = math.ceil(len(x) / MASK_BLOCK)
-        # per block of pairs: d x (3 pairs) columns x_i^2, y_i^2, x_i y_i, zero-padded to whole blocks
-        moments = torch.zeros(blocks * MASK_BLOCK, 3, d, device=x.device)
-        torch.stack([x * x, y * y, x * y], 1, out=moments[:len(x)])
-        moments = moments.view(blocks, MASK_BLOCK * 3, d).transpose(1, 2)
         t1, t2, s2 = (torch.empty_like(k1) for _ in range(3))
-        for c in _chunks(blocks, samples * (d + 3 * MASK_BLOCK)):
+        for c in _chunks(blocks, d * (samples + 3 * MASK_BLOCK) + 3 * samples * MASK_BLOCK):  # per block
             lo, hi = c.start * MASK_BLOCK, min(c.stop * MASK_BLOCK, len(x))
             masks = torch.stack([torch.rand(samples, d, generator=generator) < p for _ in range(c.start, c.stop)])
             masks = masks.float().to(x.device)
+            # per block of pairs: d x (3 pairs) columns x_i^2, y_i^2, x_i y_i, zero-padded to a whole block
+            moments = torch.zeros((c.stop - c.start) * MASK_BLOCK, 3, d, device=x.device)
+            xs, ys = x[lo:hi], y[lo:hi]
+            torch.stack([xs * xs, ys * ys, xs * ys], 1, out=moments[:hi - lo])
+            moments = moments.view(-1, MASK_BLOCK * 3, d).transpose(1, 2)
             # |x_s|^2, |y_s|^2 and x_s.y_s for every (mask, pair) of a block: one batched matmul
-            a = torch.bmm(masks, moments[c]).view(-1, samples, MASK_BLOCK, 3)
+            a = torch.bmm(masks, moments).view(-1, samples, MASK_BLOCK, 3)
             a = a.permute(1, 0, 2, 3).reshape(samples, -1, 3)[:, :hi - lo]
             m1, m2 = arccos_kernels(a[..., 0], a[..., 1], a[..., 2])
             m1, m2 = m1.double() / p, m2.double() / p ** 2  # σ^2 = 1/p
