@@ -372,7 +372,7 @@ def kernel_distance(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from widen_cli import kernels
-    from widen_cli.train import resolve_device
+    from widen_cli.hardware import resolve_device
 
     width_list = ([width] if width is not None else []) + (_numbers(widths, int, "--widths") or [])
     cfg, ds = config_mod.kernel_config(
@@ -392,6 +392,8 @@ def kernel_distance(
 def print_kernel_table(df, run_dir: Path) -> None:
     from rich import box
 
+    from widen_cli.kernels import DISTANCES
+
     r0 = df.iloc[0]
     table = Table(title=f"[bold]{run_dir / 'kernel_distance.parquet'}[/bold]", box=box.SIMPLE_HEAD, pad_edge=False,
                   caption=f"{r0.n_weights:,} weights, d={r0.input_dim}, {r0.outputs} outputs, {r0.inputs} inputs, "
@@ -399,7 +401,7 @@ def print_kernel_table(df, run_dir: Path) -> None:
                           f"{r0.inits} inits; * = minimum", header_style="bold")
     for col in ("width", "p1", "p1*d", "empirical", "s.e.", "Theorem 1", "bias", "eq. (6)", "leading"):
         table.add_column(col, justify="right")
-    star = {k: df[f"min_{k}"] & (len(df) > 1) for k in kernels_distances()}
+    star = {k: df[f"min_{k}"] & (len(df) > 1) for k in DISTANCES}
     for i, r in enumerate(df.itertuples()):
         mark = {k: "*" if v.iloc[i] else " " for k, v in star.items()}
         table.add_row(
@@ -410,14 +412,8 @@ def print_kernel_table(df, run_dir: Path) -> None:
     console.print(table)
     if len(df) > 1:
         best = ", ".join(f"{k.replace('_', ' ')} {int(df.width[df[f'min_{k}']].iloc[0])}"
-                         for k in kernels_distances())
+                         for k in DISTANCES)
         console.print(f"minimising width: {best}")
-
-
-def kernels_distances():
-    from widen_cli.kernels import DISTANCES
-
-    return DISTANCES
 
 
 @app.command()

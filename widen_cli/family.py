@@ -33,12 +33,12 @@ from torch import nn
 from widen_cli import checkpoint, hardware, results
 from widen_cli.budget import Member
 from widen_cli.config import RunConfig
-from widen_cli.data import TensorLoader, load_data, spec_from_config
-from widen_cli.errors import Interrupted, UserError
+from widen_cli.data import TensorLoader
+from widen_cli.errors import Interrupted
 from widen_cli.models import InputSpec, build_model
 from widen_cli.models.mlp import MLP, NTKLinear
 from widen_cli.sparsity import sparsify
-from widen_cli.train import RunResult, Totals, finish, make_optimizer, prepare_run, summary_row
+from widen_cli.train import RunResult, Totals, finish, load_run_data, make_optimizer, prepare_run, summary_row
 
 BATCHED_METHODS = ("sparse", "dense")
 CPU_EVAL_CHUNK = 256
@@ -294,11 +294,7 @@ def build(runs: list[RunConfig], members: list[Member]) -> Stack:
     device = hardware.resolve_device(run.device)
     hardware.setup(device)
     seeds = list(dict.fromkeys(r.seed for r in runs))
-    train_loader, test_loader, spec = load_data(run.dataset, run.optim.batch_size, device, seeds[0])
-    expected = spec_from_config(run.dataset)
-    if spec != expected:
-        raise UserError(f"{run.dataset.name}: the data holds {spec} but the config says {expected}; "
-                        f"fix dataset.channels / num_classes")
+    train_loader, test_loader, spec = load_run_data(run, device, seeds[0])
     assert isinstance(train_loader, TensorLoader), "batch_key keeps streamed datasets out of batches"
     models, masks = [], []
     for r, member in zip(runs, members):

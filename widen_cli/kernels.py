@@ -7,11 +7,13 @@ kernel is K_1(x, y)/d. Everything here is tensor maths on plain inputs; the CLI 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
+from widen_cli import results
 from widen_cli.errors import UserError
 
 ALLOCATIONS = ("first-layer", "uniform")
@@ -278,12 +280,6 @@ def inputs(cfg, dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tens
 
 def run(cfg, dataset, device: torch.device, on_width=None) -> pd.DataFrame:
     """Compute the table for a KernelConfig and write <out>/<name>/kernel_distance.parquet."""
-    from dataclasses import asdict
-
-    from omegaconf import OmegaConf
-
-    from widen_cli import results
-
     members = family(cfg)
     run_dir = cfg.run_dir
     try:

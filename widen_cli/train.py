@@ -109,6 +109,16 @@ def all_ranks(ctx: distributed.Context, device: torch.device, t: Totals) -> Tota
     return Totals(loss, int(correct), int(count))
 
 
+def load_run_data(run: RunConfig, device: torch.device, seed: int):
+    """The run's loaders and InputSpec; data that disagrees with the config (channels, classes) is refused."""
+    train_loader, test_loader, spec = load_data(run.dataset, run.optim.batch_size, device, seed)
+    expected = spec_from_config(run.dataset)
+    if spec != expected:
+        raise UserError(f"{run.dataset.name}: the data holds {spec} but the config says {expected}; "
+                        f"fix dataset.channels / num_classes")
+    return train_loader, test_loader, spec
+
+
 def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | None = None,
               state: dict | None = None) -> RunResult:
     """Train `member` as `run` says, from the checkpoint `state` when resuming. After every epoch:
@@ -128,11 +138,7 @@ def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | 
 def _train(run: RunConfig, member: Member, run_dir: Path, console: Console, state: dict | None,
            ctx: distributed.Context, device: torch.device) -> RunResult:
     torch.manual_seed(run.seed)
-    train_loader, test_loader, spec = load_data(run.dataset, run.optim.batch_size, device, run.seed)
-    expected = spec_from_config(run.dataset)
-    if spec != expected:
-        raise UserError(f"{run.dataset.name}: the data holds {spec} but the config says {expected}; "
-                        f"fix dataset.channels / num_classes")
+    train_loader, test_loader, spec = load_run_data(run, device, run.seed)
     train_loader.shard(ctx.rank, ctx.world)
     test_loader.shard(ctx.rank, ctx.world)
     model = build_model(run.model, run.width, spec, inner=member.inner, ranks=member.ranks).to(device)
