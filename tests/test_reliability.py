@@ -25,13 +25,16 @@ BIN = Path(sys.executable).parent
 WIDEN = shutil.which("widen", path=str(BIN)) or "widen"
 TORCHRUN = shutil.which("torchrun", path=str(BIN)) or "torchrun"
 REPO = Path(__file__).resolve().parent.parent
-# One thread everywhere: the same arithmetic in every process, so resumed and uninterrupted runs can
-# be compared bit for bit (and no oversubscription on a small machine).
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+# One thread everywhere, in subprocesses and in this process alike: the thread count decides how
+# matrix products split their sums (and so the last bits of every result) on some CPUs (AMD EPYC), so
+# resumed and uninterrupted runs are compared bit for bit only at the same count. hardware.setup reads
+# WIDEN_THREADS in every run, in-process runs included; setting torch's count here alone is not enough.
+ENV = {**os.environ, "WIDEN_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def one_thread(monkeypatch):
+    monkeypatch.setenv("WIDEN_THREADS", "1")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -73,7 +76,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "cut" / "summary.parquet").exists()  # killed mid-run
-    saved = torch.load(tmp_path / "cut" / checkpoint.FILENAME, weights_only=True)["epoch"]  # intact
+    state = torch.load(tmp_path / "cut" / checkpoint.FILENAME, weights_only=True)  # intact
+    saved = state["epoch"]
+    assert state["threads"] == 1  # what the resumed run will compute with
 
     resumed = widen(*SLOW, "--out", tmp_path, "--name", "cut")
     assert resumed.exit_code == 0, resumed.output

@@ -1,7 +1,7 @@
 """End-of-epoch checkpoints: everything a run needs to go on exactly where it stopped.
 
-A checkpoint holds the model, optimiser and scheduler states, the masks, the RNG states, the last
-complete epoch and the metrics rows so far. It is written to a temporary name and renamed, so a
+A checkpoint holds the model, optimiser and scheduler states, the masks, the RNG states, the CPU
+thread count, the last complete epoch and the metrics rows so far. It is written to a temporary name and renamed, so a
 kill at any moment leaves the previous checkpoint intact, and read with `weights_only=True`, so a
 foreign file can never run code. The data order needs no state: each epoch's is drawn from
 (seed, epoch) (data.epoch_seed).
@@ -25,7 +25,7 @@ def save(path: Path, *, identity: dict, epoch: int, rows: list[dict], elapsed: f
     state = dict(
         format=FORMAT, identity=json.dumps(identity, sort_keys=True), epoch=epoch, rows=rows, elapsed=elapsed,
         model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-        masks=masks, rng=dict(torch=torch.get_rng_state(),
+        masks=masks, threads=torch.get_num_threads(), rng=dict(torch=torch.get_rng_state(),
                               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
     )
     results.atomic_write(path, lambda tmp: torch.save(state, tmp))

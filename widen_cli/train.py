@@ -127,7 +127,7 @@ def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | 
     ctx = distributed.from_env()
     console = (console or Console(stderr=True)) if ctx.is_main else Console(stderr=True, quiet=True)
     device = resolve_device(distributed.device_for(ctx, run.device))
-    hardware.setup(device)
+    hardware.setup(device, (state or {}).get("threads"))
     distributed.init(ctx, device, run.optim.batch_size)
     try:
         return _train(run, member, run_dir, console, state, ctx, device)
