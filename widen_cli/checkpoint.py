@@ -16,7 +16,7 @@ import torch
 from widen_cli import results
 from widen_cli.errors import UserError
 
-FILENAME = "checkpoint.pt"
+FILENAME = results.CHECKPOINT_FILE
 FORMAT = "widen-checkpoint/1"
 
 
@@ -62,7 +62,7 @@ def restore(state: dict, model: torch.nn.Module, optimizer, scheduler) -> None:
 
 def discard(run_dir: Path) -> None:
     """--restart: forget an unfinished run's progress (its checkpoint and partial metrics)."""
-    for name in (FILENAME, "metrics.parquet"):
+    for name in (FILENAME, results.METRICS_FILE):
         (run_dir / name).unlink(missing_ok=True)
 
 

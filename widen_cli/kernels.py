@@ -295,6 +295,6 @@ def run(cfg, dataset, device: torch.device, on_width=None) -> pd.DataFrame:
                          inits=cfg.inits, mask_samples=cfg.mask_samples, seed=cfg.seed)[RESULT_COLUMNS]
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     settings["widths"] = [m.width for m in members]
-    results.write_text(OmegaConf.to_yaml(settings), run_dir / "kernel.yaml")
-    results.write_table(table, run_dir / "kernel_distance.parquet")
+    results.write_text(OmegaConf.to_yaml(settings), run_dir / results.KERNEL_CONFIG_FILE)
+    results.write_table(table, run_dir / results.KERNEL_FILE)
     return table

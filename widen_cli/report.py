@@ -130,7 +130,7 @@ def _unique(name: str, taken: dict) -> str:
 
 def _config(run_dir: Path) -> dict:
     """The run's config.yaml, else its sweep's sweep.yaml: what the summary does not say (activation, within)."""
-    for path in (run_dir / "config.yaml", run_dir.parent / "sweep.yaml"):
+    for path in (run_dir / results.CONFIG_FILE, run_dir.parent / results.SWEEP_FILE):
         try:
             return yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError):

@@ -6,6 +6,20 @@ from pathlib import Path
 
 import pandas as pd
 
+# Every artefact's file name, here only.
+CONFIG_FILE = "config.yaml"  # a run's resolved config
+MASKS_FILE = "masks.pt"  # a sparse run's boolean masks
+METRICS_FILE = "metrics.parquet"  # a run's per-epoch rows
+CHECKPOINT_FILE = "checkpoint.pt"  # an unfinished run's end-of-epoch state
+MODEL_FILE = "model.pt"  # a finished run's weights
+SUMMARY_FILE = "summary.parquet"  # a finished run's one row; its presence marks the run done
+ERROR_FILE = "error.txt"  # a failed sweep member's traceback
+PLAN_FILE = "plan.parquet"  # a sweep's planned members
+SWEEP_FILE = "sweep.yaml"  # a sweep's resolved config
+RESULTS_FILE = "results.parquet"  # a sweep's gathered rows
+KERNEL_FILE = "kernel_distance.parquet"  # a kernel-distance table
+KERNEL_CONFIG_FILE = "kernel.yaml"  # its settings
+
 # One row per epoch. Accuracies are fractions in [0, 1]; seconds is the epoch's wall time.
 METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
 

@@ -149,7 +149,7 @@ def _record_failure(job: Job, error: BaseException) -> None:
     """error.txt in the member's folder, when the folder can be written (it may be what failed)."""
     try:
         job.run_dir.mkdir(parents=True, exist_ok=True)
-        results.write_text("".join(traceback.format_exception(error)), job.run_dir / "error.txt")
+        results.write_text("".join(traceback.format_exception(error)), job.run_dir / results.ERROR_FILE)
     except OSError:
         pass
 
@@ -160,7 +160,7 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
     a failing member is recorded (error.txt) and the rest go on. Returns {run folder: error} of failures."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    todo = [j for j in jobs if not (j.run_dir / "summary.parquet").exists()]
+    todo = [j for j in jobs if not (j.run_dir / results.SUMMARY_FILE).exists()]
     console.print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; running {len(todo)} "
                   f"with the {launcher} launcher")
     errors: dict[Path, str] = {}
@@ -168,7 +168,7 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
         return errors
     for j in todo:
         try:
-            (j.run_dir / "error.txt").unlink(missing_ok=True)
+            (j.run_dir / results.ERROR_FILE).unlink(missing_ok=True)
         except OSError:
             pass
     columns = [TextColumn("[bold]members"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -246,14 +246,14 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
     without one is a `failed` row with its planned identity and its error."""
     rows = []
     for job in jobs:
-        path = job.run_dir / "summary.parquet"
+        path = job.run_dir / results.SUMMARY_FILE
         if path.exists():
             row = results.read_table(path).iloc[0].to_dict()
             row.setdefault("status", "finished")  # summaries from before statuses were recorded
             row["error"] = None
         else:
             m = job.member
-            metrics = job.run_dir / "metrics.parquet"
+            metrics = job.run_dir / results.METRICS_FILE
             row = dict(dataset=job.run.dataset.name, model=job.run.model.name, method=m.method, width=m.width,
                        base_width=m.base_width, n_weights=m.n_weights, n_weights_dense=m.n_weights_dense,
                        connectivity=m.connectivity, seed=job.seed,
@@ -263,5 +263,5 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
                    last_layer_connectivity=job.last_layer_connectivity, run=job.run_dir.name)
         rows.append(row)
     df = pd.DataFrame(rows, columns=RESULTS_COLUMNS)
-    results.write_table(df, sweep_dir / "results.parquet", RESULTS_COLUMNS)
+    results.write_table(df, sweep_dir / results.RESULTS_FILE, RESULTS_COLUMNS)
     return df

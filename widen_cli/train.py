@@ -152,7 +152,7 @@ def _train(run: RunConfig, member: Member, run_dir: Path, console: Console, stat
             masks = Masks(model, state["masks"])  # go on with exactly the masks the run started with
         distributed.check_identical(ctx, masks.state(), "masks")
         if ctx.is_main and state is None:
-            masks.save(run_dir / "masks.pt")
+            masks.save(run_dir / results.MASKS_FILE)
     opt, sched = make_optimizer(model, run.optim)
     rows, elapsed, first = [], 0.0, 1
     if state is not None:
@@ -185,7 +185,7 @@ def _train(run: RunConfig, member: Member, run_dir: Path, console: Console, stat
                 metrics = pd.DataFrame(rows, columns=results.METRICS_COLUMNS)
                 diverged = not math.isfinite(tr.mean_loss)
                 if ctx.is_main:
-                    results.write_table(metrics, run_dir / "metrics.parquet", results.METRICS_COLUMNS)
+                    results.write_table(metrics, run_dir / results.METRICS_FILE, results.METRICS_COLUMNS)
                     if not diverged:  # a diverged run is over: nothing to resume
                         checkpoint.save(run_dir / checkpoint.FILENAME, identity=run.identity(), epoch=epoch,
                                         rows=rows, elapsed=elapsed + time.perf_counter() - start, model=model,
@@ -227,8 +227,8 @@ def summary_row(run: RunConfig, member: Member, metrics: pd.DataFrame, status: s
 
 def finish(run_dir: Path, model: torch.nn.Module, summary: dict) -> None:
     """model.pt, then summary.parquet, which marks the run as done; then the checkpoint goes."""
-    results.atomic_write(run_dir / "model.pt", lambda tmp: torch.save(model.state_dict(), tmp))
-    results.write_table(pd.DataFrame([summary]), run_dir / "summary.parquet", results.SUMMARY_COLUMNS)
+    results.atomic_write(run_dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
+    results.write_table(pd.DataFrame([summary]), run_dir / results.SUMMARY_FILE, results.SUMMARY_COLUMNS)
     (run_dir / checkpoint.FILENAME).unlink(missing_ok=True)
 
 
@@ -238,9 +238,9 @@ def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None
     (`restart`: discard it and start over). A finished run (summary.parquet present) is read back
     instead of retrained."""
     run_dir = run.run_dir
-    summary_path = run_dir / "summary.parquet"
+    summary_path = run_dir / results.SUMMARY_FILE
     if summary_path.exists():
-        return RunResult(results.read_table(run_dir / "metrics.parquet"),
+        return RunResult(results.read_table(run_dir / results.METRICS_FILE),
                          results.read_table(summary_path).iloc[0].to_dict(), skipped=True)
     member = prepare_run(cfg, run, restart)
     state = None if restart else checkpoint.load(run_dir / checkpoint.FILENAME, run.identity())
@@ -260,7 +260,7 @@ def prepare_run(cfg: DictConfig, run: RunConfig, restart: bool = False) -> Membe
             if restart:
                 checkpoint.discard(run_dir)
             checkpoint.remove_stale_temporaries(run_dir)
-            results.write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config.yaml")
+            results.write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / results.CONFIG_FILE)
         except OSError as e:
             raise UserError(f"cannot write to output folder {run_dir}: {e.strerror or e}") from None
     return member
