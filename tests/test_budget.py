@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from widen_cli.budget import (
-    DISTRIBUTIONS, RESNET_STAGE_MULTS, Member, count, default_widths, distribute, erk, family_budget,
+    DISTRIBUTIONS, Member, count, default_widths, distribute, erk, family_budget,
     max_width, numel, plan_member, proportional, round_to_kernels, solve_bottleneck, staggered,
     weight_shapes,
 )
 from widen_cli.config import MethodConfig, ModelConfig, OptimConfig
 from widen_cli.errors import UserError
 from widen_cli.models import InputSpec, build_model, count_weights, weight_layers
+from widen_cli.models.resnet import BLOCK_MULTS
 from widen_cli.sparsity import Masks, draw_masks, sparsify
 from widen_cli.train import make_optimizer
 
@@ -166,7 +167,7 @@ def test_weight_shapes_nonlinear_bottleneck_match_model(cfg, spec, base):
 
 def test_weight_shapes_arbitrary_inner_and_ranks():
     rng = random.Random(0)
-    inner = [rng.randint(1, 9) for _ in RESNET_STAGE_MULTS]
+    inner = [rng.randint(1, 9) for _ in BLOCK_MULTS]
     for spec in (CIFAR100, SMALL_IMAGENET):
         _assert_shapes(RESNET, 5, spec, inner=inner)
         ranks = {n: rng.randint(1, 7) for n in weight_shapes(RESNET, 5, spec)}
@@ -412,7 +413,7 @@ def _unit_costs(cfg, width, spec, member):
             after = width if i + 1 < cfg.hidden_layers else spec.num_classes
             out.append((width + after, member.inner[i] < width))
         return out
-    chans = [width * m for m in RESNET_STAGE_MULTS]
+    chans = [width * m for m in BLOCK_MULTS]
     ins = [width] + chans[:-1]
     return [(9 * (i + o), mid < o) for i, o, mid in zip(ins, chans, member.inner)]
 
@@ -469,7 +470,7 @@ def test_nonlinear_bottleneck_base_member_is_the_dense_model():
         assert member.bottleneck_ratio == 1.0
         assert member.layers == dense.layers == weight_shapes(cfg, base, spec)
         assert member.n_weights == member.budget == dense.n_weights == base_count(cfg, base, spec)
-    assert plan_member(RESNET, CIFAR100, 18, 18, NONLINEAR).inner == [18 * m for m in RESNET_STAGE_MULTS]
+    assert plan_member(RESNET, CIFAR100, 18, 18, NONLINEAR).inner == [18 * m for m in BLOCK_MULTS]
 
 
 @pytest.mark.parametrize("base", [5, 8])
