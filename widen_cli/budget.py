@@ -134,7 +134,7 @@ DISTRIBUTIONS = {
 
 
 def distribute(shapes: dict[str, tuple[int, ...]], n_keep: int, method: MethodConfig) -> dict[str, int]:
-    """Weights kept per layer for a sparse member, exactly n_keep in total (before `within: io` rounding)."""
+    """Weights kept per layer for a sparse member, exactly n_keep in total."""
     names = list(shapes)
     sizes = [numel(shapes[n]) for n in names]
     fixed: dict[str, int] = {}
@@ -148,15 +148,6 @@ def distribute(shapes: dict[str, tuple[int, ...]], n_keep: int, method: MethodCo
                              f"for the other layers, which hold {sum(sizes)}")
     kept = DISTRIBUTIONS[method.distribution]([shapes[n] for n in names], n_keep)
     return {**dict(zip(names, kept)), **fixed}
-
-
-def round_to_kernels(shapes: dict[str, tuple[int, ...]], kept: dict[str, int]) -> dict[str, int]:
-    """`within: io`: whole k x k kernels are kept or removed, so each count becomes a multiple of k*k."""
-    out = {}
-    for name, n in kept.items():
-        kernel = numel(shapes[name][2:])
-        out[name] = max(1, round(n / kernel)) * kernel
-    return out
 
 
 # ---------------------------------------------------------------- bottlenecks
@@ -267,7 +258,7 @@ class Member:
     n_weights: int  # this member's count: kept (sparse) or explicit (bottlenecks)
     n_weights_dense: int  # the dense model at this width
     distribution: str | None = None
-    within: str | None = None
+    within: str | None = None  # where the mask puts each layer's count (sparsity.draw_masks), not how many
     layers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the member's weight shapes
     kept: dict[str, int] = field(default_factory=dict)  # weights kept per layer
     inner: list[int] | None = None  # non-linear bottleneck
@@ -315,8 +306,6 @@ def _plan(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method
             raise Infeasible(f"width {width} cannot keep the base width's {budget:,} weights: {e}") from None
         if min(kept.values()) < 1:
             raise Infeasible(f"width {width} would leave a layer with no weights")
-        if method.within == "io":
-            kept = round_to_kernels(dense, kept)
         return Member(**common, n_weights=sum(kept.values()), distribution=method.distribution,
                       within=method.within, layers=dense, kept=kept)
     solved = solve_bottleneck(cfg, width, spec, name, budget)
