@@ -11,15 +11,19 @@ import random
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from widen_cli import config
 from widen_cli.budget import (
-    DISTRIBUTIONS, RESNET_STAGE_MULTS, Member, count, default_widths, distribute, erk, family_budget,
-    max_width, numel, plan_member, proportional, round_to_kernels, solve_bottleneck, staggered,
+    DISTRIBUTIONS, Member, count, default_widths, distribute, erk, family_budget,
+    max_width, numel, plan_member, proportional, solve_bottleneck, staggered,
     weight_shapes,
 )
 from widen_cli.config import MethodConfig, ModelConfig, OptimConfig
+from widen_cli.data import spec_from_config
 from widen_cli.errors import UserError
 from widen_cli.models import InputSpec, build_model, count_weights, weight_layers
+from widen_cli.models.resnet import BLOCK_MULTS
 from widen_cli.sparsity import Masks, draw_masks, sparsify
 from widen_cli.train import make_optimizer
 
@@ -166,7 +170,7 @@ def test_weight_shapes_nonlinear_bottleneck_match_model(cfg, spec, base):
 
 def test_weight_shapes_arbitrary_inner_and_ranks():
     rng = random.Random(0)
-    inner = [rng.randint(1, 9) for _ in RESNET_STAGE_MULTS]
+    inner = [rng.randint(1, 9) for _ in BLOCK_MULTS]
     for spec in (CIFAR100, SMALL_IMAGENET):
         _assert_shapes(RESNET, 5, spec, inner=inner)
         ranks = {n: rng.randint(1, 7) for n in weight_shapes(RESNET, 5, spec)}
@@ -321,36 +325,54 @@ def test_erk_base_member_is_dense(cfg, spec, base):
     (CIFAR100, 4, [6, 9, 16]), (SMALL_IMAGENET, 4, [6, 11, 16]),
 ], ids=["cifar", "imagenet"])
 def test_within_io_keeps_whole_kernels(spec, base, widths, distribution):
+    """`io` keeps the same exact per-layer counts as `all`: whole kernels, plus at most one partial kernel
+    (the count's remainder) per layer."""
     for width in widths:
         member = plan_member(RESNET, spec, base, width, sparse(distribution, within="io"))
         flat = plan_member(RESNET, spec, base, width, sparse(distribution, within="all"))
-        kernels = {n: numel(s[2:]) for n, s in member.layers.items()}
-        for name, kk in kernels.items():
-            assert member.kept[name] % kk == 0
-            assert 1 <= member.kept[name] <= numel(member.layers[name])
-            # the nearest whole number of kernels (or one kernel, the least a layer keeps)
-            assert abs(member.kept[name] - flat.kept[name]) <= kk / 2 or member.kept[name] == kk
-        assert abs(member.deviation) <= sum(kk / 2 for kk in kernels.values())
-        assert abs(member.deviation) < len(kernels) * max(kernels.values())
-        assert member.n_weights == sum(member.kept.values())
+        assert member.kept == flat.kept
+        assert member.deviation == 0 and member.n_weights == member.budget == sum(member.kept.values())
 
         masks = draw_masks(member, seed=width)
         for name, m in masks.items():
             assert int(m.sum()) == member.kept[name]
             per_kernel = m.reshape(m.shape[0], m.shape[1], -1)
-            assert bool((per_kernel.all(-1) | ~per_kernel.any(-1)).all()), name  # all or nothing per kernel
+            kk = per_kernel.shape[-1]
+            assert int(per_kernel.all(-1).sum()) == member.kept[name] // kk, name
+            partial = int((per_kernel.any(-1) & ~per_kernel.all(-1)).sum())
+            assert partial == (1 if member.kept[name] % kk else 0), name
 
         model = nonzero_init_(build_model(RESNET, width, spec))
         sparsify(model, member, seed=width)
         assert sum(int((l.weight != 0).sum()) for l in weight_layers(model).values()) == member.n_weights
 
 
-def test_round_to_kernels():
-    shapes = {"a": (4, 4, 3, 3), "b": (10, 4)}
-    assert round_to_kernels(shapes, {"a": 13, "b": 7}) == {"a": 9, "b": 7}
-    assert round_to_kernels(shapes, {"a": 14, "b": 7}) == {"a": 18, "b": 7}
-    assert round_to_kernels(shapes, {"a": 2, "b": 1}) == {"a": 9, "b": 1}  # never below one kernel
-    assert round_to_kernels(shapes, {"a": 144, "b": 40}) == {"a": 144, "b": 40}
+def _preset(path):
+    """The preset's family made sparse with `within: io`: its config, input spec and widths (the preset's
+    own, else the sweep's default ones); no data is read."""
+    composed = config.compose_config([f"+experiment={path.stem}", "method=sparse", "method.within=io"])
+    cfg = config.validate(composed)
+    spec = spec_from_config(cfg.dataset)
+    widths = OmegaConf.select(composed, "sweep.widths") or default_widths(cfg.model, spec, cfg.base_width,
+                                                                          cfg.method, 0.01)
+    return cfg, spec, widths
+
+
+CIFAR_AND_MLP_PRESETS = [p for p in sorted((config.CONF_DIR / "experiment").glob("*.yaml"))
+                         if "override /dataset: cifar" in p.read_text() or "override /model: mlp" in p.read_text()]
+
+
+@pytest.mark.parametrize("path", CIFAR_AND_MLP_PRESETS, ids=lambda p: p.stem)
+def test_within_io_holds_the_budget_exactly_on_presets(path):
+    cfg, spec, widths = _preset(path)
+    assert len(widths) > 1
+    for width in widths:
+        member = plan_member(cfg.model, spec, cfg.base_width, width, cfg.method)
+        assert member.within == "io"
+        assert member.deviation == 0 and member.n_weights == member.budget == sum(member.kept.values())
+    small = plan_member(cfg.model, spec, cfg.base_width, widths[1], cfg.method)
+    masks = draw_masks(small, seed=0)
+    assert {n: int(m.sum()) for n, m in masks.items()} == small.kept
 
 
 # ---------------------------------------------------------------- 6. masks survive SGD
@@ -412,7 +434,7 @@ def _unit_costs(cfg, width, spec, member):
             after = width if i + 1 < cfg.hidden_layers else spec.num_classes
             out.append((width + after, member.inner[i] < width))
         return out
-    chans = [width * m for m in RESNET_STAGE_MULTS]
+    chans = [width * m for m in BLOCK_MULTS]
     ins = [width] + chans[:-1]
     return [(9 * (i + o), mid < o) for i, o, mid in zip(ins, chans, member.inner)]
 
@@ -469,7 +491,7 @@ def test_nonlinear_bottleneck_base_member_is_the_dense_model():
         assert member.bottleneck_ratio == 1.0
         assert member.layers == dense.layers == weight_shapes(cfg, base, spec)
         assert member.n_weights == member.budget == dense.n_weights == base_count(cfg, base, spec)
-    assert plan_member(RESNET, CIFAR100, 18, 18, NONLINEAR).inner == [18 * m for m in RESNET_STAGE_MULTS]
+    assert plan_member(RESNET, CIFAR100, 18, 18, NONLINEAR).inner == [18 * m for m in BLOCK_MULTS]
 
 
 @pytest.mark.parametrize("base", [5, 8])

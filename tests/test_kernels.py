@@ -116,7 +116,7 @@ def test_eq6_holds_when_p_d_is_large_and_not_when_small():
     large, small = table.iloc[1], table.iloc[2]  # p d = 392 and 15.7
     assert large.distance_eq6 == pytest.approx(large.distance_theorem1, rel=0.03)
     assert abs(large.distance_eq6 - large.distance_empirical) < 4 * large.distance_empirical_se
-    assert small.distance_eq6 > 3 * small.distance_empirical  # the disagreement KERNEL_SPEC section 7 shows
+    assert small.distance_eq6 > 3 * small.distance_empirical  # the disagreement docs/kernel-theory.md section 8 explains
     for r in table.itertuples():  # the leading-order formula holds throughout for Gaussian inputs
         assert r.distance_leading_order == pytest.approx(r.distance_theorem1, rel=0.07)
 
@@ -228,7 +228,7 @@ def test_bad_options_exit_2_before_computing(tmp_path, args, message):
 @pytest.mark.parametrize("n, eq6, leading", [(8, 2.808e-02, 2.808e-02), (158, 2.368e-03, 1.535e-03),
                                              (635, 5.341e-03, 4.719e-04), (3136, 2.824e-02, 1.909e-04)])
 def test_formulas_reproduce_kernel_spec_protocol_t(n, eq6, leading):
-    # KERNEL_SPEC section 7, protocol T (d = 784, p = 8/n): the eq. (6) and re-derived columns
+    # an independent numpy evaluation (d = 784, both layers at p = 8/n): its eq. (6) and leading-order values
     assert K.eq6(8 / n, n, 784) == pytest.approx(eq6, rel=2e-3)
     assert K.leading_order(8 / n, n, 784) == pytest.approx(leading, rel=2e-3)
 

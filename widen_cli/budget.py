@@ -5,45 +5,36 @@ conv and linear weight tensors). A member at width w >= b keeps N(b) weights:
 - `sparse`: a static random mask; `distribute` says how many weights each layer keeps;
 - `linear-bottleneck`: each layer is a product of two, at a rank shrunk to hold the count;
 - `nonlinear-bottleneck`: inner widths (ResNet blocks, every other MLP layer) shrink instead.
-Shapes are computed here without building a model; tests pin them to the real modules.
+Shapes and bottleneck layouts come from each model's module (models.ARCHITECTURES) without building a
+model; tests pin them to the real modules.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from widen_cli.config import MethodConfig, ModelConfig
 from widen_cli.errors import UserError
-from widen_cli.models import InputSpec, resnet_stem
 
-METHODS = ("dense", "sparse", "linear-bottleneck", "nonlinear-bottleneck")
-DISTRIBUTIONS = ("staggered", "proportional", "erk")
-RESNET_STAGE_MULTS = (1, 1, 2, 2, 4, 4, 8, 8)  # each of the 8 BasicBlocks' width, in units of `width`
-CONNECTIVITY_FLOOR = 0.01  # sweep-width's default widths stop before connectivity falls below this
+if TYPE_CHECKING:
+    from widen_cli.config import MethodConfig, ModelConfig
+    from widen_cli.models import InputSpec
 
 
 # ---------------------------------------------------------------- shapes
 
+def _architecture(cfg: ModelConfig):
+    """The model's module in the registry (models.ARCHITECTURES). Imported here, not at the top, so that
+    config validation can read DISTRIBUTIONS without importing torch."""
+    from widen_cli.models import ARCHITECTURES
+
+    return ARCHITECTURES[cfg.name]
+
+
 def weight_shapes(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int] | None = None,
                   ranks: dict[str, int] | None = None) -> dict[str, tuple[int, ...]]:
     """Name -> weight shape of every conv/linear layer, in module order, as models.build_model makes them."""
-    if cfg.name == "mlp":
-        widths = inner if inner is not None else [width] * cfg.hidden_layers
-        dims = [spec.channels * spec.image_size**2, *widths, spec.num_classes]
-        shapes = {f"layers.{i}": (b, a) for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))}
-    else:
-        k = 7 if resnet_stem(cfg, spec) == "imagenet" else 3
-        inner = inner if inner is not None else [width * m for m in RESNET_STAGE_MULTS]
-        shapes = {"conv1": (width, spec.channels, k, k)}
-        in_ch = width
-        for blk, mult in enumerate(RESNET_STAGE_MULTS):
-            ch, mid, name = width * mult, inner[blk], f"layer{blk // 2 + 1}.{blk % 2}"
-            shapes[f"{name}.conv1"] = (mid, in_ch, 3, 3)
-            shapes[f"{name}.conv2"] = (ch, mid, 3, 3)
-            if in_ch != ch:
-                shapes[f"{name}.downsample.0"] = (ch, in_ch, 1, 1)
-            in_ch = ch
-        shapes["fc"] = (spec.num_classes, in_ch)
+    shapes = _architecture(cfg).weight_shapes(cfg, width, spec, inner)
     if ranks:
         factored = {}
         for name, shape in shapes.items():
@@ -134,8 +125,16 @@ def erk(shapes: list[tuple[int, ...]], n_keep: int) -> list[int]:
     return _round_to_total(exact, sizes, n_keep)
 
 
+# name -> (layer shapes, weights to keep) -> weights kept per layer, exactly that many in total
+DISTRIBUTIONS = {
+    "staggered": lambda shapes, n_keep: staggered([numel(s) for s in shapes], n_keep),
+    "proportional": lambda shapes, n_keep: proportional([numel(s) for s in shapes], n_keep),
+    "erk": erk,
+}
+
+
 def distribute(shapes: dict[str, tuple[int, ...]], n_keep: int, method: MethodConfig) -> dict[str, int]:
-    """Weights kept per layer for a sparse member, exactly n_keep in total (before `within: io` rounding)."""
+    """Weights kept per layer for a sparse member, exactly n_keep in total."""
     names = list(shapes)
     sizes = [numel(shapes[n]) for n in names]
     fixed: dict[str, int] = {}
@@ -147,22 +146,8 @@ def distribute(shapes: dict[str, tuple[int, ...]], n_keep: int, method: MethodCo
         if fixed[last] < 1 or not 1 <= n_keep <= sum(sizes):
             raise ValueError(f"last-layer connectivity {method.last_layer_connectivity} leaves {n_keep} weights "
                              f"for the other layers, which hold {sum(sizes)}")
-    if method.distribution == "staggered":
-        kept = staggered(sizes, n_keep)
-    elif method.distribution == "proportional":
-        kept = proportional(sizes, n_keep)
-    else:
-        kept = erk([shapes[n] for n in names], n_keep)
+    kept = DISTRIBUTIONS[method.distribution]([shapes[n] for n in names], n_keep)
     return {**dict(zip(names, kept)), **fixed}
-
-
-def round_to_kernels(shapes: dict[str, tuple[int, ...]], kept: dict[str, int]) -> dict[str, int]:
-    """`within: io`: whole k x k kernels are kept or removed, so each count becomes a multiple of k*k."""
-    out = {}
-    for name, n in kept.items():
-        kernel = numel(shapes[name][2:])
-        out[name] = max(1, round(n / kernel)) * kernel
-    return out
 
 
 # ---------------------------------------------------------------- bottlenecks
@@ -181,25 +166,13 @@ def _bottleneck(cfg: ModelConfig, width: int, spec: InputSpec, method: str):
             return weight_shapes(cfg, width, spec, ranks=ranks), None, ranks
 
         return full, costs, make
-    if cfg.name == "mlp":
-        if cfg.hidden_layers < 2:
-            raise UserError("nonlinear-bottleneck on the MLP needs model.hidden_layers >= 2 "
-                            "(wide and narrow layers alternate)")
-        narrow = list(range(1, cfg.hidden_layers, 2))  # hidden layers 1, 3, ... shrink; 0, 2, ... grow
-        after = [width if i + 1 < cfg.hidden_layers else spec.num_classes for i in narrow]
-        full, costs = [width] * len(narrow), [width + a for a in after]
+    full, costs, inner_of = _architecture(cfg).bottleneck(cfg, width, spec)
 
-        def make(sizes):
-            inner = [width] * cfg.hidden_layers
-            for i, size in zip(narrow, sizes):
-                inner[i] = size
-            return weight_shapes(cfg, width, spec, inner=inner), inner, None
+    def make(sizes):
+        inner = inner_of(sizes)
+        return weight_shapes(cfg, width, spec, inner=inner), inner, None
 
-        return full, costs, make
-    full = [width * m for m in RESNET_STAGE_MULTS]
-    ins = [width] + full[:-1]
-    costs = [9 * (i + o) for i, o in zip(ins, full)]  # inner width m costs 3x3 (in x m + m x out)
-    return full, costs, lambda sizes: (weight_shapes(cfg, width, spec, inner=list(sizes)), list(sizes), None)
+    return full, costs, make
 
 
 def _fill(sizes: list[int], full: list[int], costs: list[int], gap: int) -> int:
@@ -285,7 +258,7 @@ class Member:
     n_weights: int  # this member's count: kept (sparse) or explicit (bottlenecks)
     n_weights_dense: int  # the dense model at this width
     distribution: str | None = None
-    within: str | None = None
+    within: str | None = None  # where the mask puts each layer's count (sparsity.draw_masks), not how many
     layers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the member's weight shapes
     kept: dict[str, int] = field(default_factory=dict)  # weights kept per layer
     inner: list[int] | None = None  # non-linear bottleneck
@@ -333,8 +306,6 @@ def _plan(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method
             raise Infeasible(f"width {width} cannot keep the base width's {budget:,} weights: {e}") from None
         if min(kept.values()) < 1:
             raise Infeasible(f"width {width} would leave a layer with no weights")
-        if method.within == "io":
-            kept = round_to_kernels(dense, kept)
         return Member(**common, n_weights=sum(kept.values()), distribution=method.distribution,
                       within=method.within, layers=dense, kept=kept)
     solved = solve_bottleneck(cfg, width, spec, name, budget)

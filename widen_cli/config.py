@@ -12,6 +12,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from widen_cli.budget import DISTRIBUTIONS
 from widen_cli.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -214,7 +215,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         ("model.stem", model.stem, ("auto", "cifar", "imagenet")),
         ("optim.schedule", optim.schedule, ("multistep", "cosine", "constant")),
         ("optim.name", optim.name, ("sgd",)),
-        ("method.distribution", method.distribution, ("staggered", "proportional", "erk")),
+        ("method.distribution", method.distribution, tuple(DISTRIBUTIONS)),
         ("method.within", method.within, ("all", "io")),
     ):
         if value not in valid:

@@ -86,11 +86,6 @@ def wrap(model: torch.nn.Module, ctx: Context, device: torch.device) -> torch.nn
     return DistributedDataParallel(model)
 
 
-def barrier(ctx: Context) -> None:
-    if ctx.enabled:
-        dist.barrier()
-
-
 def sum_all(ctx: Context, values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum over ranks (epoch totals: loss sums, correct counts, sample counts)."""
     if not ctx.enabled:

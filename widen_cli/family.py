@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from widen_cli import checkpoint, hardware, results
+from widen_cli import checkpoint, hardware, results, sparse_ops
 from widen_cli.budget import Member
 from widen_cli.config import RunConfig
 from widen_cli.data import TensorLoader
@@ -72,14 +72,13 @@ class _SparseMatmul(torch.autograd.Function):
     """out = S @ x, S the layer's kept weights `w`, by embedding_bag: output unit r is the "bag" of the
     input rows its kept weights read, weighted by them. Backward: the gradient of each kept weight
     (embedding_bag's per-sample-weight gradient) and, where x needs one, S^T @ grad (embedding_bag over
-    the transposed pattern), skipping embedding_bag's own slower dense backward. torch's ATen ops are
-    called directly so that the pattern's bookkeeping (offset2bag = rows) is done once, not per call."""
+    the transposed pattern), skipping embedding_bag's own slower dense backward (see sparse_ops)."""
 
     @staticmethod
     def forward(ctx, w, x, layer):
         ctx.save_for_backward(w, x)
         ctx.layer = layer
-        return torch.ops.aten._embedding_bag_forward_only(x, layer.cols, layer.offsets, False, 0, False, w)[0]
+        return sparse_ops.bag_sum(x, layer.cols, layer.offsets, w)
 
     @staticmethod
     def backward(ctx, grad):
@@ -88,11 +87,9 @@ class _SparseMatmul(torch.autograd.Function):
         grad = grad.contiguous()
         grad_w = grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_w = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad, x, layer.cols, layer.offsets, layer.rows, 0)
+            grad_w = sparse_ops.bag_sum_weights_grad(grad, x, layer.cols, layer.offsets, layer.rows)
         if ctx.needs_input_grad[1]:
-            grad_x = torch.ops.aten._embedding_bag_forward_only(
-                grad, layer.rows_t, layer.offsets_t, False, 0, False, w[layer.order_t])[0]
+            grad_x = sparse_ops.bag_sum(grad, layer.rows_t, layer.offsets_t, w[layer.order_t])
         return grad_w, grad_x, None
 
 

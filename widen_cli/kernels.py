@@ -1,4 +1,4 @@
-"""Kernel distance of a sparse one-hidden-layer ReLU network (paper Section 3, App. F; KERNEL_SPEC.md).
+"""Kernel distance of a sparse one-hidden-layer ReLU network (paper Section 3, App. F; docs/kernel-theory.md).
 
 f(x) = (n d)^-1/2 v.[u x]_+ in NTK parameterisation, no biases. Its GP kernel at initialisation,
 conditional on the first layer u, is Θ(x, y) = (1/(n d)) Σ_i [u_i.x]_+ [u_i.y]_+; the infinite-width
@@ -101,7 +101,7 @@ def eq6(p: float, n: int, d: int) -> float:
 
 
 def leading_order(p: float, n: int, d: int) -> float:
-    """Theorem 1 to leading order for i.i.d. unit-variance inputs, x != y (KERNEL_SPEC section 8)."""
+    """Theorem 1 to leading order for i.i.d. unit-variance inputs, x != y (docs/kernel-theory.md, section 8)."""
     return ((1 - 1 / math.pi ** 2) + 3 * (1 - p) / (d * p)) / (4 * n)
 
 

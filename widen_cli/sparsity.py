@@ -19,18 +19,22 @@ from widen_cli.models import weight_layers
 def draw_masks(member: Member, seed: int) -> dict[str, torch.Tensor]:
     """One bool mask per layer with exactly `member.kept[name]` ones, uniform over the allowed positions.
 
-    `within: all`: positions uniform over every entry of the tensor; `io`: whole k x k kernels.
+    `within: all`: positions uniform over every entry of the tensor. `io`: whole k x k kernels, uniform
+    over the (output, input) pairs; the count's remainder (fewer than k*k weights) is kept in one more
+    kernel, at random positions within it, so the layer keeps exactly its count.
     Drawn on the CPU from `seed`, so every device and every process gets the same masks.
     """
     g = torch.Generator().manual_seed(seed)
     masks = {}
     for name, shape in member.layers.items():
         kernel = math.prod(shape[2:]) if member.within == "io" else 1
-        slots = math.prod(shape) // kernel
-        keep = member.kept[name] // kernel
-        flat = torch.zeros(slots, dtype=torch.bool)
-        flat[torch.randperm(slots, generator=g)[:keep]] = True
-        masks[name] = flat.repeat_interleave(kernel).view(shape)
+        whole, part = divmod(member.kept[name], kernel)
+        slots = torch.randperm(math.prod(shape) // kernel, generator=g)
+        mask = torch.zeros(len(slots), kernel, dtype=torch.bool)
+        mask[slots[:whole]] = True
+        if part:
+            mask[slots[whole], torch.randperm(kernel, generator=g)[:part]] = True
+        masks[name] = mask.view(shape)
     return masks
 
 

@@ -1,4 +1,13 @@
-"""Model registry and the paper's weight-count rule."""
+"""Model registry and the paper's weight-count rule.
+
+Each architecture's module builds the model and describes it without building it, so that budget.py
+can plan a family from shapes alone:
+- `build(cfg, width, spec, inner=None) -> nn.Module`
+- `weight_shapes(cfg, width, spec, inner=None)`: name -> weight shape of every conv/linear layer, in
+  module order (the last one is the classifier);
+- `bottleneck(cfg, width, spec)`: the non-linear bottleneck's layout, (full sizes, weights per unit of
+  each size, inner(sizes) -> the `inner` argument of the other two).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,12 +15,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from widen_cli.config import ModelConfig
+from widen_cli.models import mlp, resnet
 from widen_cli.models.bottleneck import factorize
-from widen_cli.models.mlp import MLP
-from widen_cli.models.resnet import ResNet18
 
-# The CIFAR-style stem is used up to this image size, the ImageNet stem above it.
-CIFAR_STEM_MAX_SIZE = 64
+ARCHITECTURES = {"mlp": mlp, "resnet18": resnet}
 
 
 @dataclass(frozen=True)
@@ -23,30 +30,11 @@ class InputSpec:
     num_classes: int
 
 
-def resnet_stem(cfg: ModelConfig, spec: InputSpec) -> str:
-    if cfg.stem == "auto":
-        return "cifar" if spec.image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
-    return cfg.stem
-
-
-def _mlp(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int] | None) -> nn.Module:
-    widths = inner if inner is not None else [width] * cfg.hidden_layers
-    return MLP(spec.channels * spec.image_size**2, widths, spec.num_classes, cfg.activation, cfg.bias,
-               cfg.parameterization)
-
-
-def _resnet18(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int] | None) -> nn.Module:
-    return ResNet18(width, spec.num_classes, spec.channels, resnet_stem(cfg, spec), inner)
-
-
-BUILDERS = {"mlp": _mlp, "resnet18": _resnet18}
-
-
 def build_model(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int] | None = None,
                 ranks: dict[str, int] | None = None) -> nn.Module:
     """A model at `width`. `inner`: hidden widths (MLP) or blocks' inner widths (ResNet), for the
     non-linear bottleneck; `ranks`: per-layer ranks of the linear bottleneck (see budget.py)."""
-    model = BUILDERS[cfg.name](cfg, width, spec, inner)
+    model = ARCHITECTURES[cfg.name].build(cfg, width, spec, inner)
     return factorize(model, ranks) if ranks else model
 
 

@@ -4,7 +4,31 @@ The block structure and initialisation follow torchvision's ResNet; only the wid
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
+
+if TYPE_CHECKING:
+    from widen_cli.config import ModelConfig
+    from widen_cli.models import InputSpec
+
+BLOCK_MULTS = (1, 1, 2, 2, 4, 4, 8, 8)  # the 8 BasicBlocks' widths in units of `width`: 4 stages of 2
+CIFAR_STEM_MAX_SIZE = 64  # the CIFAR-style stem is used up to this image size, the ImageNet stem above it
+
+
+def blocks(width: int) -> list[tuple[str, int, int, int]]:
+    """(name, in channels, out channels, stride) of the 8 BasicBlocks, in module order."""
+    out, in_ch = [], width
+    for b, mult in enumerate(BLOCK_MULTS):  # a stage's first block halves the resolution (not the first stage's)
+        out.append((f"layer{b // 2 + 1}.{b % 2}", in_ch, width * mult, 2 if b > 0 and b % 2 == 0 else 1))
+        in_ch = width * mult
+    return out
+
+
+def stem(cfg: ModelConfig, spec: InputSpec) -> str:
+    if cfg.stem == "auto":
+        return "cifar" if spec.image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
+    return cfg.stem
 
 
 class BasicBlock(nn.Module):
@@ -36,7 +60,8 @@ class ResNet18(nn.Module):
     def __init__(self, width: int, num_classes: int, in_channels: int = 3, stem: str = "cifar",
                  inner: list[int] | None = None):
         super().__init__()
-        inner = list(inner) if inner is not None else [width * m for m in (1, 1, 2, 2, 4, 4, 8, 8)]
+        layout = blocks(width)
+        inner = list(inner) if inner is not None else [out for _, _, out, _ in layout]
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -45,16 +70,10 @@ class ResNet18(nn.Module):
             self.maxpool = nn.Identity()
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        stages, in_ch = [], width
-        for i, mult in enumerate((1, 2, 4, 8)):
-            ch = width * mult
-            stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(BasicBlock(in_ch, inner[2 * i], ch, stride),
-                                        BasicBlock(ch, inner[2 * i + 1], ch)))
-            in_ch = ch
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        made = [BasicBlock(i, mid, o, stride) for (_, i, o, stride), mid in zip(layout, inner)]
+        self.layer1, self.layer2, self.layer3, self.layer4 = (nn.Sequential(*made[i:i + 2]) for i in range(0, 8, 2))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.fc = nn.Linear(layout[-1][2], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -66,3 +85,29 @@ class ResNet18(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.avgpool(x).flatten(1))
+
+
+def build(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int] | None = None) -> nn.Module:
+    return ResNet18(width, spec.num_classes, spec.channels, stem(cfg, spec), inner)
+
+
+def weight_shapes(cfg: ModelConfig, width: int, spec: InputSpec,
+                  inner: list[int] | None = None) -> dict[str, tuple[int, ...]]:
+    k = 7 if stem(cfg, spec) == "imagenet" else 3
+    layout = blocks(width)
+    inner = inner if inner is not None else [out for _, _, out, _ in layout]
+    shapes = {"conv1": (width, spec.channels, k, k)}
+    for (name, in_ch, out_ch, stride), mid in zip(layout, inner):
+        shapes[f"{name}.conv1"] = (mid, in_ch, 3, 3)
+        shapes[f"{name}.conv2"] = (out_ch, mid, 3, 3)
+        if stride != 1 or in_ch != out_ch:
+            shapes[f"{name}.downsample.0"] = (out_ch, in_ch, 1, 1)
+    shapes["fc"] = (spec.num_classes, layout[-1][2])
+    return shapes
+
+
+def bottleneck(cfg: ModelConfig, width: int, spec: InputSpec):
+    """The non-linear bottleneck: each block's inner width shrinks; an inner channel costs 3x3 (in + out).
+    Returns (full sizes, weights per unit of each, inner(sizes) -> the blocks' inner widths)."""
+    layout = blocks(width)
+    return [out for _, _, out, _ in layout], [9 * (i + o) for _, i, o, _ in layout], list
