@@ -1,4 +1,8 @@
 """`widen report` on result tables written in the real on-disk layout (fake numbers, and one real tiny sweep)."""
+import functools
+import json
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,12 +10,11 @@ import yaml
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
-from widen_cli import report, results
+from widen_cli import config, report, results
 from widen_cli.cli import app
-from widen_cli.results import SUMMARY_COLUMNS
+from widen_cli.config import MethodConfig
 
 runner = CliRunner()
-RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "distribution", "last_layer_connectivity", "run"]
 ALL_FIGURES = ["test_acc_vs_width", "train_acc_vs_width", "test_acc_vs_connectivity", "improvement_fraction",
                "bottleneck", "mlp_grid", "kernel_distance", "layer_kept_fraction"]
 
@@ -29,32 +32,51 @@ def write_sweep(folder, rows, dataset="digits", method="sparse", base_width=8, m
     folder.mkdir(parents=True)
     df = pd.DataFrame(rows)
     df["run"] = [f"{dataset}-mlp-{r.method}-w{r.width}-s{r.seed}-{i:08x}" for i, r in enumerate(df.itertuples())]
-    results.write_table(df, folder / "results.parquet", RESULTS_COLUMNS)
+    results.write_table(df, folder / "results.parquet", "results")
     if members:
         for r in df.to_dict("records"):
             run_dir = folder / r["run"]
             run_dir.mkdir()
-            results.write_table(pd.DataFrame([r]), run_dir / "summary.parquet", SUMMARY_COLUMNS)
+            results.write_table(pd.DataFrame([r]), run_dir / "summary.parquet", "summary")
             (run_dir / "config.yaml").write_text(yaml.safe_dump(
                 {"model": {"name": "mlp", "activation": "relu"},
                  "method": {"name": r["method"], "within": "all", "distribution": r["distribution"]}}))
     plan = df.drop_duplicates(["method", "width", "last_layer_connectivity"])
+    sizes = [[64 * w, 10 * w] for w in plan.width]
+    kept = [[round(min(1.0, c * 0.9) * a), round(min(1.0, c * 1.8) * b)] for c, (a, b) in zip(plan.connectivity, sizes)]
     results.write_table(pd.DataFrame(dict(
-        width=plan.width, widening_factor=plan.widening_factor, method=plan.method, connectivity=plan.connectivity,
-        n_weights=plan.n_weights, layers=[["layers.0", "layers.1"]] * len(plan),
+        width=plan.width, widening_factor=plan.widening_factor, method=plan.method, distribution=plan.distribution,
+        within=plan.within, last_layer_connectivity=plan.last_layer_connectivity, connectivity=plan.connectivity,
+        n_weights=plan.n_weights, n_weights_dense=plan.n_weights_dense, budget=mlp_weights(base_width), deviation=0,
+        bottleneck_ratio=None, layers=[["layers.0", "layers.1"]] * len(plan), layer_sizes=sizes, layer_kept=kept,
         layer_kept_fraction=[[min(1.0, c * 0.9), min(1.0, c * 1.8)] for c in plan.connectivity])),
-        folder / "plan.parquet")
+        folder / "plan.parquet", "plan")
     return df
 
 
-def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weights=None):
+@functools.cache
+def default_run(dataset):
+    return config.load([f"dataset={dataset}", "model=mlp"])[1]
+
+
+def identity(dataset, method, width, base_width, seed, llc=None, epochs=3):
+    """The summary's identity column, as a run of this member with these settings records it."""
+    run = default_run(dataset)
+    run = replace(run, method=MethodConfig(name=method, last_layer_connectivity=llc), width=width,
+                  base_width=base_width, seed=seed, optim=replace(run.optim, epochs=epochs))
+    return json.dumps(run.identity(), sort_keys=True)
+
+
+def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weights=None, epochs=3):
     dense = mlp_weights(width)
     n = n_weights or (dense if method == "dense" else mlp_weights(base_width))
     return dict(dataset=dataset, model="mlp", method=method, width=width, base_width=base_width, n_weights=n,
-                n_weights_dense=dense, connectivity=n / dense, seed=seed, epochs=3, status="finished", best_test_acc=acc,
-                final_test_acc=acc - 0.01, best_train_acc=acc + 0.02, final_train_acc=acc + 0.01, wall_seconds=1.0,
-                widening_factor=width / base_width, distribution=None if method == "dense" else "staggered",
-                last_layer_connectivity=llc, run="")
+                n_weights_dense=dense, connectivity=n / dense, seed=seed, epochs=epochs, status="finished",
+                best_test_acc=acc, final_test_acc=acc - 0.01, best_train_acc=acc + 0.02, final_train_acc=acc + 0.01,
+                wall_seconds=1.0, activation="relu", distribution=None if method == "dense" else "staggered",
+                within=None if method == "dense" else "all", last_layer_connectivity=llc,
+                identity=identity(dataset, method, width, base_width, seed, llc, epochs),
+                widening_factor=width / base_width, run="", error=None)
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +100,15 @@ def fake_results(tmp_path_factory):
     sweeps.append(write_sweep(root / "runs" / "linear", bottleneck, members=False))
     widths = np.array([4, 8, 16, 32])
     kernel = pd.DataFrame(dict(
-        width=widths, base_width=4, n_weights=296, input_dim=64, connectivity=4 / widths,
-        first_layer_connectivity=4 / widths, allocation="staggered", inputs="gaussian", pairs=100, inits=10,
+        width=widths, base_width=4, n_weights=296, input_dim=64, outputs=10, connectivity=4 / widths,
+        first_layer_connectivity=4 / widths, first_layer_weights=256, allocation="staggered", inputs="gaussian",
+        reference="analytic", pairs=100, inits=10, mask_samples=8, seed=0,
         distance_empirical=1 / widths + 0.01, distance_empirical_se=0.002, distance_theorem1=1 / widths + 0.012,
         distance_theorem1_bias=1 / widths + 0.013, distance_eq6=1 / widths + 0.015, distance_leading_order=1 / widths))
+    for name in ("empirical", "theorem1", "eq6", "leading_order"):
+        kernel[f"min_{name}"] = kernel[f"distance_{name}"] == kernel[f"distance_{name}"].min()
     (root / "kernel-fig7").mkdir()
-    results.write_table(kernel, root / "kernel-fig7" / "kernel_distance.parquet")
+    results.write_table(kernel, root / "kernel-fig7" / "kernel_distance.parquet", "kernel")
     return root, sweeps
 
 
@@ -172,7 +197,7 @@ def test_unknown_and_unreadable_tables_are_skipped_with_a_warning(fake_results, 
     root, _ = fake_results
     odd = tmp_path / "odd"
     odd.mkdir()
-    results.write_table(pd.DataFrame({"foo": [1, 2], "bar": ["a", "b"]}), odd / "results.parquet")
+    pd.DataFrame({"foo": [1, 2], "bar": ["a", "b"]}).to_parquet(odd / "results.parquet")  # not widen's
     (odd / "broken.parquet").write_bytes(b"not parquet at all")
     res = widen("report", odd, root / "kernel-fig7", "--out", tmp_path / "report")
     assert res.exit_code == 0, res.output
