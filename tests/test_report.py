@@ -59,12 +59,16 @@ def default_run(dataset):
     return config.load([f"dataset={dataset}", "model=mlp"])[1]
 
 
-def identity(dataset, method, width, base_width, seed, llc=None, epochs=3):
-    """The summary's identity column, as a run of this member with these settings records it."""
+def member_run(dataset, method, width, base_width, seed, llc=None, epochs=3, out="runs"):
+    """The validated config of a run of this member with these settings."""
     run = default_run(dataset)
-    run = replace(run, method=MethodConfig(name=method, last_layer_connectivity=llc), width=width,
-                  base_width=base_width, seed=seed, optim=replace(run.optim, epochs=epochs))
-    return json.dumps(run.identity(), sort_keys=True)
+    return replace(run, method=MethodConfig(name=method, last_layer_connectivity=llc), width=width,
+                   base_width=base_width, seed=seed, optim=replace(run.optim, epochs=epochs), out=str(out))
+
+
+def identity(*member, **settings):
+    """The summary's identity column, as such a run records it."""
+    return json.dumps(member_run(*member, **settings).identity(), sort_keys=True)
 
 
 def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weights=None, epochs=3):
@@ -75,7 +79,7 @@ def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weig
                 best_test_acc=acc, final_test_acc=acc - 0.01, best_train_acc=acc + 0.02, final_train_acc=acc + 0.01,
                 wall_seconds=1.0, activation="relu", distribution=None if method == "dense" else "staggered",
                 within=None if method == "dense" else "all", last_layer_connectivity=llc,
-                identity=identity(dataset, method, width, base_width, seed, llc, epochs),
+                identity=identity(dataset, method, width, base_width, seed, llc=llc, epochs=epochs),
                 widening_factor=width / base_width, run="", error=None)
 
 
@@ -221,3 +225,93 @@ def test_failed_members_are_left_out_with_a_warning(tmp_path):
     assert "leaving out 1 failed run" in " ".join(res.output.split())
     table = pd.read_csv(tmp_path / "report" / "table.csv")
     assert "test_acc_w16" not in table and table.filter(like="test_acc_w8").notna().any().any()
+
+
+def write_run(out, acc, *member, epochs):
+    """A finished `widen train` run folder: metrics.parquet and summary.parquet through the real write path."""
+    run = member_run(*member, epochs=epochs, out=out)
+    run.run_dir.mkdir(parents=True)
+    metrics = pd.DataFrame(dict(epoch=range(1, epochs + 1), lr=0.1, train_loss=0.5, train_acc=acc + 0.01,
+                                test_loss=0.6, test_acc=np.linspace(acc / 2, acc, epochs), seconds=0.1))
+    results.write_table(metrics, run.run_dir / results.METRICS_FILE, "metrics")
+    summary = row(run.method.name, run.width, run.base_width, run.seed, acc, dataset=run.dataset.name, epochs=epochs)
+    results.write_table(pd.DataFrame([summary]), run.run_dir / results.SUMMARY_FILE, "summary")
+    return run
+
+
+def test_runs_that_differ_in_more_than_the_seed_are_not_averaged(tmp_path):
+    """The same member trained for 10 and for 400 epochs (two seeds each): two settings, never one mean."""
+    accs = {10: (0.60, 0.64), 400: (0.90, 0.94)}
+    for epochs, (a0, a1) in accs.items():
+        for seed, acc in enumerate((a0, a1)):
+            write_run(tmp_path / "runs", acc, "digits", "sparse", 8, 4, seed, epochs=epochs)
+        write_run(tmp_path / "runs", 0.5, "digits", "sparse", 4, 4, 0, epochs=epochs)  # the dense baseline
+    res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert flat.count("kept apart, not averaged") == 1 and "differ in optim.epochs:" in flat
+    table = pd.read_csv(tmp_path / "report" / "table.csv").set_index(["setting", "row"])
+    assert sorted(table.index) == [("digits mlp, epochs=10", "dense"), ("digits mlp, epochs=10", "sparse b=4"),
+                                   ("digits mlp, epochs=400", "dense"), ("digits mlp, epochs=400", "sparse b=4")]
+    for epochs, pair in accs.items():
+        assert table.loc[(f"digits mlp, epochs={epochs}", "sparse b=4"), "test_acc_w8"] == \
+            pytest.approx(100 * np.mean(pair), abs=1e-4)
+    loaded = report.load([tmp_path / "runs"], lambda msg: None)
+    drawn = next(p for p in report.figures(loaded) if p.name == "test_acc_vs_width").data
+    sparse8 = drawn[(drawn.line == "sparse b=4") & (drawn.width == 8)].set_index("setting")
+    assert sparse8.runs.to_dict() == {"digits mlp, epochs=10": 2, "digits mlp, epochs=400": 2}
+    assert sparse8.test_mean.to_dict() == pytest.approx(
+        {f"digits mlp, epochs={e}": 100 * np.mean(pair) for e, pair in accs.items()})
+
+
+def test_a_differing_method_option_splits_the_family(tmp_path):
+    """Sparse members with and without init rescaling: two families (lines) in one setting."""
+    for rescale, acc in ((True, 0.8), (False, 0.6)):
+        run = member_run("digits", "sparse", 8, 4, 0, out=tmp_path / "runs")
+        run = replace(run, method=replace(run.method, rescale_init=rescale))
+        run.run_dir.mkdir(parents=True)
+        summary = row("sparse", 8, 4, 0, acc)
+        summary["identity"] = json.dumps(run.identity(), sort_keys=True)
+        results.write_table(pd.DataFrame([summary]), run.run_dir / results.SUMMARY_FILE, "summary")
+    res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    assert "differ in method.rescale_init:" in " ".join(res.output.split())
+    table = pd.read_csv(tmp_path / "report" / "table.csv").set_index("row")
+    assert table.test_acc_w8.to_dict() == pytest.approx({"sparse b=4, rescale_init=True": 80.0,
+                                                         "sparse b=4, rescale_init=False": 60.0})
+
+
+OLD_SUMMARY_COLUMNS = results.SUMMARY_COLUMNS[:results.SUMMARY_COLUMNS.index("wall_seconds") + 1]
+
+
+def test_tables_without_metadata_are_read_by_their_columns_with_one_warning(tmp_path):
+    """A sweep gathered by an older widen (no kind in its metadata, no identity) beside a new run of the same
+    member: both are read, and kept apart since the old runs' identity is unknown."""
+    old = pd.DataFrame([row("sparse", w, 4, s, 0.7 + 0.01 * s + 0.1 * (w == 8)) for w in (4, 8) for s in (0, 1)])
+    old["run"] = [f"old-{i}" for i in range(len(old))]
+    (tmp_path / "runs" / "old").mkdir(parents=True)
+    old[[*OLD_SUMMARY_COLUMNS, "widening_factor", "distribution", "last_layer_connectivity", "run", "error"]] \
+        .to_parquet(tmp_path / "runs" / "old" / results.RESULTS_FILE, index=False)
+    write_run(tmp_path / "runs", 0.5, "digits", "sparse", 8, 4, 0, epochs=3)
+    res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert flat.count("carry no kind in their metadata") == 1 and "old/results.parquet" in flat
+    table = pd.read_csv(tmp_path / "report" / "table.csv").set_index(["setting", "row"])
+    assert table.loc[("digits mlp, identity unknown", "sparse b=4"), "test_acc_w8"] == pytest.approx(80.5)
+    assert table.loc[("digits mlp", "sparse b=4"), "test_acc_w8"] == pytest.approx(50.0)
+
+
+def test_a_table_of_a_newer_schema_is_skipped_with_a_warning(fake_results, tmp_path):
+    import pyarrow.parquet as pq
+
+    root, _ = fake_results
+    table = pq.read_table(root / "runs" / "linear" / results.RESULTS_FILE)
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"widen.schema_version": b"99"}),
+                   newer / results.RESULTS_FILE)
+    res = widen("report", newer, root / "kernel-fig7", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    assert "results table of schema version 99, newer than this widen's 1" in " ".join(res.output.split())
+    assert not (tmp_path / "report" / "table.csv").exists()
