@@ -88,7 +88,8 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
             continue
         if df is None:
             continue
-        guessed += [str(path)] if old else []
+        if old:
+            guessed.append(str(path))
         sources.append(str(path))
         label = _unique(path.parent.name, plans if kind == "plan" else kernels)
         if kind == "plan":
