@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from test_data import write_mnist
 from widen_cli import kernels as K
+from widen_cli import results
 from widen_cli.cli import app
 from widen_cli.errors import UserError
 
@@ -171,7 +172,7 @@ def test_command_writes_the_table(tmp_path):
                               "--out", str(tmp_path), "--name", "fig7"])
     assert res.exit_code == 0, res.output
     table = pd.read_parquet(tmp_path / "fig7" / "kernel_distance.parquet")
-    assert list(table.columns) == K.RESULT_COLUMNS
+    assert list(table.columns) == results.KERNEL_COLUMNS
     assert table.width.tolist() == [8, 32, 216, 635]
     assert (table.n_weights == 6352).all() and (table.base_width == 8).all() and (table.input_dim == 784).all()
     assert table.first_layer_weights.tolist() == [6272, 6032, 4192, 2]

@@ -1,4 +1,8 @@
 """`widen report` on result tables written in the real on-disk layout (fake numbers, and one real tiny sweep)."""
+import functools
+import json
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,12 +10,11 @@ import yaml
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
-from widen_cli import report, results
+from widen_cli import config, report, results
 from widen_cli.cli import app
-from widen_cli.results import SUMMARY_COLUMNS
+from widen_cli.config import MethodConfig
 
 runner = CliRunner()
-RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "distribution", "last_layer_connectivity", "run"]
 ALL_FIGURES = ["test_acc_vs_width", "train_acc_vs_width", "test_acc_vs_connectivity", "improvement_fraction",
                "bottleneck", "mlp_grid", "kernel_distance", "layer_kept_fraction"]
 
@@ -29,32 +32,55 @@ def write_sweep(folder, rows, dataset="digits", method="sparse", base_width=8, m
     folder.mkdir(parents=True)
     df = pd.DataFrame(rows)
     df["run"] = [f"{dataset}-mlp-{r.method}-w{r.width}-s{r.seed}-{i:08x}" for i, r in enumerate(df.itertuples())]
-    results.write_table(df, folder / "results.parquet", RESULTS_COLUMNS)
+    results.write_table(df, folder / "results.parquet", "results")
     if members:
         for r in df.to_dict("records"):
             run_dir = folder / r["run"]
             run_dir.mkdir()
-            results.write_table(pd.DataFrame([r]), run_dir / "summary.parquet", SUMMARY_COLUMNS)
+            results.write_table(pd.DataFrame([r]), run_dir / "summary.parquet", "summary")
             (run_dir / "config.yaml").write_text(yaml.safe_dump(
                 {"model": {"name": "mlp", "activation": "relu"},
                  "method": {"name": r["method"], "within": "all", "distribution": r["distribution"]}}))
     plan = df.drop_duplicates(["method", "width", "last_layer_connectivity"])
+    sizes = [[64 * w, 10 * w] for w in plan.width]
+    kept = [[round(min(1.0, c * 0.9) * a), round(min(1.0, c * 1.8) * b)] for c, (a, b) in zip(plan.connectivity, sizes)]
     results.write_table(pd.DataFrame(dict(
-        width=plan.width, widening_factor=plan.widening_factor, method=plan.method, connectivity=plan.connectivity,
-        n_weights=plan.n_weights, layers=[["layers.0", "layers.1"]] * len(plan),
+        width=plan.width, widening_factor=plan.widening_factor, method=plan.method, distribution=plan.distribution,
+        within=plan.within, last_layer_connectivity=plan.last_layer_connectivity, connectivity=plan.connectivity,
+        n_weights=plan.n_weights, n_weights_dense=plan.n_weights_dense, budget=mlp_weights(base_width), deviation=0,
+        bottleneck_ratio=None, layers=[["layers.0", "layers.1"]] * len(plan), layer_sizes=sizes, layer_kept=kept,
         layer_kept_fraction=[[min(1.0, c * 0.9), min(1.0, c * 1.8)] for c in plan.connectivity])),
-        folder / "plan.parquet")
+        folder / "plan.parquet", "plan")
     return df
 
 
-def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weights=None):
+@functools.cache
+def default_run(dataset):
+    return config.load([f"dataset={dataset}", "model=mlp"])[1]
+
+
+def member_run(dataset, method, width, base_width, seed, llc=None, epochs=3, out="runs"):
+    """The validated config of a run of this member with these settings."""
+    run = default_run(dataset)
+    return replace(run, method=MethodConfig(name=method, last_layer_connectivity=llc), width=width,
+                   base_width=base_width, seed=seed, optim=replace(run.optim, epochs=epochs), out=str(out))
+
+
+def identity(*member, **settings):
+    """The summary's identity column, as such a run records it."""
+    return json.dumps(member_run(*member, **settings).identity(), sort_keys=True)
+
+
+def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weights=None, epochs=3):
     dense = mlp_weights(width)
     n = n_weights or (dense if method == "dense" else mlp_weights(base_width))
     return dict(dataset=dataset, model="mlp", method=method, width=width, base_width=base_width, n_weights=n,
-                n_weights_dense=dense, connectivity=n / dense, seed=seed, epochs=3, status="finished", best_test_acc=acc,
-                final_test_acc=acc - 0.01, best_train_acc=acc + 0.02, final_train_acc=acc + 0.01, wall_seconds=1.0,
-                widening_factor=width / base_width, distribution=None if method == "dense" else "staggered",
-                last_layer_connectivity=llc, run="")
+                n_weights_dense=dense, connectivity=n / dense, seed=seed, epochs=epochs, status="finished",
+                best_test_acc=acc, final_test_acc=acc - 0.01, best_train_acc=acc + 0.02, final_train_acc=acc + 0.01,
+                wall_seconds=1.0, activation="relu", distribution=None if method == "dense" else "staggered",
+                within=None if method == "dense" else "all", last_layer_connectivity=llc,
+                identity=identity(dataset, method, width, base_width, seed, llc=llc, epochs=epochs),
+                widening_factor=width / base_width, run="", error=None)
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +104,15 @@ def fake_results(tmp_path_factory):
     sweeps.append(write_sweep(root / "runs" / "linear", bottleneck, members=False))
     widths = np.array([4, 8, 16, 32])
     kernel = pd.DataFrame(dict(
-        width=widths, base_width=4, n_weights=296, input_dim=64, connectivity=4 / widths,
-        first_layer_connectivity=4 / widths, allocation="staggered", inputs="gaussian", pairs=100, inits=10,
+        width=widths, base_width=4, n_weights=296, input_dim=64, outputs=10, connectivity=4 / widths,
+        first_layer_connectivity=4 / widths, first_layer_weights=256, allocation="staggered", inputs="gaussian",
+        reference="analytic", pairs=100, inits=10, mask_samples=8, seed=0,
         distance_empirical=1 / widths + 0.01, distance_empirical_se=0.002, distance_theorem1=1 / widths + 0.012,
         distance_theorem1_bias=1 / widths + 0.013, distance_eq6=1 / widths + 0.015, distance_leading_order=1 / widths))
+    for name in ("empirical", "theorem1", "eq6", "leading_order"):
+        kernel[f"min_{name}"] = kernel[f"distance_{name}"] == kernel[f"distance_{name}"].min()
     (root / "kernel-fig7").mkdir()
-    results.write_table(kernel, root / "kernel-fig7" / "kernel_distance.parquet")
+    results.write_table(kernel, root / "kernel-fig7" / "kernel_distance.parquet", "kernel")
     return root, sweeps
 
 
@@ -172,7 +201,7 @@ def test_unknown_and_unreadable_tables_are_skipped_with_a_warning(fake_results, 
     root, _ = fake_results
     odd = tmp_path / "odd"
     odd.mkdir()
-    results.write_table(pd.DataFrame({"foo": [1, 2], "bar": ["a", "b"]}), odd / "results.parquet")
+    pd.DataFrame({"foo": [1, 2], "bar": ["a", "b"]}).to_parquet(odd / "results.parquet")  # not widen's
     (odd / "broken.parquet").write_bytes(b"not parquet at all")
     res = widen("report", odd, root / "kernel-fig7", "--out", tmp_path / "report")
     assert res.exit_code == 0, res.output
@@ -196,3 +225,93 @@ def test_failed_members_are_left_out_with_a_warning(tmp_path):
     assert "leaving out 1 failed run" in " ".join(res.output.split())
     table = pd.read_csv(tmp_path / "report" / "table.csv")
     assert "test_acc_w16" not in table and table.filter(like="test_acc_w8").notna().any().any()
+
+
+def write_run(out, acc, *member, epochs):
+    """A finished `widen train` run folder: metrics.parquet and summary.parquet through the real write path."""
+    run = member_run(*member, epochs=epochs, out=out)
+    run.run_dir.mkdir(parents=True)
+    metrics = pd.DataFrame(dict(epoch=range(1, epochs + 1), lr=0.1, train_loss=0.5, train_acc=acc + 0.01,
+                                test_loss=0.6, test_acc=np.linspace(acc / 2, acc, epochs), seconds=0.1))
+    results.write_table(metrics, run.run_dir / results.METRICS_FILE, "metrics")
+    summary = row(run.method.name, run.width, run.base_width, run.seed, acc, dataset=run.dataset.name, epochs=epochs)
+    results.write_table(pd.DataFrame([summary]), run.run_dir / results.SUMMARY_FILE, "summary")
+    return run
+
+
+def test_runs_that_differ_in_more_than_the_seed_are_not_averaged(tmp_path):
+    """The same member trained for 10 and for 400 epochs (two seeds each): two settings, never one mean."""
+    accs = {10: (0.60, 0.64), 400: (0.90, 0.94)}
+    for epochs, (a0, a1) in accs.items():
+        for seed, acc in enumerate((a0, a1)):
+            write_run(tmp_path / "runs", acc, "digits", "sparse", 8, 4, seed, epochs=epochs)
+        write_run(tmp_path / "runs", 0.5, "digits", "sparse", 4, 4, 0, epochs=epochs)  # the dense baseline
+    res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert flat.count("kept apart, not averaged") == 1 and "differ in optim.epochs:" in flat
+    table = pd.read_csv(tmp_path / "report" / "table.csv").set_index(["setting", "row"])
+    assert sorted(table.index) == [("digits mlp, epochs=10", "dense"), ("digits mlp, epochs=10", "sparse b=4"),
+                                   ("digits mlp, epochs=400", "dense"), ("digits mlp, epochs=400", "sparse b=4")]
+    for epochs, pair in accs.items():
+        assert table.loc[(f"digits mlp, epochs={epochs}", "sparse b=4"), "test_acc_w8"] == \
+            pytest.approx(100 * np.mean(pair), abs=1e-4)
+    loaded = report.load([tmp_path / "runs"], lambda msg: None)
+    drawn = next(p for p in report.figures(loaded) if p.name == "test_acc_vs_width").data
+    sparse8 = drawn[(drawn.line == "sparse b=4") & (drawn.width == 8)].set_index("setting")
+    assert sparse8.runs.to_dict() == {"digits mlp, epochs=10": 2, "digits mlp, epochs=400": 2}
+    assert sparse8.test_mean.to_dict() == pytest.approx(
+        {f"digits mlp, epochs={e}": 100 * np.mean(pair) for e, pair in accs.items()})
+
+
+def test_a_differing_method_option_splits_the_family(tmp_path):
+    """Sparse members with and without init rescaling: two families (lines) in one setting."""
+    for rescale, acc in ((True, 0.8), (False, 0.6)):
+        run = member_run("digits", "sparse", 8, 4, 0, out=tmp_path / "runs")
+        run = replace(run, method=replace(run.method, rescale_init=rescale))
+        run.run_dir.mkdir(parents=True)
+        summary = row("sparse", 8, 4, 0, acc)
+        summary["identity"] = json.dumps(run.identity(), sort_keys=True)
+        results.write_table(pd.DataFrame([summary]), run.run_dir / results.SUMMARY_FILE, "summary")
+    res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    assert "differ in method.rescale_init:" in " ".join(res.output.split())
+    table = pd.read_csv(tmp_path / "report" / "table.csv").set_index("row")
+    assert table.test_acc_w8.to_dict() == pytest.approx({"sparse b=4, rescale_init=True": 80.0,
+                                                         "sparse b=4, rescale_init=False": 60.0})
+
+
+OLD_SUMMARY_COLUMNS = results.SUMMARY_COLUMNS[:results.SUMMARY_COLUMNS.index("wall_seconds") + 1]
+
+
+def test_tables_without_metadata_are_read_by_their_columns_with_one_warning(tmp_path):
+    """A sweep gathered by an older widen (no kind in its metadata, no identity) beside a new run of the same
+    member: both are read, and kept apart since the old runs' identity is unknown."""
+    old = pd.DataFrame([row("sparse", w, 4, s, 0.7 + 0.01 * s + 0.1 * (w == 8)) for w in (4, 8) for s in (0, 1)])
+    old["run"] = [f"old-{i}" for i in range(len(old))]
+    (tmp_path / "runs" / "old").mkdir(parents=True)
+    old[[*OLD_SUMMARY_COLUMNS, "widening_factor", "distribution", "last_layer_connectivity", "run", "error"]] \
+        .to_parquet(tmp_path / "runs" / "old" / results.RESULTS_FILE, index=False)
+    write_run(tmp_path / "runs", 0.5, "digits", "sparse", 8, 4, 0, epochs=3)
+    res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert flat.count("carry no kind in their metadata") == 1 and "old/results.parquet" in flat
+    table = pd.read_csv(tmp_path / "report" / "table.csv").set_index(["setting", "row"])
+    assert table.loc[("digits mlp, identity unknown", "sparse b=4"), "test_acc_w8"] == pytest.approx(80.5)
+    assert table.loc[("digits mlp", "sparse b=4"), "test_acc_w8"] == pytest.approx(50.0)
+
+
+def test_a_table_of_a_newer_schema_is_skipped_with_a_warning(fake_results, tmp_path):
+    import pyarrow.parquet as pq
+
+    root, _ = fake_results
+    table = pq.read_table(root / "runs" / "linear" / results.RESULTS_FILE)
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"widen.schema_version": b"99"}),
+                   newer / results.RESULTS_FILE)
+    res = widen("report", newer, root / "kernel-fig7", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    assert "results table of schema version 99, newer than this widen's 1" in " ".join(res.output.split())
+    assert not (tmp_path / "report" / "table.csv").exists()

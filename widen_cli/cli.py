@@ -270,7 +270,7 @@ def sweep_width(
     print_plan(plan, sweep_dir)
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        results.write_table(plan, sweep_dir / results.PLAN_FILE)
+        results.write_table(plan, sweep_dir / results.PLAN_FILE, "plan")
         results.write_text(OmegaConf.to_yaml(cfg, resolve=True), sweep_dir / results.SWEEP_FILE)
     except OSError as e:
         raise UserError(f"cannot write to output folder {sweep_dir}: {e.strerror or e}") from None

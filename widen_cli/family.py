@@ -356,7 +356,7 @@ def train_family(items: list[tuple[DictConfig, RunConfig]], console: Console | N
                     rows[i].append(dict(epoch=epoch, lr=lr, train_loss=tr_loss[i], train_acc=tr_acc[i],
                                         test_loss=te_loss[i], test_acc=te_acc[i], seconds=seconds))
                     metrics = pd.DataFrame(rows[i], columns=results.METRICS_COLUMNS)
-                    results.write_table(metrics, run.run_dir / results.METRICS_FILE, results.METRICS_COLUMNS)
+                    results.write_table(metrics, run.run_dir / results.METRICS_FILE, "metrics")
                     if not math.isfinite(tr_loss[i]):
                         console.print(f"[red]{run.run_name()}: training loss is {tr_loss[i]} in epoch {epoch}: "
                                       f"stopping this run (status diverged)[/red]", soft_wrap=True)

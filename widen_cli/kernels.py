@@ -21,13 +21,6 @@ FIG7_WIDTHS = (8, 32, 128, 216, 328, 512, 635)
 # Elements per intermediate (pairs x units) block: bounds memory at ~64 MB of float32 whatever the sizes.
 CHUNK_ELEMENTS = 1 << 24
 MASK_BLOCK = 64  # Theorem 1: pairs that share one set of Monte Carlo masks
-RESULT_COLUMNS = [
-    "width", "base_width", "n_weights", "input_dim", "outputs", "connectivity", "first_layer_connectivity",
-    "first_layer_weights", "allocation", "inputs", "reference", "pairs", "inits", "mask_samples", "seed",
-    "distance_empirical", "distance_empirical_se", "distance_theorem1", "distance_theorem1_bias",
-    "distance_eq6", "distance_leading_order",
-    "min_empirical", "min_theorem1", "min_eq6", "min_leading_order",
-]
 DISTANCES = ("empirical", "theorem1", "eq6", "leading_order")
 
 
@@ -292,9 +285,9 @@ def run(cfg, dataset, device: torch.device, on_width=None) -> pd.DataFrame:
     reference = "analytic" if cfg.reference is None else f"dense:{cfg.reference}"
     table = table.assign(base_width=pd.array([cfg.base_width] * len(table), dtype="Int64"), outputs=cfg.outputs,
                          allocation=cfg.allocation, inputs=cfg.inputs, reference=reference, pairs=cfg.pairs,
-                         inits=cfg.inits, mask_samples=cfg.mask_samples, seed=cfg.seed)[RESULT_COLUMNS]
+                         inits=cfg.inits, mask_samples=cfg.mask_samples, seed=cfg.seed)[results.KERNEL_COLUMNS]
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     settings["widths"] = [m.width for m in members]
     results.write_text(OmegaConf.to_yaml(settings), run_dir / results.KERNEL_CONFIG_FILE)
-    results.write_table(table, run_dir / results.KERNEL_FILE)
+    results.write_table(table, run_dir / results.KERNEL_FILE, "kernel")
     return table

@@ -1,10 +1,18 @@
-"""Result tables: one schema per table, every file written to a temporary name and renamed into place."""
+"""Result tables and files: every artefact's name and every table's schema, here only.
+
+Each Parquet table carries its kind and schema version in its metadata (keys `widen.kind` and
+`widen.schema_version`), so readers ask the file what it is instead of guessing from its columns.
+Every file is written to a temporary name and renamed into place.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Every artefact's file name, here only.
 CONFIG_FILE = "config.yaml"  # a run's resolved config
@@ -24,11 +32,51 @@ KERNEL_CONFIG_FILE = "kernel.yaml"  # its settings
 METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
 
 # One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
+# distribution and within are the member's (None for dense); identity is json.dumps(run.identity(),
+# sort_keys=True), the whole experiment seed included, so a reader can tell which runs may be pooled.
 SUMMARY_COLUMNS = [
     "dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
     "seed", "epochs", "status", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc",
-    "wall_seconds",
+    "wall_seconds", "activation", "distribution", "within", "last_layer_connectivity", "identity",
 ]
+
+# A sweep's results.parquet: each member's summary plus the plan's view of it and its folder name;
+# status `failed` and the error for members that crashed.
+RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "run", "error"]
+
+# A sweep's plan.parquet: one row per member; the layer_* columns are lists in the order of `layers`.
+PLAN_COLUMNS = [
+    "width", "widening_factor", "method", "distribution", "within", "last_layer_connectivity", "connectivity",
+    "n_weights", "n_weights_dense", "budget", "deviation", "bottleneck_ratio",
+    "layers", "layer_sizes", "layer_kept", "layer_kept_fraction",
+]
+
+# kernel_distance.parquet: one row per width.
+KERNEL_COLUMNS = [
+    "width", "base_width", "n_weights", "input_dim", "outputs", "connectivity", "first_layer_connectivity",
+    "first_layer_weights", "allocation", "inputs", "reference", "pairs", "inits", "mask_samples", "seed",
+    "distance_empirical", "distance_empirical_se", "distance_theorem1", "distance_theorem1_bias",
+    "distance_eq6", "distance_leading_order",
+    "min_empirical", "min_theorem1", "min_eq6", "min_leading_order",
+]
+
+
+@dataclass(frozen=True)
+class Schema:
+    columns: list[str]
+    version: int  # raise it when the columns of this kind change
+
+
+# Every table kind. Tables written before kinds existed carry no metadata (see table_kind).
+TABLES = {
+    "metrics": Schema(METRICS_COLUMNS, 1),
+    "summary": Schema(SUMMARY_COLUMNS, 1),
+    "results": Schema(RESULTS_COLUMNS, 1),
+    "plan": Schema(PLAN_COLUMNS, 1),
+    "kernel": Schema(KERNEL_COLUMNS, 1),
+}
+KIND_KEY = b"widen.kind"
+VERSION_KEY = b"widen.schema_version"
 
 
 def atomic_write(path: Path, write) -> None:
@@ -42,10 +90,33 @@ def atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_table(df: pd.DataFrame, path: Path, columns: list[str] | None = None) -> None:
-    if columns is not None:
-        df = df[columns]
-    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+def write_table(df: pd.DataFrame, path: Path, kind: str) -> None:
+    """Write a DataFrame as a table of `kind`: exactly its columns, in order (a missing one is a bug:
+    KeyError), with the kind and schema version in the Parquet metadata."""
+    import pyarrow as pa  # here, not at import time: most commands never write a table
+    import pyarrow.parquet as pq
+
+    schema = TABLES[kind]
+    table = pa.Table.from_pandas(df[schema.columns], preserve_index=False)
+    meta = {**(table.schema.metadata or {}), KIND_KEY: kind.encode(), VERSION_KEY: str(schema.version).encode()}
+    atomic_write(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp))
+
+
+def table_kind(path: Path) -> tuple[str, int] | None:
+    """A table's kind and schema version from its metadata (reading only the footer); None when it has
+    none: a table written by an older widen, or not by widen at all."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    if KIND_KEY not in meta:
+        return None
+    return meta[KIND_KEY].decode(), int(meta.get(VERSION_KEY, b"0"))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_parquet(path)
 
 
 def write_text(text: str, path: Path) -> None:
@@ -54,7 +125,3 @@ def write_text(text: str, path: Path) -> None:
 
 def write_bytes(data: bytes, path: Path) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path)

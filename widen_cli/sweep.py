@@ -23,14 +23,6 @@ from widen_cli.errors import UserError
 from widen_cli.models import InputSpec
 
 LAUNCHERS = ("local", "pool", "submitit")
-PLAN_COLUMNS = [
-    "width", "widening_factor", "method", "distribution", "within", "last_layer_connectivity", "connectivity",
-    "n_weights", "n_weights_dense", "budget", "deviation", "bottleneck_ratio",
-    "layers", "layer_sizes", "layer_kept", "layer_kept_fraction",
-]
-# results.parquet: a run's summary plus the plan's view of it; error is set for failed members only.
-RESULTS_COLUMNS = results.SUMMARY_COLUMNS + ["widening_factor", "distribution", "last_layer_connectivity", "run",
-                                             "error"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +87,7 @@ def plan_table(members: list[tuple[budget.Member, float | None]]) -> pd.DataFram
             bottleneck_ratio=m.bottleneck_ratio, layers=list(m.layers), layer_sizes=sizes, layer_kept=kept,
             layer_kept_fraction=[k / s for k, s in zip(kept, sizes)],
         ))
-    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
+    return pd.DataFrame(rows, columns=results.PLAN_COLUMNS)
 
 
 def make_jobs(member_overrides: list[str], members, seeds: list[int], sweep_dir: Path) -> list[Job]:
@@ -262,6 +254,6 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
         row.update(widening_factor=job.member.widening_factor, distribution=job.member.distribution,
                    last_layer_connectivity=job.last_layer_connectivity, run=job.run_dir.name)
         rows.append(row)
-    df = pd.DataFrame(rows, columns=RESULTS_COLUMNS)
-    results.write_table(df, sweep_dir / results.RESULTS_FILE, RESULTS_COLUMNS)
+    df = pd.DataFrame(rows, columns=results.RESULTS_COLUMNS)
+    results.write_table(df, sweep_dir / results.RESULTS_FILE, "results")
     return df

@@ -4,6 +4,7 @@ A run checkpoints after every epoch and resumes from its checkpoint (checkpoint.
 it trains with DDP (distributed.py)."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -185,7 +186,7 @@ def _train(run: RunConfig, member: Member, run_dir: Path, console: Console, stat
                 metrics = pd.DataFrame(rows, columns=results.METRICS_COLUMNS)
                 diverged = not math.isfinite(tr.mean_loss)
                 if ctx.is_main:
-                    results.write_table(metrics, run_dir / results.METRICS_FILE, results.METRICS_COLUMNS)
+                    results.write_table(metrics, run_dir / results.METRICS_FILE, "metrics")
                     if not diverged:  # a diverged run is over: nothing to resume
                         checkpoint.save(run_dir / checkpoint.FILENAME, identity=run.identity(), epoch=epoch,
                                         rows=rows, elapsed=elapsed + time.perf_counter() - start, model=model,
@@ -221,14 +222,16 @@ def summary_row(run: RunConfig, member: Member, metrics: pd.DataFrame, status: s
         connectivity=member.connectivity, seed=run.seed, epochs=len(metrics), status=status,
         best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
         best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
-        wall_seconds=wall_seconds,
+        wall_seconds=wall_seconds, activation=run.model.activation, distribution=member.distribution,
+        within=member.within, last_layer_connectivity=run.method.last_layer_connectivity,
+        identity=json.dumps(run.identity(), sort_keys=True),
     )
 
 
 def finish(run_dir: Path, model: torch.nn.Module, summary: dict) -> None:
     """model.pt, then summary.parquet, which marks the run as done; then the checkpoint goes."""
     results.atomic_write(run_dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
-    results.write_table(pd.DataFrame([summary]), run_dir / results.SUMMARY_FILE, results.SUMMARY_COLUMNS)
+    results.write_table(pd.DataFrame([summary]), run_dir / results.SUMMARY_FILE, "summary")
     (run_dir / checkpoint.FILENAME).unlink(missing_ok=True)
 
 

@@ -1,53 +1,20 @@
-"""`widen report`: the paper's figures and Table 1 from whatever result tables lie under some folders.
+"""The paper's figures, each drawn from labelled runs (see runs.py) when its data is present.
 
-Tables are recognised by their columns, not their file names: run summaries, sweep results, sweep
-plans and kernel-distance tables, in any mix. Each figure is drawn when its data is present. Plots use
-matplotlib's object API (no pyplot), so no display or backend is ever needed.
+Plots use matplotlib's object API (no pyplot), so no display or backend is ever needed.
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from widen_cli import results
-from widen_cli.errors import UserError
+from widen_cli.report.load import Results
+from widen_cli.report.runs import count, mean_sem
 
-# The columns each kind of table must have (more are fine), tried in this order.
-# `status` is optional: tables written before statuses existed are all finished runs.
-_SUMMARY = [c for c in results.SUMMARY_COLUMNS if c != "status"]
-KINDS = {
-    "results": [*_SUMMARY, "run"],  # a sweep's results.parquet
-    "summary": _SUMMARY,  # one run's summary.parquet
-    "plan": ["width", "widening_factor", "method", "connectivity", "layers", "layer_kept_fraction"],
-    "kernel": ["width", "base_width", "distance_empirical", "distance_empirical_se", "distance_theorem1",
-               "distance_eq6", "distance_leading_order"],
-    "metrics": results.METRICS_COLUMNS,  # per-epoch curves: known, not drawn
-}
 BOTTLENECKS = ("linear-bottleneck", "nonlinear-bottleneck")
-DPI = 110
-
-
-@dataclass
-class Results:
-    """Everything found: runs (one row each, with the family it belongs to), plans and kernel tables by folder."""
-
-    runs: pd.DataFrame
-    plans: dict[str, pd.DataFrame] = field(default_factory=dict)
-    kernels: dict[str, pd.DataFrame] = field(default_factory=dict)
-    sources: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -59,142 +26,7 @@ class Plot:
     data: pd.DataFrame  # the numbers drawn
 
 
-# ---------------------------------------------------------------- loading
-
-def find_tables(paths: list[Path]) -> list[Path]:
-    files = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise UserError(f"no such file or folder: {p}")
-        files += [p] if p.is_file() else sorted(p.rglob("*.parquet"))
-    return list(dict.fromkeys(f.resolve() for f in files))  # nested or repeated folders are read once
-
-
-def kind_of(path: Path) -> str | None:
-    names = set(pq.read_schema(path).names)
-    return next((kind for kind, cols in KINDS.items() if names >= set(cols)), None)
-
-
-def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
-    files = find_tables(paths)
-    where = ", ".join(map(str, paths))
-    if not files:
-        raise UserError(f"no Parquet files under {where}")
-    runs, plans, kernels, sources, skipped = [], {}, {}, [], []
-    for path in files:
-        try:
-            kind = kind_of(path)
-            df = results.read_table(path) if kind not in (None, "metrics") else None
-        except (OSError, ValueError, pa.ArrowException) as e:
-            warn(f"skipping {path}: not a readable Parquet table ({str(e).splitlines()[0]})")
-            skipped.append(str(path))
-            continue
-        if kind is None:
-            warn(f"skipping {path}: unknown columns (not a summary, results, plan or kernel-distance table)")
-            skipped.append(str(path))
-            continue
-        if kind == "metrics":
-            continue
-        sources.append(str(path))
-        label = _unique(path.parent.name, plans if kind == "plan" else kernels)
-        if kind == "plan":
-            plans[label] = df
-        elif kind == "kernel":
-            kernels[label] = df.sort_values("width")
-        else:
-            df = df.copy()
-            df["run_dir"] = [str(path.parent / r) for r in df.run] if kind == "results" else str(path.parent)
-            df["from_results"] = kind == "results"
-            runs.append(df)
-    if not (runs or plans or kernels):
-        raise UserError(f"none of the {len(files)} Parquet files under {where} is a result table widen report "
-                        f"reads (summary, results, plan, kernel distance)")
-    columns = [*KINDS["results"], "run_dir", "from_results"]
-    table = pd.concat(runs, ignore_index=True) if runs else pd.DataFrame(columns=columns)
-    # A sweep member appears in the sweep's results.parquet and as its own summary.parquet: count it once.
-    table = table.sort_values("from_results", ascending=False, kind="stable").drop_duplicates("run_dir")
-    if "status" in table:  # failed sweep members have no accuracies; diverged runs keep theirs
-        failed = table.status.eq("failed")
-        if failed.any():
-            warn(f"leaving out {failed.sum()} failed run(s): " + ", ".join(sorted(map(str, table.run_dir[failed]))))
-        table = table[~failed]
-    return Results(_with_families(table.reset_index(drop=True)), plans, kernels, sources, skipped)
-
-
-def _unique(name: str, taken: dict) -> str:
-    label, i = name, 2
-    while label in taken:
-        label, i = f"{name} ({i})", i + 1
-    return label
-
-
-def _config(run_dir: Path) -> dict:
-    """The run's config.yaml, else its sweep's sweep.yaml: what the summary does not say (activation, within)."""
-    for path in (run_dir / results.CONFIG_FILE, run_dir.parent / results.SWEEP_FILE):
-        try:
-            return yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-    return {}
-
-
-def _with_families(runs: pd.DataFrame) -> pd.DataFrame:
-    """Label each run with its setting (panel), family, line (family and last-layer connectivity) and whether
-    it is a plain dense model (dense runs and the sparse / non-linear members at their base width)."""
-    runs = runs.copy()
-    configs = [_config(Path(d)) for d in runs.run_dir]
-
-    def from_config(column: str, section: str, key: str, default=None) -> pd.Series:
-        given = runs[column] if column in runs else pd.Series(None, index=runs.index, dtype=object)
-        read = pd.Series([(c.get(section) or {}).get(key, default) for c in configs], index=runs.index, dtype=object)
-        return given.astype(object).where(given.notna(), read)
-
-    dense = runs.method == "dense"
-    runs["distribution"] = from_config("distribution", "method", "distribution").where(~dense, "").fillna("")
-    runs["within"] = from_config("within", "method", "within", "all").where(~dense, "").fillna("")
-    llc = pd.to_numeric(from_config("last_layer_connectivity", "method", "last_layer_connectivity"), errors="coerce")
-    runs["last_layer_connectivity"] = llc.where(~dense)
-    runs["activation"] = from_config("activation", "model", "activation", "relu").where(runs.model == "mlp", "")
-    factor = runs["widening_factor"] if "widening_factor" in runs else pd.Series(math.nan, index=runs.index)
-    runs["widening_factor"] = pd.to_numeric(factor, errors="coerce").fillna(runs.width / runs.base_width)
-    runs["setting"] = runs.dataset + " " + runs.model + runs.activation.map(lambda a: "" if a in ("", "relu")
-                                                                             else f" {a}")
-    runs["family"] = [_family(r) for r in runs.itertuples()]
-    runs["line"] = runs.family + runs.last_layer_connectivity.map(lambda c: "" if pd.isna(c) else f", last layer {c:g}")
-    runs["dense_model"] = dense | ((runs.method != "linear-bottleneck") & (runs.width == runs.base_width)
-                                   & (runs.connectivity >= 1 - 1e-9))
-    runs["test"] = 100 * runs.best_test_acc
-    runs["train"] = 100 * runs.final_train_acc
-    return runs
-
-
-def _family(r) -> str:
-    if r.method == "dense":
-        return "dense"
-    label = f"{r.method} b={r.base_width}"
-    if r.method == "sparse" and r.distribution not in ("", "staggered"):
-        label += f" {r.distribution}"
-    if r.method == "sparse" and r.within == "io":
-        label += " io"
-    return label
-
-
-# ---------------------------------------------------------------- shared helpers
-
-def mean_sem(df: pd.DataFrame, keys: list[str], values=("test", "train")) -> pd.DataFrame:
-    """Mean and standard error over seeds (and repeated runs) of every group; sem is NaN for one run."""
-    g = df.groupby(keys, dropna=False, sort=True)
-    out = g[list(values)].agg(["mean", "sem"])
-    out.columns = [f"{v}_{s}" for v, s in out.columns]
-    out[["n_weights", "connectivity", "widening_factor"]] = g[["n_weights", "connectivity", "widening_factor"]].mean()
-    out["runs"] = g.size()
-    return out.reset_index()
-
-
-def count(n: float) -> str:
-    """A weight count the way the paper's legends write it: 592, 18k, 11.7M."""
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e4 else f"{n:,.0f}"
-
+# ---------------------------------------------------------------- axes
 
 def _panels(n: int, width: float = 4.6, height: float = 3.4) -> tuple[Figure, list]:
     cols = min(n, 3)
@@ -407,12 +239,12 @@ def fig_kernel_distance(kernels: dict[str, pd.DataFrame], runs: pd.DataFrame) ->
         table = k.copy()
         if len(trained):
             twin = ax.twinx()
-            for i, (setting, t) in enumerate(trained.groupby("setting")):
+            for i, ((setting, line), t) in enumerate(trained.groupby(["setting", "line"])):  # one line each
                 err = mean_sem(t.assign(test_error=100 - t.test), ["width"], ("test_error",))
                 _errorbar(twin, err.width, err, "test_error", color=f"C{6 + i}", marker="x",
-                          label=f"test error, {setting}")
+                          label=f"test error, {setting}, {line}")
                 table = table.merge(err[["width", "test_error_mean", "test_error_sem"]].rename(
-                    columns=lambda c: c if c == "width" else f"{c} ({setting})"), on="width", how="left")
+                    columns=lambda c: c if c == "width" else f"{c} ({setting}, {line})"), on="width", how="left")
             twin.set_ylabel("test error of trained models (%)", color="tab:pink")
             extra = twin.get_legend_handles_labels()
             handles = (handles[0] + extra[0], handles[1] + extra[1])
@@ -464,99 +296,3 @@ def figures(res: Results) -> list[Plot]:
             fig_improvement_fraction(runs), fig_bottleneck(runs), fig_mlp_grid(runs),
             fig_kernel_distance(res.kernels, runs), fig_layer_kept(res.plans)]
     return [p for p in made if p is not None]
-
-
-# ---------------------------------------------------------------- Table 1
-
-def table1(runs: pd.DataFrame) -> pd.DataFrame:
-    """Best test accuracy (%, mean over seeds) and weight count per row and width, as the paper's Table 1.
-
-    Rows per setting: `dense` (every plain dense model, the families' baselines included), then one row per
-    family and last-layer connectivity with its wider members. Columns: setting, row, then test_acc_w<W>
-    and n_weights_w<W> for every width.
-    """
-    if runs.empty:
-        return pd.DataFrame()
-    runs = runs.assign(row=runs.line.where(~runs.dense_model, "dense"))
-    cells = mean_sem(runs, ["setting", "row", "width"], ("test",))
-    order = cells.groupby(["setting", "row"]).n_weights.min().reset_index()
-    order["rank"] = (order.row != "dense").astype(int)
-    order = order.sort_values(["setting", "rank", "n_weights", "row"])[["setting", "row"]]
-    wide = cells.pivot(index=["setting", "row"], columns="width", values=["test_mean", "n_weights"])
-    columns = [(v, w) for w in sorted(cells.width.unique()) for v in ("test_mean", "n_weights")]
-    wide = wide[columns]
-    wide.columns = [f"{'test_acc' if v == 'test_mean' else v}_w{w}" for v, w in columns]
-    for col in wide.columns[1::2]:
-        wide[col] = wide[col].round().astype("Int64")
-    return order.merge(wide.reset_index(), on=["setting", "row"])
-
-
-def table1_display(table: pd.DataFrame) -> pd.DataFrame:
-    """The same table with one text cell per width: accuracy (weights), e.g. `70.02 (11.7M)`."""
-    widths = [int(c.removeprefix("test_acc_w")) for c in table.columns if c.startswith("test_acc_w")]
-    shown = table[["setting", "row"]].copy()
-    for w in widths:
-        shown[str(w)] = [f"{a:.2f} ({count(n)})" if pd.notna(a) else ""
-                         for a, n in zip(table[f"test_acc_w{w}"], table[f"n_weights_w{w}"])]
-    return shown
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------- output
-
-def write(res: Results, out: Path) -> tuple[list[Plot], pd.DataFrame]:
-    """Write every figure (PNG + SVG), table.md, table.csv and index.html into `out`."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write to output folder {out}: {e.strerror or e}") from None
-    plots = figures(res)
-    pngs = {}
-    for plot in plots:
-        for fmt in ("png", "svg"):
-            buf = io.BytesIO()
-            plot.figure.savefig(buf, format=fmt, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
-            results.write_bytes(buf.getvalue(), out / f"{plot.name}.{fmt}")
-            if fmt == "png":
-                pngs[plot.name] = buf.getvalue()
-    table = table1(res.runs)
-    if len(table):
-        results.write_text(table.to_csv(index=False, float_format="%.4f"), out / "table.csv")
-        results.write_text(_markdown(table1_display(table)), out / "table.md")
-    results.write_text(_html(res, plots, pngs, table), out / "index.html")
-    return plots, table
-
-
-def _table_html(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4g}", border=0)
-
-
-def _html(res: Results, plots: list[Plot], pngs: dict[str, bytes], table: pd.DataFrame) -> str:
-    esc = html.escape
-    parts = ["<h1>widen report</h1>",
-             f"<p>{len(res.runs)} runs, {len(res.plans)} plans, {len(res.kernels)} kernel-distance tables, read from "
-             f"{len(res.sources)} Parquet files. Accuracies in percent; with several seeds, means with standard "
-             f"errors.</p>"]
-    if res.skipped:
-        parts.append("<p>Skipped: " + ", ".join(f"<code>{esc(s)}</code>" for s in res.skipped) + "</p>")
-    if len(table):
-        parts += ["<h2 id='table1'>Table 1: best test accuracy (%) and weight count</h2>",
-                  "<p><a href='table.csv'>table.csv</a> · <a href='table.md'>table.md</a></p>",
-                  _table_html(table1_display(table))]
-    for p in plots:
-        src = "data:image/png;base64," + base64.b64encode(pngs[p.name]).decode()
-        parts += [f"<h2 id='{p.name}'>{esc(p.title)}</h2>",
-                  f"<figure><img src='{src}' alt='{p.name}.png' title='{p.name}.png'>"
-                  f"<figcaption><a href='{p.name}.png'>{p.name}.png</a> · <a href='{p.name}.svg'>{p.name}.svg</a>: "
-                  f"{esc(p.caption)}</figcaption></figure>",
-                  f"<details><summary>data behind {p.name}.png</summary>{_table_html(p.data)}</details>"]
-    style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}img{max-width:100%}"
-             "table{border-collapse:collapse;font-size:12px}td,th{padding:2px 8px;border-bottom:1px solid #ddd;"
-             "text-align:right}figcaption{color:#444;font-size:14px}")
-    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>widen report</title><style>{style}</style>"
-            f"</head><body>\n" + "\n".join(parts) + "\n</body></html>\n")

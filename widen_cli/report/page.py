@@ -1,0 +1,70 @@
+"""The report's files: every figure as PNG and SVG, table.csv and table.md, and index.html."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from widen_cli import results
+from widen_cli.errors import UserError
+from widen_cli.report.figures import Plot, figures
+from widen_cli.report.load import Results
+from widen_cli.report.table import markdown, table1, table1_display
+
+DPI = 110
+
+
+def write(res: Results, out: Path) -> tuple[list[Plot], pd.DataFrame]:
+    """Write every figure (PNG + SVG), table.md, table.csv and index.html into `out`."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write to output folder {out}: {e.strerror or e}") from None
+    plots = figures(res)
+    pngs = {}
+    for plot in plots:
+        for fmt in ("png", "svg"):
+            buf = io.BytesIO()
+            plot.figure.savefig(buf, format=fmt, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
+            results.write_bytes(buf.getvalue(), out / f"{plot.name}.{fmt}")
+            if fmt == "png":
+                pngs[plot.name] = buf.getvalue()
+    table = table1(res.runs)
+    if len(table):
+        results.write_text(table.to_csv(index=False, float_format="%.4f"), out / "table.csv")
+        results.write_text(markdown(table1_display(table)), out / "table.md")
+    results.write_text(_html(res, plots, pngs, table), out / "index.html")
+    return plots, table
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4g}", border=0)
+
+
+def _html(res: Results, plots: list[Plot], pngs: dict[str, bytes], table: pd.DataFrame) -> str:
+    esc = html.escape
+    parts = ["<h1>widen report</h1>",
+             f"<p>{len(res.runs)} runs, {len(res.plans)} plans, {len(res.kernels)} kernel-distance tables, read from "
+             f"{len(res.sources)} Parquet files. Accuracies in percent; with several seeds, means with standard "
+             f"errors.</p>"]
+    if res.skipped:
+        parts.append("<p>Skipped: " + ", ".join(f"<code>{esc(s)}</code>" for s in res.skipped) + "</p>")
+    if len(table):
+        parts += ["<h2 id='table1'>Table 1: best test accuracy (%) and weight count</h2>",
+                  "<p><a href='table.csv'>table.csv</a> · <a href='table.md'>table.md</a></p>",
+                  _table_html(table1_display(table))]
+    for p in plots:
+        src = "data:image/png;base64," + base64.b64encode(pngs[p.name]).decode()
+        parts += [f"<h2 id='{p.name}'>{esc(p.title)}</h2>",
+                  f"<figure><img src='{src}' alt='{p.name}.png' title='{p.name}.png'>"
+                  f"<figcaption><a href='{p.name}.png'>{p.name}.png</a> · <a href='{p.name}.svg'>{p.name}.svg</a>: "
+                  f"{esc(p.caption)}</figcaption></figure>",
+                  f"<details><summary>data behind {p.name}.png</summary>{_table_html(p.data)}</details>"]
+    style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}img{max-width:100%}"
+             "table{border-collapse:collapse;font-size:12px}td,th{padding:2px 8px;border-bottom:1px solid #ddd;"
+             "text-align:right}figcaption{color:#444;font-size:14px}")
+    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>widen report</title><style>{style}</style>"
+            f"</head><body>\n" + "\n".join(parts) + "\n</body></html>\n")

@@ -1,0 +1,147 @@
+"""Label runs with what they are drawn and pooled by, and pool them.
+
+A run's setting is a panel (dataset, model, MLP activation), its family a set of members (method, base
+width, sparse options), its line a family at one last-layer connectivity. Runs are averaged only over
+seeds: the summary's `identity` column (the whole experiment) decides. Runs whose identities differ in
+anything but the seed, the width, the base width and the method are kept in separate settings; sparse
+members whose method options differ beyond what the family shows, in separate families. Either way the
+label says what differs (`digits mlp, epochs=10`) and one warning names the keys. Plain dense models are
+pooled by width within a setting whatever family they came from: base width and method options do not
+change a dense model.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from typing import Callable
+
+import pandas as pd
+
+MEMBER_KEYS = ("seed", "width", "base_width", "method")  # identity keys a family's members differ in
+SHOWN_METHOD_KEYS = ("name", "distribution", "within", "last_layer_connectivity")  # already in family/line labels
+
+
+def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
+    """Add setting, family, line, dense_model (dense runs and the sparse / non-linear members at their base
+    width) and the accuracies in percent. Tables written before a summary column existed get its default."""
+    runs = runs.copy()
+
+    def column(name: str, default=None) -> pd.Series:
+        given = runs[name] if name in runs else pd.Series(None, index=runs.index, dtype=object)
+        return given.astype(object).where(given.notna(), default)
+
+    dense = runs.method == "dense"
+    runs["distribution"] = column("distribution").where(~dense, "").fillna("")
+    runs["within"] = column("within", "all").where(~dense, "").fillna("")
+    runs["last_layer_connectivity"] = pd.to_numeric(column("last_layer_connectivity"), errors="coerce").where(~dense)
+    runs["activation"] = column("activation", "relu").where(runs.model == "mlp", "")
+    factor = runs["widening_factor"] if "widening_factor" in runs else pd.Series(math.nan, index=runs.index)
+    runs["widening_factor"] = pd.to_numeric(factor, errors="coerce").fillna(runs.width / runs.base_width)
+    identities = [json.loads(s) if isinstance(s, str) else None for s in column("identity")]
+
+    apart = _Apart()
+    setting = runs.dataset + " " + runs.model + runs.activation.map(lambda a: "" if a in ("", "relu") else f" {a}")
+    runs["setting"] = setting + apart.suffixes(setting, [None if i is None else _recipe(i) for i in identities])
+    family = pd.Series([_family(r) for r in runs.itertuples()], index=runs.index, dtype=object)
+    options = [None if i is None else {} if d else _method_options(i) for i, d in zip(identities, dense)]
+    runs["family"] = family + apart.suffixes(runs.setting + ": " + family, options)
+    runs["line"] = runs.family + runs.last_layer_connectivity.map(lambda c: "" if pd.isna(c) else f", last layer {c:g}")
+    runs["dense_model"] = dense | ((runs.method != "linear-bottleneck") & (runs.width == runs.base_width)
+                                   & (runs.connectivity >= 1 - 1e-9))
+    runs["test"] = 100 * runs.best_test_acc
+    runs["train"] = 100 * runs.final_train_acc
+    if apart.keys:
+        warn(f"runs that differ in more than the seed are kept apart, not averaged; they differ in "
+             f"{', '.join(sorted(apart.keys))}: {listing(apart.labels, 6, '; ')}")
+    return runs
+
+
+def _family(r) -> str:
+    if r.method == "dense":
+        return "dense"
+    label = f"{r.method} b={r.base_width}"
+    if r.method == "sparse" and r.distribution not in ("", "staggered"):
+        label += f" {r.distribution}"
+    if r.method == "sparse" and r.within == "io":
+        label += " io"
+    return label
+
+
+def _recipe(identity: dict) -> dict:
+    """What the members of one family share: the identity without seed, width, base width and method."""
+    return {k: v for k, v in identity.items() if k not in MEMBER_KEYS}
+
+
+def _method_options(identity: dict) -> dict:
+    """A member's method options that its family label does not show (rescale_init, ...)."""
+    return {"method": {k: v for k, v in identity.get("method", {}).items() if k not in SHOWN_METHOD_KEYS}}
+
+
+class _Apart:
+    """Suffixes that split a group of runs where their identities differ; remembers what differed."""
+
+    def __init__(self):
+        self.keys: set[str] = set()
+        self.labels: list[str] = []
+
+    def suffixes(self, groups: pd.Series, identities: list[dict | None]) -> pd.Series:
+        flat = [None if i is None else _flatten(i) for i in identities]
+        out = [""] * len(flat)
+        members = defaultdict(list)
+        for i, group in enumerate(groups):
+            members[group].append(i)
+        for group, rows in members.items():
+            known = [flat[i] for i in rows if flat[i] is not None]
+            keys = sorted(k for k in set().union(*known) if len({_show(f.get(k)) for f in known}) > 1)
+            unknown = 0 < len(known) < len(rows)  # tables from before identities were recorded, beside newer ones
+            if not (keys or unknown):
+                continue
+            self.keys.update(keys + ["identity (not recorded by older widen)"] * unknown)
+            names = _short_names(keys)
+            for i in rows:
+                out[i] = (", identity unknown" if flat[i] is None
+                          else "".join(f", {names[k]}={_show(flat[i].get(k))}" for k in keys))
+            self.labels += sorted({group + out[i] for i in rows})
+        return pd.Series(out, index=groups.index, dtype=object)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
+
+
+def _show(v) -> str:
+    if v is None:
+        return "default"  # identity() leaves some keys out at their default (precision fp32)
+    return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """optim.epochs -> epochs, unless two differing keys share that last part."""
+    leaves = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: leaf if leaves.count(leaf) == 1 else k for k, leaf in zip(keys, leaves)}
+
+
+def listing(names: list[str], shown: int = 3, sep: str = ", ") -> str:
+    more = len(names) - shown
+    return sep.join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+# ---------------------------------------------------------------- pooling and counts
+
+def mean_sem(df: pd.DataFrame, keys: list[str], values=("test", "train")) -> pd.DataFrame:
+    """Mean and standard error over seeds (and repeated runs) of every group; sem is NaN for one run."""
+    g = df.groupby(keys, dropna=False, sort=True)
+    out = g[list(values)].agg(["mean", "sem"])
+    out.columns = [f"{v}_{s}" for v, s in out.columns]
+    out[["n_weights", "connectivity", "widening_factor"]] = g[["n_weights", "connectivity", "widening_factor"]].mean()
+    out["runs"] = g.size()
+    return out.reset_index()
+
+
+def count(n: float) -> str:
+    """A weight count the way the paper's legends write it: 592, 18k, 11.7M."""
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e4 else f"{n:,.0f}"
