@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-gpu bench clean
 
 $(BIN)/widen: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,10 +20,15 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# The CUDA paths (tests marked gpu; they skip without CUDA): a few minutes on one GPU.
+test-gpu: setup
+	$(BIN)/python -m pytest -m gpu
+
 # Speed benchmarks (not tests): our path against plain loops, as ratios; a few minutes on CPU.
 # BENCH_ARGS="--device cuda" on a GPU machine.
 bench: setup
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .pytest_cache build dist
+	find runs -mindepth 1 -maxdepth 1 ! -name .gitignore -exec rm -rf {} +  # runs/ itself is tracked

@@ -242,15 +242,20 @@ def test_parallel_sweep_records_a_failed_member_and_the_others(tmp_path):
 # ---------------------------------------------------------------- DDP
 
 DDP_RUN = ["train", "--dataset", "digits", "--model", "mlp", "--method", "sparse", "--width", 32, "--base-width",
-           16, "--epochs", 3, "--subset", 1400, "--device", "cpu"]
+           16, "--epochs", 3, "--subset", 1400]
 
 
 def test_two_process_ddp_matches_single_process(tmp_path):
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "widen_cli", *map(str, DDP_RUN),
+    check_ddp_matches_single_process(tmp_path, "cpu")  # gloo; tests/test_gpu.py runs it with NCCL on two GPUs
+
+
+def check_ddp_matches_single_process(tmp_path, device: str):
+    run = [*DDP_RUN, "--device", device]
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "widen_cli", *map(str, run),
                            "--out", str(tmp_path), "--name", "ddp"], env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    single = widen(*DDP_RUN, "--out", tmp_path, "--name", "single")
+    single = widen(*run, "--out", tmp_path, "--name", "single")
     assert single.exit_code == 0, single.output
 
     ddp, one = tmp_path / "ddp", tmp_path / "single"

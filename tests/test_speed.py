@@ -189,7 +189,11 @@ def test_precision_and_compile_options(tmp_path):
 
 
 def test_bf16_trains_on_cpu_with_other_numbers(tmp_path):
-    args = ["train", "--width", 16, "--epochs", 1, "--out", tmp_path]
+    check_bf16_against_fp32(tmp_path, "cpu")  # tests/test_gpu.py: on CUDA
+
+
+def check_bf16_against_fp32(tmp_path, device: str):
+    args = ["train", "--width", 16, "--epochs", 1, "--out", tmp_path, "--device", device]
     for precision in ("fp32", "bf16"):
         res = runner.invoke(app, [*map(str, args), "--precision", precision, "--name", precision])
         assert res.exit_code == 0, res.output

@@ -20,16 +20,49 @@ from widen_cli.errors import UserError
 app = typer.Typer(
     help="Fixed-parameter-budget width experiments: is a wider network better because it is wider, "
     "or because it has more parameters?",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+    no_args_is_help=True, add_completion=True, pretty_exceptions_show_locals=False,
 )
 # Piped output (logs, CI) gets room for the wide tables; a terminal keeps its own width.
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 PRECISION_HELP = "fp32 (default) or bf16 (autocast; on CPU too, where it is usually slower). Part of the run's identity."
+SKIP_HELP = "Image folders: leave out (and count) files that cannot be decoded instead of stopping at the first."
 COMPILE_HELP = "torch.compile the model (slow to start; pays off on long GPU runs). Not part of the run's identity."
 OVERRIDES_HELP = ("Hydra overrides applied after the options, e.g. optim.lr=0.05 model.activation=linear "
                   "dataset.subset=2048 (see --show-config for every key).")
+
+
+def package_version() -> str:
+    """The installed distribution's version; a source checkout without one reports widen_cli.__version__."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("widen_cli")
+    except PackageNotFoundError:
+        from widen_cli import __version__
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"widen {package_version()}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")):
+    pass
+
+
+def multirun_hint(argv: list[str]) -> str | None:
+    """Hydra users type -m/--multirun for a sweep; widen has none (sweeps are sweep-width's)."""
+    flags = argv[:argv.index("--")] if "--" in argv else argv  # after --, words are arguments
+    if any(a in ("-m", "--multirun") for a in flags):
+        return ("widen has no Hydra multirun (-m/--multirun): a sweep over widths and seeds is "
+                "`widen sweep-width` (see widen sweep-width --help)")
+    return None
 
 
 def _interrupt(signum, frame):
@@ -103,6 +136,7 @@ def train(
     image_size: Optional[int] = typer.Option(
         None, help="Image side in pixels (ImageNet default 224). ResNet stem: CIFAR-style up to 64 px."),
     subset: Optional[int] = typer.Option(None, help="Train on a fixed random subset of N training samples."),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help=SKIP_HELP),
     seed: Optional[int] = typer.Option(None, help="Seeds data order, initialisation and masks. Default: 0."),
     out: Optional[Path] = typer.Option(None, help="Output root; the run goes to <out>/<name>/. Default: runs."),
     name: Optional[str] = typer.Option(None, help="Run folder name. Default: made from the settings plus a "
@@ -125,6 +159,7 @@ def train(
         "precision": precision, "compile": compile_model,
         "dataset.root": data_root, "dataset.download": download, "dataset.image_size": image_size,
         "dataset.subset": subset, "seed": seed, "out": out, "name": name,
+        "++dataset.skip_bad_images": skip_bad_images,  # ++: accepted (and unused) by datasets without the key
     }
     cfg, run = config_mod.load(options_to_overrides(experiment, options, overrides))
     if show_config:
@@ -203,6 +238,7 @@ def sweep_width(
     download: bool = typer.Option(False, "--download", help="Fetch the dataset if missing."),
     image_size: Optional[int] = typer.Option(None, help="Image side in pixels."),
     subset: Optional[int] = typer.Option(None, help="Train on a fixed random subset of N samples."),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help=SKIP_HELP),
     out: Optional[Path] = typer.Option(None, help="Output root; the sweep goes to <out>/<name>/. Default: runs."),
     name: Optional[str] = typer.Option(None, help="Sweep folder name. Default: from the settings plus a hash."),
     experiment: Optional[str] = typer.Option(None, help="A preset from conf/experiment/, e.g. fig1_cifar100."),
@@ -238,6 +274,7 @@ def sweep_width(
         "precision": precision, "compile": compile_model,
         "dataset.root": data_root, "dataset.download": download, "dataset.image_size": image_size,
         "dataset.subset": subset,
+        "++dataset.skip_bad_images": skip_bad_images,
     }
     member_overrides = options_to_overrides(experiment, shared, overrides)
     cfg = config_mod.compose_config(member_overrides)
@@ -456,7 +493,11 @@ def print_table1(shown) -> None:
 
 def main() -> None:
     """The console script: typer's own usage errors (an option of the wrong type, an unknown option)
-    become one `error:` line with exit code 2 as well."""
+    become one `error:` line with exit code 2 as well, and so does a Hydra -m/--multirun."""
+    hint = multirun_hint(sys.argv[1:])
+    if hint:
+        err.print(f"[bold red]error:[/bold red] {hint}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     try:
         code = app(standalone_mode=False)
     except Exception as e:  # click's UsageError, raised by typer's vendored click

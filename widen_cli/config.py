@@ -13,9 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from widen_cli.budget import DISTRIBUTIONS
+from widen_cli.conf_path import shipped_conf_dir
 from widen_cli.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = shipped_conf_dir()
 
 DATASETS = ("cifar10", "cifar100", "svhn", "mnist", "imagenet", "imagefolder", "digits", "synthetic")
 MODELS = ("mlp", "resnet18")
@@ -36,7 +37,8 @@ class DatasetConfig:
     train_size: int = 256  # synthetic only
     test_size: int = 128  # synthetic only
     data_seed: int = 0  # synthetic only
-    workers: int = 8  # image folders only
+    workers: int | None = None  # image folders only; None: the CPUs this process may use
+    skip_bad_images: bool = False  # image folders only: leave out files PIL cannot decode
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class RunConfig:
             d.pop(k)
         if d["precision"] == "fp32":
             d.pop("precision")
-        for k in ("root", "download", "workers"):
+        for k in ("root", "download", "workers", "skip_bad_images"):
             d["dataset"].pop(k)
         return d
 

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from widen_cli.config import DatasetConfig
 from widen_cli.errors import UserError
+from widen_cli import images
+from widen_cli.hardware import available_cpus
 from widen_cli.models import InputSpec
 
 # Fixed seed for `dataset.subset`: every run (any seed, any width) sees the same N samples.
@@ -275,10 +277,11 @@ class EpochBatches(Shard):
 
 
 class FolderLoader:
-    """A DataLoader over an ImageFolder, moving each batch to the device."""
+    """A DataLoader over an ImageFolder, moving each batch to the device; `skipped`: the unreadable files
+    left out (dataset.skip_bad_images)."""
 
-    def __init__(self, loader, device: torch.device):
-        self.loader, self.device = loader, device
+    def __init__(self, loader, device: torch.device, skipped: list[str] = ()):
+        self.loader, self.device, self.skipped = loader, device, list(skipped)
 
     def set_epoch(self, epoch: int) -> None:
         self.loader.batch_sampler.set_epoch(epoch)
@@ -294,8 +297,12 @@ class FolderLoader:
         return len(self.loader.dataset)
 
     def __iter__(self):
-        for x, y in self.loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        try:
+            for x, y in self.loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        except images.BadImage as e:
+            raise UserError(f"{images.message(e)}; remove or replace it, or pass --skip-bad-images "
+                            f"(dataset.skip_bad_images=true) to leave out unreadable images") from None
 
 
 def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: int):
@@ -303,6 +310,10 @@ def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, se
     from torchvision import datasets, transforms
 
     root = Path(cfg.root)
+    workers = available_cpus() if cfg.workers is None else cfg.workers  # PyTorch warns above the CPUs we may use
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UserError(f"dataset.workers must be an integer >= 0 or null (the CPUs this process may use), "
+                        f"got {cfg.workers!r}")
     for part in ("train", "val"):
         if not (root / part).is_dir():
             raise UserError(f"{cfg.name}: expected class folders under {root / part} "
@@ -314,8 +325,10 @@ def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, se
     if "flip" in cfg.augment:
         train_tf = [*train_tf, transforms.RandomHorizontalFlip()]
     try:
-        train = datasets.ImageFolder(root / "train", transforms.Compose([*train_tf, transforms.ToTensor(), normalize]))
-        test = datasets.ImageFolder(root / "val", transforms.Compose([*test_tf, transforms.ToTensor(), normalize]))
+        train = datasets.ImageFolder(root / "train", transforms.Compose([*train_tf, transforms.ToTensor(), normalize]),
+                                     loader=images.read_rgb)
+        test = datasets.ImageFolder(root / "val", transforms.Compose([*test_tf, transforms.ToTensor(), normalize]),
+                                    loader=images.read_rgb)
     except (FileNotFoundError, OSError) as e:
         raise UserError(f"{cfg.name}: could not read images under {root}: {str(e).splitlines()[0]}") from None
     if train.classes != test.classes:
@@ -323,6 +336,7 @@ def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, se
         only_val = sorted(set(test.classes) - set(train.classes))[:5]
         raise UserError(f"{cfg.name}: class folders differ between {root / 'train'} and {root / 'val'} "
                         f"(only in train: {only_train}, only in val: {only_val})")
+    skipped = images.skip_unreadable(root, (train, test), max(workers, 1)) if cfg.skip_bad_images else []
     if cfg.num_classes is not None and cfg.num_classes != len(train.classes):
         raise UserError(f"{cfg.name}: dataset.num_classes={cfg.num_classes} but {root / 'train'} has "
                         f"{len(train.classes)} class folders")
@@ -331,13 +345,13 @@ def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, se
             raise UserError(f"dataset.subset={cfg.subset} but {root / 'train'} has only {len(train)} images")
         idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(SUBSET_SEED))[:cfg.subset]
         train = Subset(train, idx.tolist())
-    common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     train_dl = DataLoader(train, batch_sampler=EpochBatches(len(train), batch_size, shuffle=True, seed=seed),
                           generator=torch.Generator().manual_seed(seed), **common)
     test_batch = EVAL_BATCH if device.type == "cuda" else batch_size
     test_dl = DataLoader(test, batch_sampler=EpochBatches(len(test), test_batch, shuffle=False), **common)
     spec = InputSpec(channels=3, image_size=size, num_classes=len(test.classes))
-    return FolderLoader(train_dl, device), FolderLoader(test_dl, device), spec
+    return FolderLoader(train_dl, device, skipped), FolderLoader(test_dl, device, skipped), spec
 
 
 # ---------------------------------------------------------------- entry point

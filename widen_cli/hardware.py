@@ -48,8 +48,11 @@ def cpu_threads(resumed: int | None = None) -> int:
             if not value.isdigit() or int(value) < 1:
                 raise UserError(f"{var} must be a positive integer, got {value!r}")
             return int(value)
-    if resumed:
-        return resumed
+    return resumed or available_cpus()
+
+
+def available_cpus() -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU quota."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     quota = _cgroup_cpus()
     return min(cores, quota) if quota else cores
