@@ -11,7 +11,7 @@ from widen_cli.cli import app
 from widen_cli.results import SUMMARY_COLUMNS
 
 runner = CliRunner()
-RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "distribution", "last_layer_connectivity", "run"]
+RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "run"]
 ALL_FIGURES = ["test_acc_vs_width", "train_acc_vs_width", "test_acc_vs_connectivity", "improvement_fraction",
                "bottleneck", "mlp_grid", "kernel_distance", "layer_kept_fraction"]
 
@@ -54,7 +54,8 @@ def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weig
                 n_weights_dense=dense, connectivity=n / dense, seed=seed, epochs=3, status="finished", best_test_acc=acc,
                 final_test_acc=acc - 0.01, best_train_acc=acc + 0.02, final_train_acc=acc + 0.01, wall_seconds=1.0,
                 widening_factor=width / base_width, distribution=None if method == "dense" else "staggered",
-                last_layer_connectivity=llc, run="")
+                last_layer_connectivity=llc, run="", activation="relu", within=None if method == "dense" else "all",
+                identity=None)
 
 
 @pytest.fixture(scope="module")

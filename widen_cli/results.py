@@ -13,6 +13,7 @@ METRICS_FILE = "metrics.parquet"  # a run's per-epoch rows
 CHECKPOINT_FILE = "checkpoint.pt"  # an unfinished run's end-of-epoch state
 MODEL_FILE = "model.pt"  # a finished run's weights
 SUMMARY_FILE = "summary.parquet"  # a finished run's one row; its presence marks the run done
+CLAIM_FILE = "claim.json"  # who is training the run now (claims.py); gone when it stops
 ERROR_FILE = "error.txt"  # a failed sweep member's traceback
 PLAN_FILE = "plan.parquet"  # a sweep's planned members
 SWEEP_FILE = "sweep.yaml"  # a sweep's resolved config
@@ -24,10 +25,11 @@ KERNEL_CONFIG_FILE = "kernel.yaml"  # its settings
 METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
 
 # One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
+# distribution, within: the sparse member's (None otherwise); identity: json.dumps(run.identity()).
 SUMMARY_COLUMNS = [
     "dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
     "seed", "epochs", "status", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc",
-    "wall_seconds",
+    "wall_seconds", "activation", "distribution", "within", "last_layer_connectivity", "identity",
 ]
 
 
