@@ -31,9 +31,9 @@ def save(path: Path, *, identity: dict, epoch: int, rows: list[dict], elapsed: f
     results.atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load(path: Path, identity: dict) -> dict | None:
-    """The checkpoint at `path` (None if there is none); anything unreadable or not this run's is a
-    UserError that says how to start over."""
+def load(path: Path) -> dict | None:
+    """The checkpoint at `path` (None if there is none); anything unreadable is a UserError that says
+    how to start over. Whose run it is (its `identity`) the caller checks (lifecycle.py)."""
     if not path.exists():
         return None
     restart = "pass --restart to discard it and start the run over"
@@ -44,9 +44,6 @@ def load(path: Path, identity: dict) -> dict | None:
         raise UserError(f"cannot read checkpoint {path} ({reason[:200]}); {restart}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a widen checkpoint; {restart}")
-    if state["identity"] != json.dumps(identity, sort_keys=True):
-        raise UserError(f"checkpoint {path} was written by a run with a different config; {restart} "
-                        f"(or choose another --name)")
     return state
 
 

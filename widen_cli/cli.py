@@ -168,9 +168,10 @@ def train(
         console.print(f"# run folder: {run.run_dir}", highlight=False, markup=False, soft_wrap=True)
         return
 
+    from widen_cli.jobs import make_job
     from widen_cli.train import run_training
 
-    result = run_training(cfg, run, err, restart=restart)
+    result = run_training(make_job(run), err, restart=restart)
     if not is_main_process():
         return
     if result.skipped:

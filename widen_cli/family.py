@@ -19,26 +19,24 @@ previous layer's units of every member side by side.
 from __future__ import annotations
 
 import math
-import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from widen_cli import checkpoint, hardware, results, sparse_ops
+from widen_cli import hardware, lifecycle, sparse_ops
 from widen_cli.budget import Member
 from widen_cli.config import RunConfig
 from widen_cli.data import TensorLoader
-from widen_cli.errors import Interrupted
+from widen_cli.jobs import Job
+from widen_cli.lifecycle import EpochTotals, RunResult
 from widen_cli.models import InputSpec, build_model
 from widen_cli.models.mlp import MLP, NTKLinear
 from widen_cli.sparsity import sparsify
-from widen_cli.train import RunResult, Totals, finish, load_run_data, make_optimizer, prepare_run, summary_row
+from widen_cli.train import Totals, load_run_data, make_optimizer, run_training, train_run
 
 BATCHED_METHODS = ("sparse", "dense")
 CPU_EVAL_CHUNK = 256
@@ -312,75 +310,60 @@ def describe(runs: list[RunConfig]) -> str:
             f"{','.join(map(str, widths))}, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}")
 
 
-def train_family(items: list[tuple[DictConfig, RunConfig]], console: Console | None = None) -> list[RunResult]:
-    """Train runs that share a `batch_key` together; each writes config.yaml, masks.pt (sparse),
-    metrics.parquet and checkpoint.pt (every epoch), model.pt and summary.parquet to its own folder, as
-    `train.run_training` does. A member's checkpoint is a single run's, so an interrupted member
-    resumes alone with `widen train` or the same sweep command.
+def train_family(jobs: list[Job], console: Console | None = None) -> list[RunResult]:
+    """Train jobs that share a `batch_key` as one stacked model; each member's run folder gets what
+    `train.run_training` writes (lifecycle.py owns it), and its checkpoint is a single run's, so an
+    interrupted member resumes alone with `widen train` or the same sweep command.
 
+    Members that have finished are read back; members with a checkpoint resume alone; members that
+    another process is training (claims.py) are left out of the batch and waited for at the end.
     `seconds` and `wall_seconds` of each member are the batch's times divided by its number of members.
-    A member whose loss stops being finite stops there with status `diverged`; the others go on.
     """
     console = console or Console(stderr=True)
-    runs = [run for _, run in items]
-    assert len({batch_key(r) for r in runs}) == 1 and batch_key(runs[0]) is not None, "not one batch"
-    members = [prepare_run(cfg, run) for cfg, run in items]
-    stack = build(runs, members)
-    for run, mk in zip(runs, stack.masks):
-        if mk is not None:
-            mk.save(run.run_dir / results.MASKS_FILE)
-    model, n = stack.model, len(runs)
-    opt, sched = make_optimizer(model, runs[0].optim)
-    rows: list[list[dict]] = [[] for _ in runs]
-    status = ["finished"] * n
-    active = [True] * n
-    start = time.perf_counter()
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    saved = 0
-    try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task(describe(runs), total=runs[0].optim.epochs, status="")
-            for epoch in range(1, runs[0].optim.epochs + 1):
-                t0 = time.perf_counter()
-                for loader in stack.loaders:
-                    loader.set_epoch(epoch)
-                lr = opt.param_groups[0]["lr"]
-                tr_loss, tr_acc = _per_member(train_epoch(model, stack.loaders, opt))
-                te_loss, te_acc = _per_member(evaluate(model, stack.test_loader))
-                sched.step()
-                seconds = (time.perf_counter() - t0) / n
-                for i, run in enumerate(runs):
-                    if not active[i]:
-                        continue
-                    rows[i].append(dict(epoch=epoch, lr=lr, train_loss=tr_loss[i], train_acc=tr_acc[i],
-                                        test_loss=te_loss[i], test_acc=te_acc[i], seconds=seconds))
-                    metrics = pd.DataFrame(rows[i], columns=results.METRICS_COLUMNS)
-                    results.write_table(metrics, run.run_dir / results.METRICS_FILE, "metrics")
-                    if not math.isfinite(tr_loss[i]):
-                        console.print(f"[red]{run.run_name()}: training loss is {tr_loss[i]} in epoch {epoch}: "
-                                      f"stopping this run (status diverged)[/red]", soft_wrap=True)
-                        active[i], status[i] = False, "diverged"
-                    else:
-                        _save_checkpoint(stack, i, run, opt, sched, epoch, rows[i],
-                                         (time.perf_counter() - start) / n)
-                saved = epoch
-                best = max(max(r["test_acc"] for r in member_rows) for member_rows in rows)
-                progress.update(task, advance=1, status=f"{sum(active)}/{n} members  best test {best:.1%}")
-                if not any(active):
-                    break
-    except KeyboardInterrupt:
-        where = f"epochs 1-{saved} of each member are saved in its checkpoint" if saved else "no epoch had ended"
-        raise Interrupted(f"interrupted: {where}; run the same command again to resume") from None
-    wall = (time.perf_counter() - start) / n
-    out = []
-    for i, (run, member) in enumerate(zip(runs, members)):
-        metrics = pd.DataFrame(rows[i], columns=results.METRICS_COLUMNS)
-        summary = summary_row(run, member, metrics, status[i], wall)
-        trained = _member_model(stack, i, run)
-        finish(run.run_dir, trained, summary)
-        out.append(RunResult(metrics, summary, model=trained))
-    return out
+    assert len({batch_key(j.run) for j in jobs}) == 1 and batch_key(jobs[0].run) is not None, "not one batch"
+    out: dict[int, RunResult] = {}
+    later = []
+    with ExitStack() as held:
+        fresh: list[tuple[int, lifecycle.Run]] = []
+        for i, job in enumerate(jobs):
+            opened = lifecycle.start(job, console, wait=False)
+            if opened is None:
+                later.append(i)
+            elif isinstance(opened, RunResult):
+                out[i] = opened
+            elif held.enter_context(opened).state is not None:
+                out[i] = train_run(opened)
+            else:
+                fresh.append((i, opened))
+        if len(fresh) == 1:
+            out[fresh[0][0]] = train_run(fresh[0][1])
+        elif fresh:
+            out.update(zip([i for i, _ in fresh], _train_batch([run for _, run in fresh])))
+    for i in later:
+        out[i] = run_training(jobs[i], console)
+    return [out[i] for i in range(len(jobs))]
+
+
+def _train_batch(runs: list[lifecycle.Run]) -> list[RunResult]:
+    jobs = [r.job for r in runs]
+    stack = build([j.run for j in jobs], [j.member for j in jobs])
+    for run, masks in zip(runs, stack.masks):
+        run.save_masks(masks)
+    model = stack.model
+    opt, sched = make_optimizer(model, jobs[0].run.optim)
+
+    def step(epoch: int, progress) -> tuple[float, list[EpochTotals]]:
+        for loader in stack.loaders:
+            loader.set_epoch(epoch)
+        lr = opt.param_groups[0]["lr"]
+        tr_loss, tr_acc = _per_member(train_epoch(model, stack.loaders, opt))
+        te_loss, te_acc = _per_member(evaluate(model, stack.test_loader))
+        sched.step()
+        return lr, [EpochTotals(*t) for t in zip(tr_loss, tr_acc, te_loss, te_acc)]
+
+    return lifecycle.drive(runs, describe([j.run for j in jobs]), step,
+                           lambda i: _snapshot(stack, i, jobs[i].run, opt, sched),
+                           lambda i: _member_model(stack, i, jobs[i].run))
 
 
 def _member_model(stack: Stack, i: int, run: RunConfig) -> MLP:
@@ -390,9 +373,8 @@ def _member_model(stack: Stack, i: int, run: RunConfig) -> MLP:
     return model
 
 
-def _save_checkpoint(stack: Stack, i: int, run: RunConfig, opt, sched, epoch: int, rows: list[dict],
-                     elapsed: float) -> None:
-    """Member i's end-of-epoch checkpoint in a single run's format: its weights, its slices of the
+def _snapshot(stack: Stack, i: int, run: RunConfig, opt, sched) -> dict:
+    """Member i's end-of-epoch state in a single run's format: its weights, its slices of the
     momentum buffers, the shared schedule and its masks."""
     model = _member_model(stack, i, run)
     member_opt, member_sched = make_optimizer(model, run.optim)
@@ -407,6 +389,5 @@ def _save_checkpoint(stack: Stack, i: int, run: RunConfig, opt, sched, epoch: in
             if name in momentum:
                 member_opt.state[p]["momentum_buffer"] = momentum[name]
     masks = stack.masks[i]
-    checkpoint.save(run.run_dir / checkpoint.FILENAME, identity=run.identity(), epoch=epoch, rows=rows,
-                    elapsed=elapsed, model=model, optimizer=member_opt, scheduler=member_sched,
-                    masks=masks.state() if masks is not None else None)
+    return dict(model=model, optimizer=member_opt, scheduler=member_sched,
+                masks=masks.state() if masks is not None else None)

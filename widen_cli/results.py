@@ -21,6 +21,7 @@ METRICS_FILE = "metrics.parquet"  # a run's per-epoch rows
 CHECKPOINT_FILE = "checkpoint.pt"  # an unfinished run's end-of-epoch state
 MODEL_FILE = "model.pt"  # a finished run's weights
 SUMMARY_FILE = "summary.parquet"  # a finished run's one row; its presence marks the run done
+CLAIM_FILE = "claim.json"  # who is training the run now (claims.py); gone when it stops
 ERROR_FILE = "error.txt"  # a failed sweep member's traceback
 PLAN_FILE = "plan.parquet"  # a sweep's planned members
 SWEEP_FILE = "sweep.yaml"  # a sweep's resolved config

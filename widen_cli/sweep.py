@@ -20,6 +20,7 @@ import submitit.helpers
 from widen_cli import budget, checkpoint, results
 from widen_cli.config import MethodConfig, RunConfig, load
 from widen_cli.errors import UserError
+from widen_cli.jobs import Job as TrainJob, make_job
 from widen_cli.models import InputSpec
 
 LAUNCHERS = ("local", "pool", "submitit")
@@ -105,7 +106,7 @@ def make_jobs(member_overrides: list[str], members, seeds: list[int], sweep_dir:
     return jobs
 
 
-def run_member(overrides: list[str], threads: int | None = None, restart: bool = False) -> str:
+def run_member(job: TrainJob, threads: int | None = None, restart: bool = False) -> str:
     """Run one member as `widen train` would, quietly; returns its run folder. Top level: picklable."""
     from rich.console import Console
 
@@ -113,20 +114,19 @@ def run_member(overrides: list[str], threads: int | None = None, restart: bool =
 
     if threads:  # read by hardware.setup, which sets the thread count for the run
         os.environ["WIDEN_THREADS"] = str(threads)
-    cfg, run = load(overrides)
-    run_training(cfg, run, Console(stderr=True, quiet=True), restart=restart)
-    return str(run.run_dir)
+    run_training(job, Console(stderr=True, quiet=True), restart=restart)
+    return str(job.run_dir)
 
 
 class MemberJob(submitit.helpers.Checkpointable):
     """run_member for submitit: a SLURM job that is pre-empted or times out is requeued, and the
     requeued job resumes the member from its last checkpoint."""
 
-    def __call__(self, overrides: list[str], threads: int | None = None, restart: bool = False) -> str:
-        return run_member(overrides, threads, restart)
+    def __call__(self, job: TrainJob, threads: int | None = None, restart: bool = False) -> str:
+        return run_member(job, threads, restart)
 
-    def checkpoint(self, overrides: list[str], threads: int | None = None, restart: bool = False):
-        return submitit.helpers.DelayedSubmission(self, overrides, threads)  # resume, never restart again
+    def checkpoint(self, job: TrainJob, threads: int | None = None, restart: bool = False):
+        return submitit.helpers.DelayedSubmission(self, job, threads)  # resume, never restart again
 
 
 def one_line(error: BaseException) -> str:
@@ -183,29 +183,29 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
 
             # MLP members that can share a stacked model train together (widen_cli/family.py); one
             # with a checkpoint resumes alone.
-            loaded = [(job, *load(list(job.overrides))) for job in todo]
+            loaded = [(job, make_job(job.run)) for job in todo]
 
             def key(item):
                 job = item[0]
                 if not restart and (job.run_dir / checkpoint.FILENAME).exists():
                     return None
-                return family.batch_key(item[2])
+                return family.batch_key(job.run)
 
             for batch in family.group(loaded, key):
                 try:
                     if len(batch) == 1:
-                        run_training(batch[0][1], batch[0][2], console, restart=restart)
+                        run_training(batch[0][1], console, restart=restart)
                     else:
                         if restart:
-                            for job, _, _ in batch:
+                            for job, _ in batch:
                                 checkpoint.discard(job.run_dir)
-                        family.train_family([(cfg, run) for _, cfg, run in batch], console)
-                    for job, _, _ in batch:
+                        family.train_family([planned for _, planned in batch], console)
+                    for job, _ in batch:
                         done(job)
                 except UserError:
                     raise
                 except Exception as e:  # noqa: BLE001 - one member's crash must not stop the family
-                    for job, _, _ in batch:
+                    for job, _ in batch:
                         done(job, e)
         elif launcher == "pool":
             import multiprocessing as mp
@@ -213,7 +213,7 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
 
             threads = max(1, (os.cpu_count() or 1) // n_jobs)
             with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(run_member, list(j.overrides), threads, restart): j for j in todo}
+                futures = {pool.submit(run_member, make_job(j.run), threads, restart): j for j in todo}
                 for fut in as_completed(futures):
                     done(futures[fut], fut.exception())
         else:
@@ -222,7 +222,7 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
             executor = submitit.AutoExecutor(folder=sweep_dir / ".submitit")
             params = {k: v for k, v in (submitit_params or {}).items() if v is not None}
             executor.update_parameters(**params, slurm_array_parallelism=n_jobs)
-            submitted = executor.map_array(MemberJob(), [list(j.overrides) for j in todo], [None] * len(todo),
+            submitted = executor.map_array(MemberJob(), [make_job(j.run) for j in todo], [None] * len(todo),
                                            [restart] * len(todo))
             for job, sub in zip(todo, submitted):
                 try:

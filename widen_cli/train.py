@@ -1,28 +1,22 @@
-"""One training run: data -> model -> SGD epochs -> metrics and summary Parquet in the run folder.
-
-A run checkpoints after every epoch and resumes from its checkpoint (checkpoint.py); under torchrun
-it trains with DDP (distributed.py)."""
+"""One training run: data -> model -> SGD epochs, each epoch's totals handed to the run's lifecycle
+(lifecycle.py), which writes the run folder, checkpoints and resumes. Under torchrun it trains with
+DDP (distributed.py)."""
 from __future__ import annotations
 
-import json
-import math
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
-from widen_cli import checkpoint, distributed, hardware, results
-from widen_cli.budget import Member, plan_member
+from widen_cli import checkpoint, distributed, hardware, lifecycle
 from widen_cli.config import OptimConfig, RunConfig
 from widen_cli.data import load_data, spec_from_config
-from widen_cli.errors import Interrupted, UserError
+from widen_cli.errors import UserError
 from widen_cli.hardware import resolve_device
+from widen_cli.jobs import Job
+from widen_cli.lifecycle import EpochTotals, RunResult
 from widen_cli.models import build_model, weight_layers
 from widen_cli.sparsity import Masks, sparsify
 
@@ -30,15 +24,27 @@ from widen_cli.sparsity import Masks, sparsify
 BATCH_BAR_MIN = 50
 
 
+def _multistep(opt, cfg: OptimConfig):
+    return torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), gamma=cfg.gamma)
+
+
+def _cosine(opt, cfg: OptimConfig):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+
+
+def _constant(opt, cfg: OptimConfig):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
+
+
+# optim.schedule -> the learning-rate scheduler it makes (validation checks names against this dict)
+SCHEDULES = {"multistep": _multistep, "cosine": _cosine, "constant": _constant}
+
+
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig):
+    if cfg.schedule not in SCHEDULES:
+        raise UserError(f"unknown optim.schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "multistep":
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), gamma=cfg.gamma)
-    elif cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
-    return opt, sched
+    return opt, SCHEDULES[cfg.schedule](opt, cfg)
 
 
 @dataclass
@@ -96,14 +102,6 @@ def evaluate(model, loader) -> Totals:
     return totals
 
 
-@dataclass
-class RunResult:
-    metrics: pd.DataFrame
-    summary: dict = field(default_factory=dict)
-    skipped: bool = False  # already finished before this call
-    model: torch.nn.Module | None = None  # the trained model (not when skipped)
-
-
 def all_ranks(ctx: distributed.Context, device: torch.device, t: Totals) -> Totals:
     """An epoch's totals over every rank's slice of the data (DDP); unchanged in a single process."""
     loss, correct, count = distributed.sum_all(ctx, [float(t.loss), int(t.correct), t.count], device)
@@ -120,24 +118,31 @@ def load_run_data(run: RunConfig, device: torch.device, seed: int):
     return train_loader, test_loader, spec
 
 
-def train_run(run: RunConfig, member: Member, run_dir: Path, console: Console | None = None,
-              state: dict | None = None) -> RunResult:
-    """Train `member` as `run` says, from the checkpoint `state` when resuming. After every epoch:
-    metrics.parquet and checkpoint.pt; at the end model.pt and summary.parquet (and the checkpoint goes).
-    Under torchrun every rank trains its slice of each batch and only rank 0 writes or prints."""
+def run_training(job: Job, console: Console | None = None, restart: bool = False) -> RunResult:
+    """Train `job` in its run folder, resuming from its checkpoint if there is one (`restart`: discard
+    it and start over). A finished run is read back instead of retrained (lifecycle.start)."""
+    opened = lifecycle.start(job, console, restart)
+    if isinstance(opened, RunResult):
+        return opened
+    with opened as run:
+        return train_run(run)
+
+
+def train_run(run: lifecycle.Run) -> RunResult:
+    """Train the opened `run` from its checkpoint, if any. Under torchrun every rank trains its slice
+    of each batch (DDP); the run (lifecycle.py) writes and prints on rank 0 only."""
     ctx = distributed.from_env()
-    console = (console or Console(stderr=True)) if ctx.is_main else Console(stderr=True, quiet=True)
-    device = resolve_device(distributed.device_for(ctx, run.device))
-    hardware.setup(device, (state or {}).get("threads"))
-    distributed.init(ctx, device, run.optim.batch_size)
+    device = resolve_device(distributed.device_for(ctx, run.job.run.device))
+    hardware.setup(device, (run.state or {}).get("threads"))
+    distributed.init(ctx, device, run.job.run.optim.batch_size)
     try:
-        return _train(run, member, run_dir, console, state, ctx, device)
+        return _train(run, ctx, device)
     finally:
         distributed.close(ctx)
 
 
-def _train(run: RunConfig, member: Member, run_dir: Path, console: Console, state: dict | None,
-           ctx: distributed.Context, device: torch.device) -> RunResult:
+def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device) -> RunResult:
+    run, member, state = opened.job.run, opened.job.member, opened.state
     torch.manual_seed(run.seed)
     train_loader, test_loader, spec = load_run_data(run, device, run.seed)
     train_loader.shard(ctx.rank, ctx.world)
@@ -152,118 +157,28 @@ def _train(run: RunConfig, member: Member, run_dir: Path, console: Console, stat
         if state is not None and state["masks"] is not None:
             masks = Masks(model, state["masks"])  # go on with exactly the masks the run started with
         distributed.check_identical(ctx, masks.state(), "masks")
-        if ctx.is_main and state is None:
-            masks.save(run_dir / results.MASKS_FILE)
+        opened.save_masks(masks)
     opt, sched = make_optimizer(model, run.optim)
-    rows, elapsed, first = [], 0.0, 1
     if state is not None:
         checkpoint.restore(state, model, opt, sched)
-        rows, elapsed, first = list(state["rows"]), state["elapsed"], state["epoch"] + 1
-        console.print(f"resuming {run_dir} after epoch {state['epoch']} of {run.optim.epochs}", soft_wrap=True,
-                      highlight=False)
     # What forward passes go through (DDP, bf16 autocast, compile); `model` stays the plain module the
     # optimiser, masks and saved state refer to.
     net = hardware.accelerate(distributed.wrap(model, ctx, device), device, run.precision, run.compile)
     evaluator = hardware.accelerate(model, device, run.precision)
 
-    status, saved = "finished", first - 1
-    metrics = pd.DataFrame(rows, columns=results.METRICS_COLUMNS)
-    start = time.perf_counter()
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            epochs_task = progress.add_task(run.run_name(), total=run.optim.epochs, completed=first - 1, status="")
-            for epoch in range(first, run.optim.epochs + 1):
-                t0 = time.perf_counter()
-                train_loader.set_epoch(epoch)
-                lr = opt.param_groups[0]["lr"]
-                tr = all_ranks(ctx, device, train_epoch(net, train_loader, opt, masks, progress))
-                te = all_ranks(ctx, device, evaluate(evaluator, test_loader))
-                sched.step()
-                rows.append(dict(epoch=epoch, lr=lr, train_loss=tr.mean_loss, train_acc=tr.acc,
-                                 test_loss=te.mean_loss, test_acc=te.acc, seconds=time.perf_counter() - t0))
-                metrics = pd.DataFrame(rows, columns=results.METRICS_COLUMNS)
-                diverged = not math.isfinite(tr.mean_loss)
-                if ctx.is_main:
-                    results.write_table(metrics, run_dir / results.METRICS_FILE, "metrics")
-                    if not diverged:  # a diverged run is over: nothing to resume
-                        checkpoint.save(run_dir / checkpoint.FILENAME, identity=run.identity(), epoch=epoch,
-                                        rows=rows, elapsed=elapsed + time.perf_counter() - start, model=model,
-                                        optimizer=opt, scheduler=sched,
-                                        masks=masks.state() if masks is not None else None)
-                saved = epoch
-                best = metrics.test_acc.max()
-                progress.update(epochs_task, advance=1,
-                                status=f"train {tr.acc:.1%}  test {te.acc:.1%}  best {best:.1%}  loss {tr.mean_loss:.3f}")
-                if diverged:
-                    status = "diverged"
-                    console.print(f"[red]training loss is {tr.mean_loss} in epoch {epoch}: stopping this run "
-                                  f"(status diverged)[/red]", soft_wrap=True)
-                    break
-    except KeyboardInterrupt:
-        if not saved:
-            raise Interrupted("interrupted before the first epoch ended; run the same command again to start") from None
-        raise Interrupted(f"interrupted: epochs 1-{saved} of {run.optim.epochs} are saved in "
-                          f"{run_dir / checkpoint.FILENAME}; run the same command again to resume") from None
+    def step(epoch: int, progress) -> tuple[float, list[EpochTotals]]:
+        train_loader.set_epoch(epoch)
+        lr = opt.param_groups[0]["lr"]
+        tr = all_ranks(ctx, device, train_epoch(net, train_loader, opt, masks, progress))
+        te = all_ranks(ctx, device, evaluate(evaluator, test_loader))
+        sched.step()
+        return lr, [EpochTotals(tr.mean_loss, tr.acc, te.mean_loss, te.acc)]
 
-    distributed.check_identical(ctx, dict(model.named_parameters()), "weights")
-    summary = summary_row(run, member, metrics, status, elapsed + time.perf_counter() - start)
-    if ctx.is_main:
-        finish(run_dir, model, summary)
-    return RunResult(metrics, summary, model=model)
+    def snapshot(_) -> dict:
+        return dict(model=model, optimizer=opt, scheduler=sched, masks=masks.state() if masks is not None else None)
 
+    def trained(_) -> torch.nn.Module:
+        distributed.check_identical(ctx, dict(model.named_parameters()), "weights")
+        return model
 
-def summary_row(run: RunConfig, member: Member, metrics: pd.DataFrame, status: str, wall_seconds: float) -> dict:
-    """The run's one summary row (also made by the batched family trainer)."""
-    return dict(
-        dataset=run.dataset.name, model=run.model.name, method=run.method.name, width=run.width,
-        base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
-        connectivity=member.connectivity, seed=run.seed, epochs=len(metrics), status=status,
-        best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
-        best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
-        wall_seconds=wall_seconds, activation=run.model.activation, distribution=member.distribution,
-        within=member.within, last_layer_connectivity=run.method.last_layer_connectivity,
-        identity=json.dumps(run.identity(), sort_keys=True),
-    )
-
-
-def finish(run_dir: Path, model: torch.nn.Module, summary: dict) -> None:
-    """model.pt, then summary.parquet, which marks the run as done; then the checkpoint goes."""
-    results.atomic_write(run_dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
-    results.write_table(pd.DataFrame([summary]), run_dir / results.SUMMARY_FILE, "summary")
-    (run_dir / checkpoint.FILENAME).unlink(missing_ok=True)
-
-
-def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None,
-                 restart: bool = False) -> RunResult:
-    """Prepare the run folder (config.yaml) and train, resuming from its checkpoint if there is one
-    (`restart`: discard it and start over). A finished run (summary.parquet present) is read back
-    instead of retrained."""
-    run_dir = run.run_dir
-    summary_path = run_dir / results.SUMMARY_FILE
-    if summary_path.exists():
-        return RunResult(results.read_table(run_dir / results.METRICS_FILE),
-                         results.read_table(summary_path).iloc[0].to_dict(), skipped=True)
-    member = prepare_run(cfg, run, restart)
-    state = None if restart else checkpoint.load(run_dir / checkpoint.FILENAME, run.identity())
-    return train_run(run, member, run_dir, console, state)
-
-
-def prepare_run(cfg: DictConfig, run: RunConfig, restart: bool = False) -> Member:
-    """Plan the member and write the run folder's config.yaml (`restart`: discard its checkpoint).
-    Planning comes first: an impossible member is refused before any data is read or folder made."""
-    member = plan_member(run.model, spec_from_config(run.dataset), run.base_width, run.width, run.method)
-    cfg = cfg.copy()
-    cfg.base_width, cfg.name = run.base_width, run.run_name()
-    run_dir = run.run_dir
-    if distributed.is_main_process():
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if restart:
-                checkpoint.discard(run_dir)
-            checkpoint.remove_stale_temporaries(run_dir)
-            results.write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / results.CONFIG_FILE)
-        except OSError as e:
-            raise UserError(f"cannot write to output folder {run_dir}: {e.strerror or e}") from None
-    return member
+    return lifecycle.drive([opened], run.run_name(), step, snapshot, trained)[0]

@@ -1,0 +1,368 @@
+"""A run's lifecycle: the one owner of a run folder's files and states.
+
+Single (train.py) and batched (family.py) training only compute each member's per-epoch totals; this
+module does everything else, the same way for both:
+
+    start   finished already? (read back, or refused if its settings differ) -> claim the folder
+            (claims.py; wait while a live process elsewhere holds it) -> config.yaml -> checkpoint
+    drive   the epoch loop: progress display, metrics rows and metrics.parquet, the per-epoch
+            checkpoint, divergence (status diverged), the Ctrl-C message
+    finish  model.pt, then summary.parquet (which marks the run done); the checkpoint and claim go
+
+Under torchrun every rank drives the loop and only rank 0 writes, prints or claims.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import threading
+import time
+import typing
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from widen_cli import checkpoint, claims, distributed, results
+from widen_cli.config import RunConfig
+from widen_cli.errors import Interrupted, UserError
+from widen_cli.jobs import Job
+
+POLL_SECONDS = 1.0  # how often a run claimed elsewhere is checked while waiting for it
+
+
+@dataclass
+class RunResult:
+    metrics: pd.DataFrame
+    summary: dict = field(default_factory=dict)
+    skipped: bool = False  # already finished before this call
+    model: torch.nn.Module | None = None  # the trained model (not when skipped)
+
+
+@dataclass(frozen=True)
+class EpochTotals:
+    """One member's numbers for one epoch: all a trainer hands over."""
+
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+
+
+# ---------------------------------------------------------------- identity
+
+def _normal(d: dict) -> dict:
+    return json.loads(json.dumps(d, sort_keys=True))  # tuples as lists, keys sorted: comparable
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def differences(here: dict, there: dict, where: Path) -> list[str]:
+    """The settings in which two identities differ, e.g. `optim.epochs: 400 here, 10 in runs/x`."""
+    a, b = _flat(_normal(here)), _flat(_normal(there))
+    return [f"{k}: {a.get(k, 'unset')} here, {b.get(k, 'unset')} in {where}"
+            for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+def config_identity(data: dict) -> dict | None:
+    """The identity of the run a config.yaml describes (this version's, or an older Hydra dump: keys
+    this version does not know are ignored); None when it is not a run config."""
+    hints = typing.get_type_hints(RunConfig)
+    kwargs = {}
+    for f in dataclasses.fields(RunConfig):
+        value = data.get(f.name, f.default)
+        cls = hints[f.name]
+        if dataclasses.is_dataclass(cls) and isinstance(value, dict):
+            known = {g.name for g in dataclasses.fields(cls)}
+            try:
+                value = cls(**{k: v for k, v in value.items() if k in known})
+            except TypeError:
+                return None
+        kwargs[f.name] = value
+    try:
+        return RunConfig(**kwargs).identity()
+    except (TypeError, AttributeError):
+        return None
+
+
+def stored_identity(summary: dict, run_dir: Path) -> dict | None:
+    """A finished run's identity: its summary's, else (older runs) its config.yaml's."""
+    if isinstance(summary.get("identity"), str):
+        return json.loads(summary["identity"])
+    try:
+        return config_identity(yaml.safe_load((run_dir / results.CONFIG_FILE).read_text()) or {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+
+
+def finished(job: Job) -> RunResult | None:
+    """The run's result read back if it has finished; refused if it finished with other settings."""
+    path = job.run_dir / results.SUMMARY_FILE
+    if not path.exists():
+        return None
+    summary = results.read_table(path).iloc[0].to_dict()
+    stored = stored_identity(summary, job.run_dir)
+    diffs = differences(job.run.identity(), stored, job.run_dir) if stored is not None else []
+    if diffs:
+        raise UserError(f"{job.run_dir} holds a finished run with other settings ({'; '.join(diffs)}); "
+                        f"choose another --name or --out, or delete the folder to retrain it")
+    return RunResult(results.read_table(job.run_dir / results.METRICS_FILE), summary, skipped=True)
+
+
+# ---------------------------------------------------------------- start
+
+def start(job: Job, console: Console | None = None, restart: bool = False, wait: bool = True):
+    """Open `job`'s run folder for training: a Run (claimed, config.yaml written, its checkpoint loaded
+    unless `restart`), or a RunResult when it has finished already. A run claimed by a live process
+    elsewhere is waited for (`wait=False`: None is returned instead)."""
+    main = distributed.is_main_process()
+    console = (console or Console(stderr=True)) if main else Console(stderr=True, quiet=True)
+    announced = False
+    while True:
+        done = finished(job)
+        if done is not None:
+            return done
+        if not main:  # rank 0 holds the claim for every rank
+            return Run(job, console, None, main).prepare(restart)
+        try:
+            claim = claims.acquire(job.run_dir)
+        except OSError as e:
+            raise UserError(f"cannot write to output folder {job.run_dir}: {e.strerror or e}") from None
+        if isinstance(claim, claims.Claim):
+            if (job.run_dir / results.SUMMARY_FILE).exists():  # it finished while we claimed it
+                claim.release()
+                continue
+            return Run(job, console, claim, main).prepare(restart)
+        if not wait:
+            return None
+        if not announced:
+            console.print(f"waiting for {job.run_dir}: {claim} is training it", highlight=False, soft_wrap=True)
+            announced = True
+        _wait_while_claimed(job.run_dir)
+
+
+def _wait_while_claimed(run_dir: Path) -> None:
+    """Until the run has finished, or its claim is released or stale."""
+    while not (run_dir / results.SUMMARY_FILE).exists():
+        holder = claims.read(run_dir / results.CLAIM_FILE)
+        if holder is None or holder.stale:
+            return
+        time.sleep(POLL_SECONDS)
+
+
+# ---------------------------------------------------------------- one run
+
+class Run:
+    """A claimed run folder being trained. A context manager: leaving it releases the claim."""
+
+    def __init__(self, job: Job, console: Console, claim: claims.Claim | None, main: bool):
+        self.job, self.dir, self.console, self.claim, self.main = job, job.run_dir, console, claim, main
+        self.state: dict | None = None  # the checkpoint resumed from
+        self.rows: list[dict] = []
+        self.first, self.saved, self.elapsed = 1, 0, 0.0  # first epoch to train, last one saved, time so far
+        self.status = "finished"
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self.claim is not None:
+            self.claim.release()
+
+    def prepare(self, restart: bool) -> Run:
+        """config.yaml, and the checkpoint to resume from (`restart`: discard it instead)."""
+        try:
+            return self._prepare(restart)
+        except BaseException:
+            self.release()
+            raise
+
+    def _prepare(self, restart: bool) -> Run:
+        run = self.job.run
+        if self.main:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                if restart:
+                    checkpoint.discard(self.dir)
+                checkpoint.remove_stale_temporaries(self.dir)
+                config = _normal(dataclasses.asdict(dataclasses.replace(run, name=run.run_name())))
+                results.write_text(yaml.safe_dump(config, sort_keys=False), self.dir / results.CONFIG_FILE)
+            except OSError as e:
+                raise UserError(f"cannot write to output folder {self.dir}: {e.strerror or e}") from None
+        path = self.dir / checkpoint.FILENAME
+        self.state = None if restart else checkpoint.load(path)
+        if self.state is None:
+            return self
+        diffs = differences(run.identity(), json.loads(self.state["identity"]), path)
+        if diffs:
+            raise UserError(f"checkpoint {path} was written by a run with a different config ({'; '.join(diffs)}); "
+                            f"pass --restart to discard it and start the run over (or choose another --name)")
+        self.rows, self.elapsed = list(self.state["rows"]), self.state["elapsed"]
+        self.saved = self.state["epoch"]
+        self.first = self.saved + 1
+        return self
+
+    def announce(self) -> None:
+        """One line as training starts (what a log of several processes is checked against)."""
+        epochs = self.job.run.optim.epochs
+        self.console.print(f"resuming {self.dir} after epoch {self.saved} of {epochs}" if self.state is not None
+                           else f"training {self.dir} ({epochs} epochs)", highlight=False, soft_wrap=True)
+
+    def save_masks(self, masks) -> None:
+        """masks.pt, when the run starts (a resumed run goes on with its checkpoint's masks)."""
+        if masks is not None and self.main and self.state is None:
+            masks.save(self.dir / results.MASKS_FILE)
+
+    def metrics(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=results.METRICS_COLUMNS)
+
+    def record(self, epoch: int, lr: float, t: EpochTotals, seconds: float, elapsed: float,
+               snapshot: Callable[[], dict]) -> bool:
+        """An epoch's row and checkpoint (snapshot(): its model, optimizer, scheduler and masks state).
+        False when the training loss stopped being finite: the run is over, with status diverged."""
+        self.rows.append(dict(epoch=epoch, lr=lr, train_loss=t.train_loss, train_acc=t.train_acc,
+                              test_loss=t.test_loss, test_acc=t.test_acc, seconds=seconds))
+        diverged = not math.isfinite(t.train_loss)
+        if self.main:
+            results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics")
+            if not diverged:  # a diverged run is over: nothing to resume
+                checkpoint.save(self.dir / checkpoint.FILENAME, identity=self.job.run.identity(), epoch=epoch,
+                                rows=self.rows, elapsed=self.elapsed + elapsed, **snapshot())
+        if diverged:
+            self.status = "diverged"
+            self.console.print(f"[red]{self.job.run.run_name()}: training loss is {t.train_loss} in epoch {epoch}: "
+                               f"stopping this run (status diverged)[/red]", soft_wrap=True)
+            return False
+        self.saved = epoch
+        return True
+
+    def finish(self, model: torch.nn.Module, elapsed: float) -> RunResult:
+        """model.pt, then summary.parquet, which marks the run as done; then the checkpoint and claim go."""
+        metrics = self.metrics()
+        summary = summary_row(self.job, metrics, self.status, self.elapsed + elapsed)
+        if self.main:
+            results.atomic_write(self.dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
+            results.write_table(pd.DataFrame([summary]), self.dir / results.SUMMARY_FILE, "summary")
+            (self.dir / checkpoint.FILENAME).unlink(missing_ok=True)
+        self.release()
+        return RunResult(metrics, summary, model=model)
+
+
+def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: float) -> dict:
+    run, member = job.run, job.member
+    return dict(
+        dataset=run.dataset.name, model=run.model.name, method=run.method.name, width=run.width,
+        base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
+        connectivity=member.connectivity, seed=run.seed, epochs=len(metrics), status=status,
+        best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
+        best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
+        wall_seconds=wall_seconds, activation=run.model.activation, distribution=member.distribution,
+        within=member.within,
+        last_layer_connectivity=run.method.last_layer_connectivity if run.method.name == "sparse" else None,
+        identity=json.dumps(run.identity(), sort_keys=True),
+    )
+
+
+# ---------------------------------------------------------------- the epoch loop
+
+COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+           TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
+
+
+def drive(runs: list[Run], title: str, step: Callable[[int, Progress], tuple[float, list[EpochTotals]]],
+          snapshot: Callable[[int], dict], model_of: Callable[[int], torch.nn.Module]) -> list[RunResult]:
+    """Train runs that start at the same epoch together: step(epoch, progress) trains one epoch of all
+    of them and returns the learning rate and each run's totals; snapshot(i) is run i's checkpoint
+    state and model_of(i) its trained model. Times (seconds, wall_seconds) are the batch's divided
+    by its number of runs. A run that diverges finishes there; the others go on."""
+    first, epochs = runs[0].first, runs[0].job.run.optim.epochs
+    assert all(r.first == first for r in runs), "runs driven together start at the same epoch"
+    n, out = len(runs), [None] * len(runs)
+    for run in runs:
+        run.announce()
+    start = time.perf_counter()
+
+    def elapsed() -> float:
+        return (time.perf_counter() - start) / n
+
+    try:
+        with Progress(*COLUMNS, console=runs[0].console, transient=False) as progress:
+            task = progress.add_task(title, total=epochs, completed=first - 1, status="")
+            for epoch in range(first, epochs + 1):
+                t0 = time.perf_counter()
+                lr, totals = step(epoch, progress)
+                seconds = (time.perf_counter() - t0) / n
+                with _interrupts_deferred():
+                    for i, run in enumerate(runs):
+                        if out[i] is None and not run.record(epoch, lr, totals[i], seconds, elapsed(),
+                                                             lambda: snapshot(i)):
+                            out[i] = run.finish(model_of(i), elapsed())
+                progress.update(task, advance=1, status=_status(runs, totals, out))
+                if all(o is not None for o in out):
+                    break
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted([r for r, o in zip(runs, out) if o is None])) from None
+    return [o if o is not None else run.finish(model_of(i), elapsed()) for i, (run, o) in enumerate(zip(runs, out))]
+
+
+@contextmanager
+def _interrupts_deferred():
+    """Ctrl-C or SIGTERM while an epoch is being recorded takes effect once every run has recorded it,
+    so that the checkpoints and the interrupt message agree on what is saved."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if caught:
+            signal.raise_signal(caught[0])  # now handled as it would have been
+
+
+def _status(runs: list[Run], totals: list[EpochTotals], out: list) -> str:
+    best = max(r["test_acc"] for run in runs for r in run.rows)
+    if len(runs) == 1:
+        t = totals[0]
+        return f"train {t.train_acc:.1%}  test {t.test_acc:.1%}  best {best:.1%}  loss {t.train_loss:.3f}"
+    return f"{sum(o is None for o in out)}/{len(runs)} members  best test {best:.1%}"
+
+
+def interrupted(runs: list[Run]) -> str:
+    """The Ctrl-C message: the epochs each unfinished run really has in its checkpoint."""
+    again = "run the same command again to resume"
+    if not runs:
+        return f"interrupted; {again}"
+    epochs = runs[0].job.run.optim.epochs
+    if len(runs) == 1:
+        run = runs[0]
+        if not run.saved:
+            return "interrupted before the first epoch ended; run the same command again to start"
+        return f"interrupted: epochs 1-{run.saved} of {epochs} are saved in {run.dir / checkpoint.FILENAME}; {again}"
+    by_saved: dict[int, list[str]] = {}
+    for run in runs:
+        by_saved.setdefault(run.saved, []).append(run.dir.name)
+    parts = []
+    for saved, names in sorted(by_saved.items(), reverse=True):
+        who = f"each of the {len(names)} members" if len(by_saved) == 1 else ", ".join(names)
+        parts.append(f"epochs 1-{saved} of {epochs} are saved for {who}" if saved else f"no epoch is saved for {who}")
+    return f"interrupted: {'; '.join(parts)} (in {runs[0].dir.parent}); {again}"
