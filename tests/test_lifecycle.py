@@ -72,7 +72,7 @@ def test_finished_run_from_before_summary_identities_is_compared_by_its_config(t
     # As earlier versions left it: no identity in the summary, config.yaml a Hydra dump.
     old_columns = results.SUMMARY_COLUMNS[:results.SUMMARY_COLUMNS.index("wall_seconds") + 1]
     summary = pd.read_parquet(folder / results.SUMMARY_FILE)
-    results.write_table(summary, folder / results.SUMMARY_FILE, old_columns)
+    summary[old_columns].to_parquet(folder / results.SUMMARY_FILE, index=False)  # no kind metadata either
     cfg, run = config.load(["width=16", "optim.epochs=2", f"out={tmp_path}", "name=old"])
     cfg.base_width = run.base_width
     (folder / results.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
