@@ -15,6 +15,7 @@ from widen_cli.budget import plan_member
 from widen_cli.cli import app
 from widen_cli.config import MethodConfig, ModelConfig, load
 from widen_cli.errors import UserError
+from widen_cli.jobs import make_job
 from widen_cli.models import InputSpec, build_model, weight_layers
 from widen_cli.sparsity import draw_masks, sparsify
 from widen_cli.train import Totals, make_optimizer, run_training, train_epoch
@@ -31,11 +32,12 @@ TINY = ["dataset=synthetic", "model=mlp", "dataset.channels=1", "dataset.image_s
 
 def train_both(tmp_path, overrides: list[str], members: list[tuple[int, int]]):
     """Train (width, seed) members as one batch and each alone; return pairs of RunResults and runs."""
-    batch = [load([*overrides, f"width={w}", f"seed={s}", f"out={tmp_path / 'batched'}"]) for w, s in members]
-    batched = family.train_family(batch, QUIET)
-    alone = [run_training(*load([*overrides, f"width={w}", f"seed={s}", f"out={tmp_path / 'alone'}"]), QUIET)
+    batch = [make_job(load([*overrides, f"width={w}", f"seed={s}", f"out={tmp_path / 'batched'}"])[1])
              for w, s in members]
-    return [(run, a, b) for (_, run), a, b in zip(batch, alone, batched)]
+    batched = family.train_family(batch, QUIET)
+    alone = [run_training(make_job(load([*overrides, f"width={w}", f"seed={s}", f"out={tmp_path / 'alone'}"])[1]),
+                          QUIET) for w, s in members]
+    return [(job.run, a, b) for job, a, b in zip(batch, alone, batched)]
 
 
 def assert_same_run(run, alone, batched, tmp_path):

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
@@ -35,6 +34,7 @@ from widen_cli.budget import Member
 from widen_cli.config import RunConfig
 from widen_cli.data import TensorLoader
 from widen_cli.errors import Interrupted
+from widen_cli.jobs import Job
 from widen_cli.models import InputSpec, build_model
 from widen_cli.models.mlp import MLP, NTKLinear
 from widen_cli.sparsity import sparsify
@@ -315,7 +315,7 @@ def describe(runs: list[RunConfig]) -> str:
             f"{','.join(map(str, widths))}, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}")
 
 
-def train_family(items: list[tuple[DictConfig, RunConfig]], console: Console | None = None) -> list[RunResult]:
+def train_family(jobs: list[Job], console: Console | None = None) -> list[RunResult]:
     """Train runs that share a `batch_key` together; each writes config.yaml, masks.pt (sparse),
     metrics.parquet and checkpoint.pt (every epoch), model.pt and summary.parquet to its own folder, as
     `train.run_training` does. A member's checkpoint is a single run's, so an interrupted member
@@ -325,9 +325,10 @@ def train_family(items: list[tuple[DictConfig, RunConfig]], console: Console | N
     A member whose loss stops being finite stops there with status `diverged`; the others go on.
     """
     console = console or Console(stderr=True)
-    runs = [run for _, run in items]
+    runs, members = [job.run for job in jobs], [job.member for job in jobs]
     assert len({batch_key(r) for r in runs}) == 1 and batch_key(runs[0]) is not None, "not one batch"
-    members = [prepare_run(cfg, run) for cfg, run in items]
+    for job in jobs:
+        prepare_run(job)
     stack = build(runs, members)
     for run, mk in zip(runs, stack.masks):
         if mk is not None:

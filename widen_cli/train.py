@@ -12,16 +12,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from widen_cli import checkpoint, distributed, hardware, results
-from widen_cli.budget import Member, plan_member
-from widen_cli.config import OptimConfig, RunConfig
+from widen_cli.budget import Member
+from widen_cli.config import OptimConfig, RunConfig, to_yaml
 from widen_cli.data import load_data, spec_from_config
 from widen_cli.errors import Interrupted, UserError
 from widen_cli.hardware import resolve_device
+from widen_cli.jobs import Job
 from widen_cli.models import build_model, weight_layers
 from widen_cli.sparsity import Masks, sparsify
 
@@ -232,35 +232,29 @@ def finish(run_dir: Path, model: torch.nn.Module, summary: dict) -> None:
     (run_dir / checkpoint.FILENAME).unlink(missing_ok=True)
 
 
-def run_training(cfg: DictConfig, run: RunConfig, console: Console | None = None,
-                 restart: bool = False) -> RunResult:
-    """Prepare the run folder (config.yaml) and train, resuming from its checkpoint if there is one
-    (`restart`: discard it and start over). A finished run (summary.parquet present) is read back
-    instead of retrained."""
-    run_dir = run.run_dir
+def run_training(job: Job, console: Console | None = None, restart: bool = False) -> RunResult:
+    """Prepare the run folder (config.yaml) and train the planned member, resuming from its checkpoint
+    if there is one (`restart`: discard it and start over). A finished run (summary.parquet present) is
+    read back instead of retrained."""
+    run, run_dir = job.run, job.run_dir
     summary_path = run_dir / results.SUMMARY_FILE
     if summary_path.exists():
         return RunResult(results.read_table(run_dir / results.METRICS_FILE),
                          results.read_table(summary_path).iloc[0].to_dict(), skipped=True)
-    member = prepare_run(cfg, run, restart)
+    prepare_run(job, restart)
     state = None if restart else checkpoint.load(run_dir / checkpoint.FILENAME, run.identity())
-    return train_run(run, member, run_dir, console, state)
+    return train_run(run, job.member, run_dir, console, state)
 
 
-def prepare_run(cfg: DictConfig, run: RunConfig, restart: bool = False) -> Member:
-    """Plan the member and write the run folder's config.yaml (`restart`: discard its checkpoint).
-    Planning comes first: an impossible member is refused before any data is read or folder made."""
-    member = plan_member(run.model, spec_from_config(run.dataset), run.base_width, run.width, run.method)
-    cfg = cfg.copy()
-    cfg.base_width, cfg.name = run.base_width, run.run_name()
-    run_dir = run.run_dir
+def prepare_run(job: Job, restart: bool = False) -> None:
+    """Write the run folder's config.yaml from the validated RunConfig (`restart`: discard its checkpoint)."""
+    run_dir = job.run_dir
     if distributed.is_main_process():
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             if restart:
                 checkpoint.discard(run_dir)
             checkpoint.remove_stale_temporaries(run_dir)
-            results.write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / results.CONFIG_FILE)
+            results.write_text(to_yaml(job.run), run_dir / results.CONFIG_FILE)
         except OSError as e:
             raise UserError(f"cannot write to output folder {run_dir}: {e.strerror or e}") from None
-    return member
