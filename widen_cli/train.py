@@ -30,7 +30,7 @@ BATCH_BAR_MIN = 50
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig):
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = hardware.EagerSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.schedule == "multistep":
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), gamma=cfg.gamma)
     elif cfg.schedule == "cosine":
