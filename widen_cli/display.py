@@ -10,6 +10,14 @@ from rich.table import Table
 from widen_cli import results
 
 
+def _columns(title: str, columns: tuple[str, ...], **kw) -> Table:
+    """A table of right-aligned number columns under a bold header."""
+    table = Table(title=title, header_style="bold", **kw)
+    for col in columns:
+        table.add_column(col, justify="right")
+    return table
+
+
 def summary(console: Console, s: dict, run_dir: Path) -> None:
     table = Table(title=f"[bold]{run_dir}[/bold]", show_header=False, box=None)
     table.add_column(style="dim")
@@ -26,10 +34,8 @@ def summary(console: Console, s: dict, run_dir: Path) -> None:
 def plan(console: Console, plan, sweep_dir: Path) -> None:
     import pandas as pd
 
-    table = Table(title=f"[bold]plan: {sweep_dir}[/bold]", header_style="bold")
-    for col in ("width", "factor", "method", "connectivity", "n_weights", "n_weights_dense", "deviation",
-                "bottleneck"):
-        table.add_column(col, justify="right")
+    table = _columns(f"[bold]plan: {sweep_dir}[/bold]", ("width", "factor", "method", "connectivity", "n_weights",
+                                                        "n_weights_dense", "deviation", "bottleneck"))
     for r in plan.itertuples():
         method = r.method + (f" (last layer {r.last_layer_connectivity:g})"
                              if pd.notna(r.last_layer_connectivity) else "")
@@ -50,10 +56,9 @@ def plan(console: Console, plan, sweep_dir: Path) -> None:
 
 
 def sweep_results(console: Console, df, sweep_dir: Path) -> None:
-    table = Table(title=f"[bold]results: {sweep_dir / results.RESULTS_FILE}[/bold]", header_style="bold")
-    for col in ("method", "width", "seed", "connectivity", "n_weights", "status", "best_test_acc",
-                "final_train_acc"):
-        table.add_column(col, justify="right")
+    table = _columns(f"[bold]results: {sweep_dir / results.RESULTS_FILE}[/bold]",
+                     ("method", "width", "seed", "connectivity", "n_weights", "status", "best_test_acc",
+                      "final_train_acc"))
 
     def pct(x):
         return f"{x:.2%}" if x == x else "-"  # NaN: a failed run
@@ -70,12 +75,12 @@ def kernel_table(console: Console, df, run_dir: Path) -> None:
     from widen_cli.kernels import DISTANCES
 
     r0 = df.iloc[0]
-    table = Table(title=f"[bold]{run_dir / results.KERNEL_FILE}[/bold]", box=box.SIMPLE_HEAD, pad_edge=False,
-                  caption=f"{r0.n_weights:,} weights, d={r0.input_dim}, {r0.outputs} outputs, {r0.inputs} inputs, "
-                          f"{r0.allocation} allocation, {r0.reference} reference, {r0.pairs:,} pairs x "
-                          f"{r0.inits} inits; * = minimum", header_style="bold")
-    for col in ("width", "p1", "p1*d", "empirical", "s.e.", "Theorem 1", "bias", "eq. (6)", "leading"):
-        table.add_column(col, justify="right")
+    table = _columns(f"[bold]{run_dir / results.KERNEL_FILE}[/bold]",
+                     ("width", "p1", "p1*d", "empirical", "s.e.", "Theorem 1", "bias", "eq. (6)", "leading"),
+                     box=box.SIMPLE_HEAD, pad_edge=False,
+                     caption=f"{r0.n_weights:,} weights, d={r0.input_dim}, {r0.outputs} outputs, {r0.inputs} "
+                             f"inputs, {r0.allocation} allocation, {r0.reference} reference, {r0.pairs:,} pairs x "
+                             f"{r0.inits} inits; * = minimum")
     star = {k: df[f"min_{k}"] & (len(df) > 1) for k in DISTANCES}
     for i, r in enumerate(df.itertuples()):
         mark = {k: "*" if v.iloc[i] else " " for k, v in star.items()}
