@@ -10,13 +10,17 @@
            on CPU. For information also whole epochs, evaluation on 10,000 test images included.
 4. memory  the peak memory of each variant, each run alone in a subprocess (the OS's peak resident
            set of the process, VmHWM; on CUDA also torch's peak allocated memory).
+5. process the whole process (bench/process.py): `widen sweep-width` on the Figure 7 MLP family (7
+           sparse widths, 30 epochs, batch 100, 5,000 MNIST-format images) against a plain PyTorch loop
+           (bench/plain_loop.py) training the same models one at a time, both timed as subprocesses
+           from start to exit. Target >= 3x. 6. the latency of `widen --help` and of a bad option: < 0.5 s.
 
 Timings: a warm-up, then `--rounds` rounds of a fixed number of steps per variant, the variants taking
 turns; each variant's fastest round gives its steps/s (every round is printed). The CIFAR-10 files are
 random images written in the real on-disk format (pickled batches) to a temporary folder. CPU threads:
 as training uses them (WIDEN_THREADS to choose). Not part of the test suite.
 
-    python bench/bench.py [--device cpu|cuda] [--rounds 5] [--only resnet,masks,family] [--no-memory]
+    python bench/bench.py [--device cpu|cuda] [--rounds 5] [--only resnet,masks,family,process] [--no-memory]
 """
 from __future__ import annotations
 
@@ -328,7 +332,10 @@ def machine(device: torch.device) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--only", default="resnet,masks,family", help="comma-separated: resnet, masks, family")
+    p.add_argument("--only", default="resnet,masks,family,process",
+                   help="comma-separated: resnet, masks, family, process")
+    p.add_argument("--process-epochs", type=int, default=30, help="epochs of the whole-process benchmark")
+    p.add_argument("--process-rounds", type=int, default=1, help="rounds of the whole-process benchmark")
     p.add_argument("--resnet-steps", type=int, default=3, help="steps per round, ResNet benchmarks")
     p.add_argument("--family-steps", type=int, default=50, help="steps per round, MLP family benchmark")
     p.add_argument("--warmup", type=int, default=2, help="steps before timing")
@@ -390,6 +397,11 @@ def main() -> None:
                          "for information), epochs/s",
                          f"{1 / t['family-batched-epochs']:.2f} vs {1 / t['family-one-by-one-epochs']:.2f}",
                          f"{ratio:.2f}x faster", "-", None))
+        if "process" in only:
+            import process
+
+            print("timing the whole process: widen sweep-width against a plain loop ...", flush=True)
+            rows += process.run(data / "process", args.process_epochs, args.process_rounds)
         if not args.no_memory:
             names = [n for n, want in (("resnet-ours-sparse", only & {"resnet", "masks"}),
                                        ("resnet-reference", "resnet" in only),

@@ -1,26 +1,26 @@
-"""Compose `conf/` with Hydra and validate it once into typed, frozen dataclasses."""
+"""Compose `conf/` with Hydra and validate it once into typed, frozen dataclasses.
+
+Hydra is imported only when a command composes: `widen --help` and option errors need none of it.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from typing import TYPE_CHECKING
 
 from widen_cli.budget import DISTRIBUTIONS
 from widen_cli.conf_path import shipped_conf_dir
 from widen_cli.errors import UserError
 
-CONF_DIR = shipped_conf_dir()
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
-DATASETS = ("cifar10", "cifar100", "svhn", "mnist", "imagenet", "imagefolder", "digits", "synthetic")
-MODELS = ("mlp", "resnet18")
-METHODS = ("dense", "sparse", "linear-bottleneck", "nonlinear-bottleneck")
+CONF_DIR = shipped_conf_dir()
+CONFIG_PATH_ENV = "WIDEN_CONFIG_PATH"  # colon-separated folders searched before conf/
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -73,6 +73,13 @@ class OptimConfig:
     gamma: float = 0.1
 
 
+def folder_name(readable: str, identity: dict) -> str:
+    """The one way run, sweep and kernel folders are named: readable parts plus a short hash of the
+    identity, so the same experiment always finds the same folder."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{readable}-{digest}"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     dataset: DatasetConfig
@@ -103,230 +110,288 @@ class RunConfig:
             d["dataset"].pop(k)
         return d
 
+    def family_identity(self) -> dict:
+        """What defines a sweep's family: the identity without width and seed, so a sweep can grow."""
+        ident = self.identity()
+        for k in ("width", "seed"):
+            ident.pop(k)
+        return ident
+
     def run_name(self) -> str:
-        """Readable parts plus a short hash of everything else, so a command always finds its folder."""
         if self.name:
             return self.name
-        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.dataset.name}-{self.model.name}-{self.method.name}-w{self.width}-s{self.seed}-{digest}"
+        return folder_name(f"{self.dataset.name}-{self.model.name}-{self.method.name}-w{self.width}-s{self.seed}",
+                           self.identity())
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out) / self.run_name()
 
 
-def _choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+@dataclass(frozen=True)
+class SubmititConfig:
+    timeout_min: int | None = None
+    slurm_partition: str | None = None
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
 
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """conf/config.yaml's `sweep:` section, read by `widen sweep-width` only."""
+    widths: tuple[int, ...] | None
+    factors: tuple[float, ...] | None
+    seeds: tuple[int, ...]
+    dense_wide: bool
+    connectivity_floor: float
+    last_layer_connectivity: tuple[float | None, ...]
+    batch_members: bool
+    submitit: SubmititConfig
+
+
+# ---------------------------------------------------------------- composing
 
 GROUPS = ("dataset", "model", "method", "optim", "experiment")
 TOP_LEVEL = ("dataset", "model", "method", "optim", "width", "base_width", "seed", "device", "precision", "compile",
              "out", "name", "sweep")
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def config_dirs(extra: list[Path] | tuple = ()) -> list[Path]:
+    """Where configs are looked for, first match wins: --config-dir folders, then WIDEN_CONFIG_PATH's,
+    then the package's conf/."""
+    env = [Path(p) for p in os.environ.get(CONFIG_PATH_ENV, "").split(":") if p]
+    dirs = [Path(d).expanduser().resolve() for d in (*extra, *env)]
+    for d in dirs:
+        if not d.is_dir():
+            raise UserError(f"config folder {d} does not exist (from --config-dir or {CONFIG_PATH_ENV})")
+    return [*dirs, CONF_DIR]
+
+
+def choices(group: str, dirs: list[Path] | tuple = ()) -> list[str]:
+    """The names a config group accepts: its *.yaml files in every config folder."""
+    return sorted({p.stem for d in (*dirs, CONF_DIR) for p in (Path(d) / group).glob("*.yaml")})
+
+
+def _compose(overrides: list[str], dirs: list[Path]) -> DictConfig:
+    from hydra import compose, initialize_config_dir  # ~0.2 s: only for commands that compose
+
+    extra = [d for d in dirs if d != CONF_DIR]
+    search = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in extra)}]"] if extra else []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=[*search, *overrides])
 
 
-def _unknown_key(key: str, overrides: list[str]) -> str:
+def _unknown_key(key: str, overrides: list[str], dirs: list[Path]) -> str:
     """The message for an override of a key that does not exist: the keys that do, where it was looked for."""
+    from omegaconf import DictConfig, OmegaConf
+
     parent = key.rpartition(".")[0]
     if not parent:
         return f"unknown config key {key!r}; valid keys at the top level: {', '.join(TOP_LEVEL)}"
     groups = [o for o in overrides if o.lstrip("+").split("=", 1)[0] in GROUPS]
-    node = OmegaConf.select(_compose(groups), parent)
+    node = OmegaConf.select(_compose(groups, dirs), parent)
     if not isinstance(node, DictConfig):
         return f"unknown config key {key!r} ({parent} is a value, not a group of keys)"
     return f"unknown config key {key!r}; valid keys under {parent}: {', '.join(node.keys())}"
 
 
-def compose_config(overrides: list[str] = ()) -> DictConfig:
+def compose_config(overrides: list[str] = (), extra_dirs: list[Path] | tuple = ()) -> DictConfig:
     """Compose conf/config.yaml with Hydra overrides; user mistakes become UserError."""
-    overrides = list(overrides)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides, dirs = list(overrides), config_dirs(extra_dirs)
     for o in overrides:
         key = o.lstrip("+~").split("=", 1)[0]
         if "=" not in o and not o.startswith("~"):
             raise UserError(f"override {o!r} is not of the form key=value")
-        for group in GROUPS:
-            if key == group and "=" in o and o.split("=", 1)[1] not in _choices(group):
-                raise UserError(
-                    f"unknown {group} {o.split('=', 1)[1]!r}; valid: {', '.join(_choices(group))}"
-                )
+        if key in GROUPS and "=" in o and o.split("=", 1)[1] not in choices(key, dirs):
+            raise UserError(f"unknown {key} {o.split('=', 1)[1]!r}; valid: {', '.join(choices(key, dirs))}")
     try:
-        return _compose(overrides)
+        return _compose(overrides, dirs)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         first = str(e).strip().splitlines()[0]
         unknown = re.match(r"Could not override '([^']+)'", first)
         if unknown:
-            raise UserError(_unknown_key(unknown.group(1), overrides)) from None
+            raise UserError(_unknown_key(unknown.group(1), overrides, dirs)) from None
         raise UserError(f"bad override: {first}") from None
 
 
-def _build(cls, node: DictConfig):
-    data = OmegaConf.to_container(node, resolve=True)
-    known = [f.name for f in fields(cls)]
-    for k, v in list(data.items()):
+# The command-line options that are config keys (train and sweep-width share them); other options are not.
+OPTION_KEYS = {
+    "dataset": "dataset", "model": "model", "method": "method", "width": "width", "base_width": "base_width",
+    "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr", "device": "device",
+    "precision": "precision", "compile_model": "compile", "data_root": "dataset.root",
+    "download": "dataset.download", "image_size": "dataset.image_size", "subset": "dataset.subset", "seed": "seed",
+    "out": "out", "name": "name", "distribution": "method.distribution",
+    "skip_bad_images": "++dataset.skip_bad_images",  # ++: accepted (and unused) by datasets without the key
+}
+QUOTED = ("name", "out", "dataset.root")
+
+
+def overrides_from_options(experiment: str | None, options: dict, extra: list[str] | None) -> list[str]:
+    """The options that were given (of OPTION_KEYS; others are ignored) as Hydra overrides: the preset
+    first, then options, then trailing overrides."""
+    overrides = [f"+experiment={experiment}"] if experiment else []
+    for option, key in OPTION_KEYS.items():
+        value = options.get(option)
+        if value is None or value is False:
+            continue
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif key in QUOTED and "'" not in str(value):
+            value = f"'{value}'"  # a name or path stays a string: --name nan, --out "my runs"
+        overrides.append(f"{key}={value}")
+    return overrides + list(extra or [])
+
+
+# ---------------------------------------------------------------- validating
+
+# Smallest value of integer keys; every other value is checked against its dataclass field's type.
+MINIMUM = {"width": 1, "base_width": 1, "seed": 0, "optim.epochs": 1, "optim.batch_size": 1, "dataset.subset": 1,
+           "dataset.image_size": 1, "dataset.channels": 1, "dataset.num_classes": 1, "dataset.train_size": 1,
+           "dataset.test_size": 1, "dataset.data_seed": 0, "dataset.workers": 0, "model.hidden_layers": 1,
+           "sweep.seeds": 0, "sweep.widths": 1}
+KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "None": "null"}
+
+
+def _split(annotation: str) -> list[str]:
+    """'tuple[float | None, ...] | None' -> ['tuple[float | None, ...]', 'None'] (top-level | only)."""
+    parts, depth, cur = [], 0, ""
+    for ch in annotation:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "|" and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur.strip()]
+
+
+def _describe(kinds: list[str], key: str) -> str:
+    words = []
+    for k in kinds:
+        if k.startswith("tuple["):
+            words.append(f"a list of ({_describe(_split(k[6:-1].rsplit(',', 1)[0]), key)})")
+        elif k == "int" and key in MINIMUM:
+            words.append(f"an integer >= {MINIMUM[key]}")
+        else:
+            words.append(KINDS.get(k, k))
+    return " or ".join(words)
+
+
+def _fits(value, kind: str, key: str) -> bool:
+    if kind == "None":
+        return value is None
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool) and value >= MINIMUM.get(key, value)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith("tuple["):
+        inner = _split(kind[6:-1].rsplit(",", 1)[0])
+        return isinstance(value, (list, tuple)) and all(any(_fits(v, k, key) for k in inner) for v in value)
+    raise AssertionError(f"no check for field type {kind}")  # a new field type: add it here
+
+
+def _build(cls, data, key: str):
+    """A dataclass from a plain dict, every value checked against its field's type (one line per mistake)."""
+    if not isinstance(data, dict):
+        raise UserError(f"{key} must be a group of keys ({', '.join(f.name for f in fields(cls))}), got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for k, v in data.items():
+        full = f"{key}.{k}" if key else k
         if k not in known:
-            raise UserError(f"unknown config key {node._get_full_key(k)!r}; valid keys under "
-                            f"{node._get_full_key('')}: {', '.join(known)}")
-        if isinstance(v, list):
-            data[k] = tuple(v)
-    return cls(**data)
+            where = f"under {key}" if key else "at the top level"
+            raise UserError(f"unknown config key {full!r}; valid keys {where}: {', '.join(known)}")
+        ftype = known[k].type
+        if isinstance(ftype, str) and ftype in NESTED:
+            values[k] = _build(NESTED[ftype], v, full)
+            continue
+        kinds = _split(ftype)
+        if not any(_fits(v, kind, full) for kind in kinds):
+            raise UserError(f"{full} must be {_describe(kinds, full)}, got {v!r}")
+        values[k] = tuple(v) if isinstance(v, list) else v
+    missing = [f.name for f in known.values() if f.name not in values and f.default is MISSING
+               and f.default_factory is MISSING]
+    if missing:
+        raise UserError(f"missing value for: {', '.join(f'{key}.{m}' if key else m for m in missing)}")
+    return cls(**values)
 
 
-def validate(cfg: DictConfig) -> RunConfig:
-    """Check the composed config once, at the edge, and freeze it into a RunConfig."""
-    unknown = [k for k in cfg if k not in TOP_LEVEL]
-    if unknown:
-        raise UserError(f"unknown config key {unknown[0]!r}; valid keys at the top level: {', '.join(TOP_LEVEL)}")
+def _plain(cfg: DictConfig, key: str) -> dict:
+    from omegaconf import OmegaConf
+
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         if "dataset.root" in missing:
             raise UserError(f"dataset {cfg.dataset.name} needs --data-root (a folder with train/ and val/)")
         raise UserError(f"missing value for: {', '.join(sorted(missing))}")
     try:
-        ds = _build(DatasetConfig, cfg.dataset)
-        model = _build(ModelConfig, cfg.model)
-        method = _build(MethodConfig, cfg.method)
-        optim = _build(OptimConfig, cfg.optim)
-        top = {k: cfg[k] for k in ("width", "base_width", "seed", "device", "out", "name", "precision", "compile")}
-    except (OmegaConfBaseException, TypeError) as e:
-        raise UserError(f"invalid config: {str(e).splitlines()[0]}") from None
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # noqa: BLE001 - an interpolation that does not resolve
+        raise UserError(f"invalid config under {key or 'the top level'}: {str(e).splitlines()[0]}") from None
 
-    def integer(name, value, minimum):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        return value
 
-    width = integer("width", top["width"], 1)
-    base_width = width if top["base_width"] is None else integer("base_width", top["base_width"], 1)
-    if base_width > width:
-        raise UserError(f"width {width} is below the base width {base_width}; family members have width "
-                        f">= {base_width}")
-    integer("seed", top["seed"], 0)
-    integer("optim.epochs", optim.epochs, 1)
-    integer("optim.batch_size", optim.batch_size, 1)
-    if ds.subset is not None:
-        integer("dataset.subset", ds.subset, 1)
-    integer("dataset.image_size", ds.image_size, 1)
-    integer("model.hidden_layers", model.hidden_layers, 1)
+def validate(cfg: DictConfig) -> RunConfig:
+    """Check the composed config once, at the edge, and freeze it into a RunConfig."""
+    data = _plain(cfg, "")
+    data.pop("sweep", None)
+    if data.get("base_width") is None:
+        data["base_width"] = data.get("width")
+    run = _build(RunConfig, data, "")
+    if run.base_width > run.width:
+        raise UserError(f"width {run.width} is below the base width {run.base_width}; family members have width "
+                        f">= {run.base_width}")
     for key, value, valid in (
-        ("model.activation", model.activation, ("relu", "linear")),
-        ("model.parameterization", model.parameterization, ("standard", "ntk")),
-        ("model.stem", model.stem, ("auto", "cifar", "imagenet")),
-        ("optim.schedule", optim.schedule, ("multistep", "cosine", "constant")),
-        ("optim.name", optim.name, ("sgd",)),
-        ("method.distribution", method.distribution, tuple(DISTRIBUTIONS)),
-        ("method.within", method.within, ("all", "io")),
+        ("model.activation", run.model.activation, ("relu", "linear")),
+        ("model.parameterization", run.model.parameterization, ("standard", "ntk")),
+        ("model.stem", run.model.stem, ("auto", "cifar", "imagenet")),
+        ("optim.schedule", run.optim.schedule, ("multistep", "cosine", "constant")),
+        ("optim.name", run.optim.name, ("sgd",)),
+        ("method.distribution", run.method.distribution, tuple(DISTRIBUTIONS)),
+        ("method.within", run.method.within, ("all", "io")),
+        ("precision", run.precision, PRECISIONS),
     ):
         if value not in valid:
             raise UserError(f"{key} must be one of {', '.join(valid)}, got {value!r}")
-    llc = method.last_layer_connectivity
-    if llc is not None and not (isinstance(llc, (int, float)) and 0 < llc <= 1):
+    llc = run.method.last_layer_connectivity
+    if llc is not None and not 0 < llc <= 1:
         raise UserError(f"method.last_layer_connectivity must be in (0, 1], got {llc}")
-    if not (optim.lr > 0):
-        raise UserError(f"optim.lr must be > 0, got {optim.lr}")
-    if top["precision"] not in PRECISIONS:
-        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {top['precision']!r}")
-    if not isinstance(top["compile"], bool):
-        raise UserError(f"compile must be true or false, got {top['compile']!r}")
-    device = str(top["device"])
-    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
-        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    return RunConfig(
-        dataset=ds, model=model, method=method, optim=optim, width=width, base_width=base_width,
-        seed=top["seed"], device=device, out=str(top["out"]), name=top["name"], precision=top["precision"],
-        compile=top["compile"],
-    )
+    if not run.optim.lr > 0:
+        raise UserError(f"optim.lr must be > 0, got {run.optim.lr}")
+    if run.device not in ("auto", "cpu") and not run.device.startswith("cuda"):
+        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {run.device!r}")
+    return run
 
 
-def load(overrides: list[str] = ()) -> tuple[DictConfig, RunConfig]:
-    cfg = compose_config(overrides)
+def sweep_config(cfg: DictConfig) -> SweepConfig:
+    """The `sweep:` section, checked like the rest."""
+    s = _build(SweepConfig, _plain(cfg.sweep, "sweep"), "sweep")
+    if not 0 < s.connectivity_floor <= 1:
+        raise UserError(f"--connectivity-floor must be in (0, 1], got {s.connectivity_floor}")
+    return s
+
+
+NESTED = {"DatasetConfig": DatasetConfig, "ModelConfig": ModelConfig, "MethodConfig": MethodConfig,
+          "OptimConfig": OptimConfig, "SubmititConfig": SubmititConfig}
+
+
+def load(overrides: list[str] = (), extra_dirs: list[Path] | tuple = ()) -> tuple[DictConfig, RunConfig]:
+    cfg = compose_config(overrides, extra_dirs)
     return cfg, validate(cfg)
 
 
-def dataset_config(name: str, overrides: list[str] = ()) -> DatasetConfig:
-    """One dataset's config from conf/dataset/, for commands that only need data (kernel-distance)."""
-    return validate(compose_config([f"dataset={name}", *overrides])).dataset
+def to_yaml(run: RunConfig) -> str:
+    """config.yaml of a run folder: the validated RunConfig (its folder name filled in), as YAML."""
+    import yaml
 
+    data = json.loads(json.dumps(asdict(run)))  # tuples -> lists
+    data["name"] = run.run_name()
+    return yaml.safe_dump(data, sort_keys=False)
 
-KERNEL_INPUTS = ("gaussian", "mnist", "digits", "cifar10", "cifar100", "svhn", "synthetic")
-
-
-@dataclass(frozen=True)
-class KernelConfig:
-    """`widen kernel-distance`: a one-hidden-layer ReLU family at one weight budget (paper Section 3)."""
-    widths: tuple[int, ...] | None  # None: the Figure 7 widths when they fit, else a geometric range
-    n_weights: int
-    base_width: int | None  # the dense width whose weight count is the budget, when given that way
-    input_dim: int
-    outputs: int
-    inputs: str = "gaussian"
-    allocation: str = "first-layer"
-    reference: int | None = None  # None: the analytic arc-cosine kernel; N: a dense width-N network
-    pairs: int = 10_000
-    inits: int = 10
-    mask_samples: int = 64
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs"
-    name: str | None = None
-
-    def run_name(self) -> str:
-        if self.name:
-            return self.name
-        identity = {k: v for k, v in asdict(self).items() if k not in ("device", "out", "name")}
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
-        return f"kernel-{self.inputs}-{self.allocation}-{self.n_weights}w-s{self.seed}-{digest}"
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out) / self.run_name()
-
-
-def parse_reference(text: str) -> int | None:
-    """`analytic` or `dense:N`."""
-    if text == "analytic":
-        return None
-    kind, _, size = text.partition(":")
-    if kind == "dense" and size.isdigit() and int(size) >= 1:
-        return int(size)
-    raise UserError(f"--reference must be analytic or dense:N with N >= 1 (e.g. dense:10000), got {text!r}")
-
-
-def kernel_config(*, widths: list[int] | None, base_width: int | None, weights: int | None,
-                  input_dim: int | None, outputs: int | None, inputs: str, data_root: str | None = None,
-                  download: bool = False, reference: str = "analytic", **rest) -> tuple[KernelConfig, DatasetConfig | None]:
-    """Validate kernel-distance options into a KernelConfig (and the dataset's config, for real inputs)."""
-    if inputs not in KERNEL_INPUTS:
-        raise UserError(f"unknown --inputs {inputs!r}; valid: {', '.join(KERNEL_INPUTS)}")
-    for key in ("pairs", "inits", "seed", "mask_samples"):
-        minimum = {"seed": 0, "mask_samples": 2}.get(key, 1)
-        value = rest.get(key, KernelConfig.__dataclass_fields__[key].default)
-        if value < minimum:
-            raise UserError(f"--{key.replace('_', '-')} must be >= {minimum}, got {value}")
-    for key, value in (("--width(s)", min(widths) if widths else 1), ("--base-width", base_width),
-                       ("--weights", weights), ("--input-dim", input_dim), ("--outputs", outputs)):
-        if value is not None and value < 1:
-            raise UserError(f"{key} must be >= 1, got {value}")
-    ds = None
-    if inputs != "gaussian":
-        overrides = [f"dataset.root={data_root}"] if data_root is not None else []
-        ds = dataset_config(inputs, overrides + (["dataset.download=true"] if download else []))
-        dim = ds.channels * ds.image_size ** 2
-        if input_dim is not None and input_dim != dim:
-            raise UserError(f"--input-dim {input_dim} does not match {inputs} images ({dim} values each); "
-                            f"leave it out for dataset inputs")
-        input_dim, outputs = dim, outputs or ds.num_classes
-    input_dim, outputs = input_dim or 784, outputs or 10
-    if base_width is not None and weights is not None:
-        raise UserError("give the budget as --base-width or --weights, not both")
-    if weights is None:
-        base_width = base_width or 8  # the paper's Figure 7: width 8 on MNIST, 6,352 weights
-        weights = base_width * (input_dim + outputs)
-    if widths is not None:
-        widths = tuple(sorted(set(widths)))
-    cfg = KernelConfig(widths=widths, n_weights=weights, base_width=base_width, input_dim=input_dim,
-                       outputs=outputs, inputs=inputs, reference=parse_reference(reference), **rest)
-    return cfg, ds

@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from widen_cli.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a function needs it: the CLI asks is_main_process() before torch is loaded.
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ def device_for(ctx: Context, name: str) -> str:
     """Under torchrun each process takes its own GPU, cuda:LOCAL_RANK."""
     if not ctx.enabled or name == "cpu":
         return name
+    import torch
+
     if name not in ("auto", "cuda"):
         raise UserError(f"under torchrun use --device cuda, auto or cpu (each process takes cuda:LOCAL_RANK), "
                         f"got {name!r}")
@@ -58,6 +63,9 @@ def device_for(ctx: Context, name: str) -> str:
 
 def init(ctx: Context, device: torch.device, batch_size: int) -> None:
     """Join the process group: NCCL between GPUs, gloo on the CPU."""
+    import torch
+    import torch.distributed as dist
+
     if not ctx.enabled or dist.is_initialized():
         return
     if batch_size < ctx.world:
@@ -68,6 +76,8 @@ def init(ctx: Context, device: torch.device, batch_size: int) -> None:
 
 
 def close(ctx: Context) -> None:
+    import torch.distributed as dist
+
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -78,6 +88,7 @@ def wrap(model: torch.nn.Module, ctx: Context, device: torch.device) -> torch.nn
     (SyncBatchNorm needs CUDA; on the CPU each rank normalises its own slice)."""
     if not ctx.enabled:
         return model
+    import torch
     from torch.nn.parallel import DistributedDataParallel
 
     if device.type == "cuda":
@@ -90,6 +101,9 @@ def sum_all(ctx: Context, values: list[float], device: torch.device) -> list[flo
     """Element-wise sum over ranks (epoch totals: loss sums, correct counts, sample counts)."""
     if not ctx.enabled:
         return values
+    import torch
+    import torch.distributed as dist
+
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
@@ -99,6 +113,9 @@ def check_identical(ctx: Context, tensors: dict[str, torch.Tensor], what: str) -
     """Fail loudly if `tensors` differ between ranks (masks at the start, weights at the end)."""
     if not ctx.enabled:
         return
+    import torch
+    import torch.distributed as dist
+
     h = hashlib.sha256()
     for name in sorted(tensors):
         h.update(name.encode())

@@ -104,3 +104,16 @@ def accelerate(model: nn.Module, device: torch.device, precision: str = "fp32", 
     if compile:
         net = torch.compile(net)
     return net
+
+
+class EagerSGD(torch.optim.SGD):
+    """torch.optim.SGD, computing exactly the same, without the `torch._dynamo` import its methods do on
+    first use (about 1.7 s: most of a short run's start). torch wraps step, zero_grad and the param-group
+    and state-dict methods to keep its compiler out of them; nothing here compiles an optimizer step (only
+    the model, with --compile), so the wrapped functions are called directly."""
+
+
+for _name in ("step", "zero_grad", "add_param_group", "state_dict", "load_state_dict"):
+    _fn = getattr(getattr(torch.optim.SGD, _name), "__wrapped__", None)
+    if _fn is not None:  # a torch that no longer wraps a method keeps its own (correct, if slower to start)
+        setattr(EagerSGD, _name, torch.no_grad()(_fn) if _name == "step" else _fn)  # step: as torch's wrapper

@@ -43,7 +43,7 @@ SCHEDULES = {"multistep": _multistep, "cosine": _cosine, "constant": _constant}
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig):
     if cfg.schedule not in SCHEDULES:
         raise UserError(f"unknown optim.schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = hardware.EagerSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return opt, SCHEDULES[cfg.schedule](opt, cfg)
 
 

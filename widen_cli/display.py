@@ -1,0 +1,108 @@
+"""The rich tables the commands print: a run's summary, a sweep's plan and results, a kernel-distance
+table and the report's Table 1. Presentation only: every number comes from the tables passed in."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from widen_cli import results
+
+
+def _columns(title: str, columns: tuple[str, ...], **kw) -> Table:
+    """A table of right-aligned number columns under a bold header."""
+    table = Table(title=title, header_style="bold", **kw)
+    for col in columns:
+        table.add_column(col, justify="right")
+    return table
+
+
+def summary(console: Console, s: dict, run_dir: Path) -> None:
+    table = Table(title=f"[bold]{run_dir}[/bold]", show_header=False, box=None)
+    table.add_column(style="dim")
+    table.add_column()
+    for key in ("dataset", "model", "method", "width", "base_width", "n_weights", "connectivity", "epochs",
+                "status", "best_test_acc", "final_test_acc", "final_train_acc", "wall_seconds"):
+        value = s.get(key, "finished") if key == "status" else s[key]  # older summaries have no status
+        text = (f"{value:.2%}" if key.endswith("_acc") else f"{value:,}" if key.startswith("n_weights")
+                else f"{value:.1f} s" if key == "wall_seconds" else str(value))
+        table.add_row(key, text)
+    console.print(table)
+
+
+def plan(console: Console, plan, sweep_dir: Path) -> None:
+    import pandas as pd
+
+    table = _columns(f"[bold]plan: {sweep_dir}[/bold]", ("width", "factor", "method", "connectivity", "n_weights",
+                                                        "n_weights_dense", "deviation", "bottleneck"))
+    for r in plan.itertuples():
+        method = r.method + (f" (last layer {r.last_layer_connectivity:g})"
+                             if pd.notna(r.last_layer_connectivity) else "")
+        table.add_row(str(r.width), f"{r.widening_factor:.2f}", method, f"{r.connectivity:.4f}",
+                      f"{r.n_weights:,}", f"{r.n_weights_dense:,}", f"{r.deviation:+,}",
+                      f"{r.bottleneck_ratio:.3f}" if pd.notna(r.bottleneck_ratio) else "")
+    console.print(table)
+    sparse = plan[plan.method == "sparse"]
+    if len(sparse):
+        kept = Table(title="kept fraction per layer (sparse members)", header_style="bold")
+        kept.add_column("layer")
+        for r in sparse.itertuples():
+            kept.add_column(f"w={r.width}" + (f" last={r.last_layer_connectivity:g}"
+                                               if pd.notna(r.last_layer_connectivity) else ""), justify="right")
+        for i, layer in enumerate(sparse.iloc[0].layers):
+            kept.add_row(layer, *(f"{r.layer_kept_fraction[i]:.3f}" for r in sparse.itertuples()))
+        console.print(kept)
+
+
+def sweep_results(console: Console, df, sweep_dir: Path) -> None:
+    table = _columns(f"[bold]results: {sweep_dir / results.RESULTS_FILE}[/bold]",
+                     ("method", "width", "seed", "connectivity", "n_weights", "status", "best_test_acc",
+                      "final_train_acc"))
+
+    def pct(x):
+        return f"{x:.2%}" if x == x else "-"  # NaN: a failed run
+
+    for r in df.sort_values(["method", "width", "seed"]).itertuples():
+        table.add_row(r.method, str(r.width), str(r.seed), f"{r.connectivity:.4f}", f"{r.n_weights:,}",
+                      r.status, pct(r.best_test_acc), pct(r.final_train_acc))
+    console.print(table)
+
+
+def kernel_table(console: Console, df, run_dir: Path) -> None:
+    from rich import box
+
+    from widen_cli.kernels import DISTANCES
+
+    r0 = df.iloc[0]
+    table = _columns(f"[bold]{run_dir / results.KERNEL_FILE}[/bold]",
+                     ("width", "p1", "p1*d", "empirical", "s.e.", "Theorem 1", "bias", "eq. (6)", "leading"),
+                     box=box.SIMPLE_HEAD, pad_edge=False,
+                     caption=f"{r0.n_weights:,} weights, d={r0.input_dim}, {r0.outputs} outputs, {r0.inputs} "
+                             f"inputs, {r0.allocation} allocation, {r0.reference} reference, {r0.pairs:,} pairs x "
+                             f"{r0.inits} inits; * = minimum")
+    star = {k: df[f"min_{k}"] & (len(df) > 1) for k in DISTANCES}
+    for i, r in enumerate(df.itertuples()):
+        mark = {k: "*" if v.iloc[i] else " " for k, v in star.items()}
+        table.add_row(
+            str(r.width), f"{r.first_layer_connectivity:.2e}", f"{r.first_layer_connectivity * r.input_dim:.3g}",
+            f"{r.distance_empirical:.2e}{mark['empirical']}", f"{r.distance_empirical_se:.1e}",
+            f"{r.distance_theorem1:.2e}{mark['theorem1']}", f"{r.distance_theorem1_bias:+.0e}",
+            f"{r.distance_eq6:.2e}{mark['eq6']}", f"{r.distance_leading_order:.2e}{mark['leading_order']}")
+    console.print(table)
+    if len(df) > 1:
+        best = ", ".join(f"{k.replace('_', ' ')} {int(df.width[df[f'min_{k}']].iloc[0])}"
+                         for k in DISTANCES)
+        console.print(f"minimising width: {best}")
+
+
+def table1(console: Console, shown) -> None:
+    """One table per setting; a cell is the accuracy over its weight count, so many widths still fit."""
+    for setting, rows in shown.groupby("setting", sort=False):
+        rows = rows.drop(columns="setting").loc[:, lambda d: (d != "").any()]
+        table = Table(title=f"[bold]{setting}[/bold]: best test accuracy (%) and weights", header_style="bold")
+        for col in rows.columns:
+            table.add_column(col, justify="left" if col == "row" else "right")
+        for row in rows.itertuples(index=False):
+            table.add_row(*(cell.replace(" (", "\n(") for cell in row))
+        console.print(table)
