@@ -48,3 +48,4 @@ def test_train_images(ds, expected):
 
 def test_flops_text():
     assert cost.flops_text(2.5e15) == "2.5 PFLOP" and cost.flops_text(3e9) == "3 GFLOP"
+    assert cost.flops_text(999.6e15) == "1,000 PFLOP"

@@ -188,3 +188,56 @@ def test_sweep_is_refused_under_torchrun(tmp_path, monkeypatch):
     res = widen("sweep-width", "--experiment", "smoke_sweep", "--out", tmp_path)
     assert res.exit_code == 2 and "use torchrun with widen train" in res.output
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- what a sweep refuses or says before it starts
+
+def test_same_name_with_other_settings_is_refused_unless_restart(tmp_path):
+    first = ["sweep-width", "--experiment", "smoke_sweep", "--dry-run", "--out", tmp_path, "--name", "s"]
+    assert widen(*first).exit_code == 0
+    assert widen(*first, "--widths", "8,16,32,64", "--seeds", "0,1").exit_code == 0  # a family may grow
+    changed = widen(*first, "--epochs", 7)
+    assert changed.exit_code == 2
+    assert changed.output.startswith("error:") and changed.output.count("\n") == 1
+    assert "optim.epochs: 7 here, 3 in" in changed.output and "--restart" in changed.output
+    assert widen(*first, "--epochs", 7, "--restart").exit_code == 0
+
+
+def test_missing_data_is_refused_before_any_member_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = widen("sweep-width", "--dataset", "mnist", "--model", "mlp", "--base-width", 8, "--widths", "8,16",
+                "--epochs", 1, "--data-root", tmp_path / "empty", "--out", tmp_path, "--name", "m")
+    assert res.exit_code == 2, res.output
+    assert "MNIST/raw" in res.output and "--download" in res.output
+    assert not [p for p in (tmp_path / "m").iterdir() if p.is_dir()]  # plan files only, no member folder
+
+
+def test_plan_says_what_it_starts_and_warns_of_cpu_days(tmp_path):
+    big = widen("sweep-width", "--dataset", "cifar100", "--base-width", 18, "--seeds", "0,1", "--dry-run",
+                "--device", "cpu", "--out", tmp_path)
+    assert big.exit_code == 0, big.output
+    assert "26 runs (13 members, 2 seeds), 7,800 epochs in all, about" in big.output
+    assert "EFLOP of training compute" in big.output and "warning:" in big.output  # ~2e18
+    small = widen("sweep-width", "--experiment", "smoke_sweep", "--dry-run", "--device", "cpu", "--out", tmp_path)
+    assert "5 runs (5 members, 1 seed), 15 epochs in all" in small.output and "warning:" not in small.output
+
+
+def test_pool_workers_take_one_gpu_each(monkeypatch):
+    import multiprocessing as mp
+    import os
+
+    from widen_cli import sweep
+
+    slots = mp.get_context("spawn").Value("i", 0)
+    seen = []
+    for visible in (None, None, None, "3,5", "3,5"):
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        sweep._one_gpu_per_worker(slots, 2)
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["0", "1", "0", "5", "3"]  # worker k: GPU k mod 2, among those already visible
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    sweep._one_gpu_per_worker(slots, 0)  # no GPUs to share (cpu, or a fixed cuda:N): left alone
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"

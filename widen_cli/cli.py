@@ -145,7 +145,8 @@ ConfigDir = Annotated[Optional[List[Path]], _opt(
 def train(
     overrides: Overrides = None,
     dataset: Dataset = None,
-    model: Annotated[Optional[str], _opt("mlp (default) or resnet18.")] = None,
+    model: Annotated[Optional[str], _opt("mlp or resnet18. Default: by dataset, mlp for mnist, digits and "
+                                         "synthetic, resnet18 for the image datasets.")] = None,
     method: Annotated[Optional[str], _opt("dense (default), or how a member wider than --base-width keeps its "
                                           "budget: sparse, linear-bottleneck, nonlinear-bottleneck.")] = None,
     width: Annotated[Optional[int], _opt("MLP: hidden units; ResNet-18: output channels of the first conv "
@@ -195,7 +196,8 @@ def train(
 def sweep_width(
     overrides: Overrides = None,
     dataset: Dataset = None,
-    model: Annotated[Optional[str], _opt("resnet18 (default without --experiment) or mlp.")] = None,
+    model: Annotated[Optional[str], _opt("mlp or resnet18. Default (without --experiment): by dataset, as for "
+                                         "train: mlp for mnist, digits and synthetic, resnet18 otherwise.")] = None,
     method: Annotated[Optional[str], _opt("sparse (default without --experiment), linear-bottleneck, "
                                           "nonlinear-bottleneck or dense.")] = None,
     base_width: BaseWidth = None,
@@ -244,8 +246,10 @@ def sweep_width(
         seeds=_numbers(seeds, int, "--seeds"), connectivity_floor=connectivity_floor, dense_wide=dense_wide,
         last_layer_connectivity=_numbers(last_layer_connectivity, float, "--last-layer-connectivity"))
     family = plan.plan_sweep(run, settings, name)
+    sweep.check_family(family.sweep_dir, run, restart)
     table = family.table()
     display.plan(console, table, family.sweep_dir)
+    display.sweep_cost(err, family.cost())
     sweep.write_plan(family.sweep_dir, table, cfg)
     if dry_run:
         return

@@ -230,10 +230,24 @@ OPTION_KEYS = {
 QUOTED = ("name", "out", "dataset.root")
 
 
+# Without --model (or a preset, or a model= override), the model follows the dataset, for train and
+# sweep-width alike: the paper's MLPs for MNIST-like data, ResNet-18 for every image dataset.
+MLP_DATASETS = ("mnist", "digits", "synthetic")
+DEFAULT_DATASET = "digits"  # conf/config.yaml's
+
+
+def default_model(dataset: str) -> str:
+    return "mlp" if dataset in MLP_DATASETS else "resnet18"
+
+
 def overrides_from_options(experiment: str | None, options: dict, extra: list[str] | None) -> list[str]:
     """The options that were given (of OPTION_KEYS; others are ignored) as Hydra overrides: the preset
-    first, then options, then trailing overrides."""
+    first, then options, then trailing overrides. Without a preset the model defaults by dataset."""
     overrides = [f"+experiment={experiment}"] if experiment else []
+    given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in extra or [] if "=" in o}
+    if not experiment and options.get("model") is None and "model" not in given:
+        dataset = options.get("dataset") or given.get("dataset") or DEFAULT_DATASET
+        options = {**options, "model": default_model(dataset)}
     for option, key in OPTION_KEYS.items():
         value = options.get(option)
         if value is None or value is False:

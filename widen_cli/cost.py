@@ -50,5 +50,6 @@ def training_flops(macs: int, images: int, epochs: int) -> float:
 def flops_text(flops: float) -> str:
     for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
         if flops >= scale:
-            return f"{flops / scale:.3g} {unit}"
+            value = flops / scale
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:,.0f} {unit}"  # no 1e+03
     return f"{flops:.3g} FLOP"

@@ -182,6 +182,28 @@ def _expected(cfg: DatasetConfig, root: Path) -> str:
     }[cfg.name].as_posix()
 
 
+def require(cfg: DatasetConfig) -> None:
+    """Refuse a dataset whose files are not where the config says, naming what is expected; reading
+    them is load_data's. `sweep-width` asks this before it writes any member folder."""
+    if cfg.name in ("digits", "synthetic") or cfg.download:
+        return
+    if cfg.root is None:
+        raise UserError(f"{cfg.name} needs --data-root (where its files lie)")
+    root = Path(cfg.root)
+    if cfg.name in ("imagenet", "imagefolder"):
+        expected = [root / "train", root / "val"]
+    elif cfg.name == "svhn":
+        expected = [root / "train_32x32.mat", root / "test_32x32.mat"]
+    elif cfg.name in ("cifar10", "cifar100", "mnist"):
+        expected = [Path(_expected(cfg, root))]
+    else:
+        return  # a dataset this version cannot check without reading it
+    missing = [p for p in expected if not p.exists()]
+    if missing:
+        raise UserError(f"{cfg.name}: {', '.join(map(str, missing))} not found (data root {root}); "
+                        f"pass --download to fetch it, or --data-root to point at it")
+
+
 def _read_torchvision(cfg: DatasetConfig) -> tuple[Split, Split]:
     from torchvision import datasets
 

@@ -55,6 +55,20 @@ def plan(console: Console, plan, sweep_dir: Path) -> None:
         console.print(kept)
 
 
+def sweep_cost(console: Console, c: dict) -> None:
+    """One line on what the sweep starts, and a warning when it is far too much for a CPU."""
+    from widen_cli.cost import CPU_WARN_FLOPS, flops_text
+
+    compute = f", about {flops_text(c['flops'])} of training compute" if c["flops"] is not None else ""
+    seeds = f"{c['seeds']} seed{'s' if c['seeds'] > 1 else ''}"
+    console.print(f"{c['runs']} runs ({c['members']} members, {seeds}), {c['epochs']:,} epochs in all{compute}",
+                  highlight=False)
+    if c["cpu"] and c["flops"] is not None and c["flops"] > CPU_WARN_FLOPS:
+        console.print(f"[bold yellow]warning:[/bold yellow] {flops_text(c['flops'])} is days to months of "
+                      f"training on a CPU; this sweep is meant for a GPU (--device cuda), or try fewer "
+                      f"--epochs, widths or seeds first", highlight=False)
+
+
 def sweep_results(console: Console, df, sweep_dir: Path) -> None:
     table = _columns(f"[bold]results: {sweep_dir / results.RESULTS_FILE}[/bold]",
                      ("method", "width", "seed", "connectivity", "n_weights", "status", "best_test_acc",

@@ -10,8 +10,8 @@ from widen_cli.config import MethodConfig, RunConfig, SweepConfig
 from widen_cli.errors import UserError
 from widen_cli.jobs import Job
 
-# Without a preset, sweeps default to the paper's main set-up.
-SWEEP_DEFAULTS = {"model": "resnet18", "method": "sparse"}
+# Without a preset, sweeps default to the paper's main method (the model follows the dataset, as for train).
+SWEEP_DEFAULTS = {"method": "sparse"}
 # Dense members: exactly what composing method=dense gives, without the family's method options (so
 # their folders are those of plain dense runs).
 DENSE = MethodConfig(name="dense")
@@ -98,6 +98,24 @@ class SweepPlan:
         """One job per member and seed; every seed of a member shares its plan."""
         return [Job(member_run(self.run, m, llc, seed, self.sweep_dir), m) for m, llc in self.members
                 for seed in self.settings.seeds]
+
+    def cost(self) -> dict:
+        """What the sweep is about to start: runs, epochs in all, training compute (widen_cli/cost.py;
+        None where the image count is unknown before reading the data), and where it would run."""
+        from widen_cli import cost
+        from widen_cli.data import spec_from_config
+        from widen_cli.hardware import resolve_device
+
+        run, seeds = self.run, len(self.settings.seeds)
+        images = cost.train_images(run.dataset)
+        flops = None
+        if images is not None:
+            spec = spec_from_config(run.dataset)
+            macs = sum(cost.forward_macs(run.model, spec, m) for m, _ in self.members)
+            flops = cost.training_flops(macs, images, run.optim.epochs) * seeds
+        return dict(members=len(self.members), seeds=seeds, runs=len(self.members) * seeds,
+                    epochs=len(self.members) * seeds * run.optim.epochs, flops=flops,
+                    cpu=resolve_device(run.device).type == "cpu")
 
     def table(self):
         import pandas as pd

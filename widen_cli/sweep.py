@@ -99,10 +99,34 @@ def _pool(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, c
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
-    with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool:
+    gpus = _pool_gpus(todo[0].run.device)
+    context = mp.get_context("spawn")
+    slots = context.Value("i", 0)
+    with ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_one_gpu_per_worker,
+                             initargs=(slots, gpus)) as pool:
         futures = {pool.submit(run_member, job, threads, restart): job for job in todo}
         for fut in as_completed(futures):
             done(futures[fut], fut.exception())
+
+
+def _pool_gpus(device: str) -> int:
+    """GPUs the pool's workers share out: every visible one for device auto/cuda, none for cpu or cuda:N."""
+    if device not in ("auto", "cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _one_gpu_per_worker(slots, gpus: int) -> None:
+    """Pool worker start-up: worker k sees only GPU k mod gpus (before CUDA starts in it), so --jobs equal
+    to the GPU count gives each member a GPU of its own."""
+    with slots.get_lock():
+        slot, slots.value = slots.value, slots.value + 1
+    if gpus:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[slot % len(ids)]
 
 
 def _submitit(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
@@ -139,6 +163,28 @@ def check_launch(launcher: str, n_jobs: int) -> None:
         raise UserError(f"--jobs must be >= 1, got {n_jobs}")
 
 
+def check_family(sweep_dir: Path, run, restart: bool) -> None:
+    """A sweep folder holds one family: the same --name with other settings (say --epochs 10 after
+    400) is refused, naming them, unless --restart; its widths and seeds may grow."""
+    import yaml
+
+    from widen_cli.lifecycle import config_identity, differences
+
+    try:
+        stored = yaml.safe_load((sweep_dir / results.SWEEP_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return  # a new sweep (or one without a readable sweep.yaml)
+    there = config_identity(stored or {})
+    if there is None or restart:
+        return
+    for k in ("width", "seed"):
+        there.pop(k, None)
+    diff = differences(run.family_identity(), there, sweep_dir)
+    if diff:
+        raise UserError(f"{sweep_dir} holds a sweep with other settings ({'; '.join(diff)}); choose another "
+                        f"--name, or pass --restart to run these settings there anyway")
+
+
 def write_plan(sweep_dir: Path, plan: pd.DataFrame, cfg) -> None:
     """plan.parquet and sweep.yaml (the composed config) in the sweep folder."""
     from omegaconf import OmegaConf
@@ -153,7 +199,11 @@ def write_plan(sweep_dir: Path, plan: pd.DataFrame, cfg) -> None:
 
 def run(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s: SweepConfig,
         restart: bool = False) -> pd.DataFrame:
-    """Launch what is missing, then gather every job's row into results.parquet."""
+    """Launch what is missing, then gather every job's row into results.parquet. Missing data is
+    refused first, before any member folder is written."""
+    from widen_cli.data import require
+
+    require(jobs[0].run.dataset)
     errors = launch(jobs, launcher, n_jobs, sweep_dir, console, s, restart)
     return gather(jobs, sweep_dir, errors)
 
