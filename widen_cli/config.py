@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from widen_cli.budget import DISTRIBUTIONS
 from widen_cli.conf_path import shipped_conf_dir
 from widen_cli.errors import UserError
+from widen_cli.schedules import SCHEDULES
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -366,7 +367,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         ("model.activation", run.model.activation, ("relu", "linear")),
         ("model.parameterization", run.model.parameterization, ("standard", "ntk")),
         ("model.stem", run.model.stem, ("auto", "cifar", "imagenet")),
-        ("optim.schedule", run.optim.schedule, ("multistep", "cosine", "constant")),
+        ("optim.schedule", run.optim.schedule, tuple(SCHEDULES)),
         ("optim.name", run.optim.name, ("sgd",)),
         ("method.distribution", run.method.distribution, tuple(DISTRIBUTIONS)),
         ("method.within", run.method.within, ("all", "io")),

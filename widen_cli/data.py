@@ -190,7 +190,7 @@ def require(cfg: DatasetConfig) -> None:
     if cfg.root is None:
         raise UserError(f"{cfg.name} needs --data-root (where its files lie)")
     root = Path(cfg.root)
-    if cfg.name in ("imagenet", "imagefolder"):
+    if cfg.name in FOLDER_DATASETS:
         expected = [root / "train", root / "val"]
     elif cfg.name == "svhn":
         expected = [root / "train_32x32.mat", root / "test_32x32.mat"]
@@ -261,14 +261,20 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.stack(means) / 255).float(), (torch.stack(stds) / 255).clamp_min(1e-6).float()
 
 
+# dataset.name -> the reader of both splits of an in-memory dataset (image folders stream instead:
+# FOLDER_DATASETS). A user's own dataset config names one of these, e.g. `name: imagefolder`.
+TENSOR_DATASETS = {"digits": lambda cfg: _digits_splits(), "synthetic": _synthetic_splits,
+                   "cifar10": _read_torchvision, "cifar100": _read_torchvision, "mnist": _read_torchvision,
+                   "svhn": _read_torchvision}
+FOLDER_DATASETS = ("imagenet", "imagefolder")
+
+
 def load_tensors(cfg: DatasetConfig) -> tuple[Split, Split]:
     """Both splits of an in-memory dataset as uint8 tensors at the configured image size."""
-    if cfg.name == "digits":
-        train, test = _digits_splits()
-    elif cfg.name == "synthetic":
-        train, test = _synthetic_splits(cfg)
-    else:
-        train, test = _read_torchvision(cfg)
+    if cfg.name not in TENSOR_DATASETS:
+        raise UserError(f"dataset.name {cfg.name!r} names no reader; valid: "
+                        f"{', '.join([*TENSOR_DATASETS, *FOLDER_DATASETS])}")
+    train, test = TENSOR_DATASETS[cfg.name](cfg)
     return _resize(train, cfg.image_size), _resize(test, cfg.image_size)
 
 
@@ -393,7 +399,7 @@ def spec_from_config(cfg: DatasetConfig) -> InputSpec:
 
 def load_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: int):
     """(train loader, test loader, InputSpec) for a dataset config; data errors become UserError."""
-    if cfg.name in ("imagenet", "imagefolder"):
+    if cfg.name in FOLDER_DATASETS:
         return _image_folders(cfg, batch_size, device, seed)
     train, test = load_tensors(cfg)
     mean, std = channel_stats(train.images)  # full training split, before any subset

@@ -30,7 +30,7 @@ from torch import nn
 from widen_cli import hardware, lifecycle, sparse_ops
 from widen_cli.budget import Member
 from widen_cli.config import RunConfig
-from widen_cli.data import TensorLoader
+from widen_cli.data import FOLDER_DATASETS, TensorLoader
 from widen_cli.jobs import Job
 from widen_cli.lifecycle import EpochTotals, RunResult
 from widen_cli.models import InputSpec, build_model
@@ -49,7 +49,7 @@ def batch_key(run: RunConfig):
     bf16 runs train alone (autocast would not reach the stacked layers the same way).
     """
     if (run.model.name != "mlp" or run.method.name not in BATCHED_METHODS or run.precision != "fp32"
-            or run.dataset.name in ("imagenet", "imagefolder")):
+            or run.dataset.name in FOLDER_DATASETS):
         return None
     return (run.dataset, run.model, run.optim, run.device, run.method.name,
             run.width if run.method.name == "dense" else None)

@@ -18,26 +18,11 @@ from widen_cli.hardware import resolve_device
 from widen_cli.jobs import Job
 from widen_cli.lifecycle import EpochTotals, RunResult
 from widen_cli.models import build_model, weight_layers
+from widen_cli.schedules import SCHEDULES
 from widen_cli.sparsity import Masks, sparsify
 
 # Epochs with more batches than this get their own (transient) progress bar.
 BATCH_BAR_MIN = 50
-
-
-def _multistep(opt, cfg: OptimConfig):
-    return torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), gamma=cfg.gamma)
-
-
-def _cosine(opt, cfg: OptimConfig):
-    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-
-
-def _constant(opt, cfg: OptimConfig):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
-
-
-# optim.schedule -> the learning-rate scheduler it makes (validation checks names against this dict)
-SCHEDULES = {"multistep": _multistep, "cosine": _cosine, "constant": _constant}
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig):
