@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from widen_cli import checkpoint, claims, distributed, results
-from widen_cli.config import RunConfig
+from widen_cli.config import RunConfig, to_yaml
 from widen_cli.errors import Interrupted, UserError
 from widen_cli.jobs import Job
 
@@ -201,8 +201,7 @@ class Run:
                 if restart:
                     checkpoint.discard(self.dir)
                 checkpoint.remove_stale_temporaries(self.dir)
-                config = _normal(dataclasses.asdict(dataclasses.replace(run, name=run.run_name())))
-                results.write_text(yaml.safe_dump(config, sort_keys=False), self.dir / results.CONFIG_FILE)
+                results.write_text(to_yaml(run), self.dir / results.CONFIG_FILE)
             except OSError as e:
                 raise UserError(f"cannot write to output folder {self.dir}: {e.strerror or e}") from None
         path = self.dir / checkpoint.FILENAME
