@@ -77,9 +77,9 @@ def differences(here: dict, there: dict, where: Path) -> list[str]:
             for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 
-def config_identity(data: dict) -> dict | None:
-    """The identity of the run a config.yaml describes (this version's, or an older Hydra dump: keys
-    this version does not know are ignored); None when it is not a run config."""
+def config_run(data: dict) -> RunConfig | None:
+    """The run a config.yaml describes (this version's, or an older Hydra dump: keys this version does
+    not know are ignored); None when it is not a run config."""
     hints = typing.get_type_hints(RunConfig)
     kwargs = {}
     for f in dataclasses.fields(RunConfig):
@@ -93,9 +93,17 @@ def config_identity(data: dict) -> dict | None:
                 return None
         kwargs[f.name] = value
     try:
-        return RunConfig(**kwargs).identity()
+        run = RunConfig(**kwargs)
+        run.identity()  # a config whose parts are not what a run's are is no run config
     except (TypeError, AttributeError):
         return None
+    return run
+
+
+def config_identity(data: dict) -> dict | None:
+    """The identity of the run a config.yaml describes (see config_run)."""
+    run = config_run(data)
+    return None if run is None else run.identity()
 
 
 def stored_identity(summary: dict, run_dir: Path) -> dict | None:

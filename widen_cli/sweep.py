@@ -168,18 +168,16 @@ def check_family(sweep_dir: Path, run, restart: bool) -> None:
     400) is refused, naming them, unless --restart; its widths and seeds may grow."""
     import yaml
 
-    from widen_cli.lifecycle import config_identity, differences
+    from widen_cli.lifecycle import config_run, differences
 
     try:
         stored = yaml.safe_load((sweep_dir / results.SWEEP_FILE).read_text())
     except (OSError, yaml.YAMLError):
         return  # a new sweep (or one without a readable sweep.yaml)
-    there = config_identity(stored or {})
+    there = config_run(stored or {})
     if there is None or restart:
         return
-    for k in ("width", "seed"):
-        there.pop(k, None)
-    diff = differences(run.family_identity(), there, sweep_dir)
+    diff = differences(run.family_identity(), there.family_identity(), sweep_dir)
     if diff:
         raise UserError(f"{sweep_dir} holds a sweep with other settings ({'; '.join(diff)}); choose another "
                         f"--name, or pass --restart to run these settings there anyway")
