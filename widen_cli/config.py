@@ -149,6 +149,11 @@ class SweepConfig:
     last_layer_connectivity: tuple[float | None, ...]
     batch_members: bool
     submitit: SubmititConfig
+    base_widths: tuple[int, ...] | None = None  # several budgets, each its own family in one plan
+    methods: tuple[str, ...] | None = None  # several methods over the same budget (null: the method group's)
+    lrs: tuple[float, ...] | None = None  # every member at every learning rate (null: optim.lr)
+    select_on: str = "test"  # test | val: which accuracy picks each member's learning rate
+    val_fraction: float = 0.1  # select_on val: share of the training split held out
 
 
 # ---------------------------------------------------------------- composing
