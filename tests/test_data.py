@@ -652,3 +652,54 @@ def test_image_folder_ranks_read_disjoint_slices(tmp_path):
         sharded.append([y for _, y in loader])
     for i, y in enumerate(labels):
         assert torch.equal(torch.cat([sharded[0][i], sharded[1][i]]), y)
+
+
+# ---------------------------------------------------------------- ImageNet augmentation as published
+
+def write_gradient_jpegs(root: Path, per_class: int = 6) -> None:
+    """JPEGs whose brightness rises from left to right: a crop keeps that direction, a mirror reverses it."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, 96).astype(np.uint8)
+    for part in ("train", "val"):
+        for cls in ("ant", "bee"):
+            (root / part / cls).mkdir(parents=True)
+            for k in range(per_class):
+                pixels = np.repeat(np.broadcast_to(ramp, (80 + 4 * k, 96))[..., None], 3, axis=2)
+                Image.fromarray(np.ascontiguousarray(pixels)).save(root / part / cls / f"img{k}.JPEG", quality=95)
+
+
+def _mirrored(loader, epochs: int = 4) -> list[bool]:
+    """For every training image served: is it mirrored (brightness falling left to right)?"""
+    seen = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, _ in loader:
+            columns = x[:, 0].mean(1)  # N x width: mean over rows of the red channel
+            rising = columns[:, -4:].mean(1) - columns[:, :4].mean(1)
+            assert (rising.abs() > 0.5).all()  # every crop keeps a clear left-to-right slope
+            seen += (rising < 0).tolist()
+    return seen
+
+
+def test_imagenet_training_applies_no_flip_unless_asked(tmp_path):
+    from torchvision import transforms
+
+    from widen_cli import config
+
+    write_gradient_jpegs(tmp_path)
+    for name in ("imagenet", "imagefolder"):  # the shipped configs, composed as `widen train` does
+        run = config.load([f"dataset={name}", "model=resnet18", f"dataset.root='{tmp_path}'", "dataset.workers=0",
+                           "dataset.image_size=32", "dataset.num_classes=null"])[1]
+        assert run.dataset.augment == ("resized_crop",)
+        train, test, _ = load_data(run.dataset, batch_size=6, device=CPU, seed=0)
+        steps = train.loader.dataset.transform.transforms
+        crop = next(t for t in steps if isinstance(t, transforms.RandomResizedCrop))
+        assert crop.scale == (0.2, 1.0) and crop.size == (32, 32)
+        assert not any(isinstance(t, transforms.RandomHorizontalFlip) for t in steps)
+        assert not any(_mirrored(train))  # 48 random crops, none mirrored
+        assert not any(_mirrored(test, epochs=1))
+
+    asked = replace(run.dataset, augment=("resized_crop", "flip"))
+    mirrored = _mirrored(load_data(asked, batch_size=6, device=CPU, seed=0)[0])
+    assert any(mirrored) and not all(mirrored)  # about half the crops are mirrored
