@@ -1,6 +1,7 @@
 """The config edge: one line for every value of the wrong type, the user's own config folders, and
 commands that import only what they use."""
 import dataclasses
+from dataclasses import replace
 import os
 import subprocess
 import sys
@@ -135,3 +136,27 @@ def test_training_without_compile_does_not_load_the_compiler(tmp_path):
                            f"r = CliRunner().invoke(app, ['train', '--width', '8', '--epochs', '1', '--out', "
                            f"{str(tmp_path)!r}])\nassert r.exit_code == 0, r.output")
     assert "torch" in loaded and "torch._dynamo" not in loaded
+
+
+def test_resnet_init_defaults_to_lecun_and_names_the_run():
+    runs = {init: config.load(["dataset=cifar10", "model=resnet18", f"model.init={init}"])[1]
+            for init in ("lecun", "pytorch", "torchvision")}
+    assert config.load(["dataset=cifar10", "model=resnet18"])[1] == runs["lecun"]  # the paper's stated init
+    assert [r.identity()["model"].get("init") for r in runs.values()] == ["lecun", "pytorch", None]
+    assert len({r.run_name() for r in runs.values()}) == 3
+    # torchvision is what every ResNet run had before model.init: left out, so their folders are found
+    old = replace(runs["torchvision"], model=dataclasses.replace(runs["torchvision"].model, init=None))
+    assert runs["torchvision"].identity() == old.identity()
+    mlp = config.load(["dataset=digits", "model=mlp"])[1]
+    assert mlp.model.init is None and "init" not in mlp.identity()["model"]  # MLP folders keep their names
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model=resnet18", "model.init=xavier"], "model.init must be one of lecun, pytorch, torchvision, got 'xavier'"),
+    (["model=resnet18", "model.init=null"], "model.init must be one of lecun, pytorch, torchvision, got None"),
+    (["model=mlp", "+model.init=lecun"], "model.init is for resnet18; the mlp's initialisation is "
+                                         "model.parameterization"),
+])
+def test_bad_init_is_one_line(overrides, message):
+    res = widen("train", "--show-config", *overrides)
+    assert res.exit_code == 2 and res.output.startswith(f"error: {message}"), res.output

@@ -78,3 +78,69 @@ def test_ntk_parameterisation_scales_by_fan_in():
     pre = first(x.flatten(1))
     # With the 1/sqrt(fan_in) factor, pre-activations have unit variance for unit-variance inputs.
     assert abs(pre.var().item() - 1.0) < 0.1
+
+
+# ---------------------------------------------------------------- ResNet initialisation (model.init)
+
+def _fans(w: torch.Tensor) -> tuple[int, int]:
+    receptive = w[0, 0].numel()
+    return w.shape[1] * receptive, w.shape[0] * receptive
+
+
+def expected_std(init: str, w: torch.Tensor, conv: bool = True) -> float:
+    """The weight std each scheme should give, from the layer's fan-in and fan-out."""
+    fan_in, fan_out = _fans(w)
+    if init == "lecun":
+        return fan_in ** -0.5  # N(0, 1/fan_in)
+    if init == "torchvision" and conv:
+        return (2 / fan_out) ** 0.5  # Kaiming normal over fan_out, ReLU gain
+    return (3 * fan_in) ** -0.5  # PyTorch default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+
+
+INITS = ("lecun", "pytorch", "torchvision")
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_resnet_init_gives_the_scheme_std(init):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet18", init=init), 32, InputSpec(3, 32, 100))
+    # fan_out = fan_in here (64 -> 64 channels, 3x3): lecun 1/sqrt(576), torchvision sqrt(2/576), pytorch 1/sqrt(1728)
+    for layer, conv in ((model.layer2[0].conv2, True), (model.layer3[0].conv1, True), (model.fc, False)):
+        w = layer.weight.detach()
+        assert abs(w.mean().item()) < 0.05 * expected_std(init, w, conv)
+        assert w.std().item() == pytest.approx(expected_std(init, w, conv), rel=0.03), (init, layer)
+    bound = 1 / _fans(model.fc.weight)[0] ** 0.5
+    if init == "lecun":
+        assert (model.fc.bias == 0).all()
+    else:  # PyTorch's uniform default for the classifier (torchvision leaves it too)
+        assert model.fc.weight.abs().max() <= bound and model.fc.bias.abs().max() <= bound
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        assert (bn.weight == 1).all() and (bn.bias == 0).all()
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_sparse_rescale_init_works_with_every_init(init):
+    from widen_cli.budget import plan_member
+    from widen_cli.config import MethodConfig
+    from widen_cli.sparsity import sparsify
+
+    cfg, spec = ModelConfig(name="resnet18", init=init), InputSpec(3, 32, 100)
+    member = plan_member(cfg, spec, 16, 32, MethodConfig(name="sparse"))
+    torch.manual_seed(0)
+    model = build_model(cfg, 32, spec)
+    sparsify(model, member, seed=0, rescale_init=True)
+    layer = model.layer4[1].conv2  # the largest layer: sparsified first by the staggered distribution
+    w = layer.weight.detach()
+    kept = w[w != 0]
+    fraction = kept.numel() / w.numel()
+    assert fraction < 0.5
+    assert kept.std().item() == pytest.approx(expected_std(init, w) / fraction ** 0.5, rel=0.05)
+
+
+def test_linear_bottleneck_factors_follow_the_init():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet18", init="lecun"), 32, InputSpec(3, 32, 10),
+                        ranks={"layer3.0.conv2": 128})
+    first, second = model.layer3[0].conv2
+    for w in (first.weight.detach(), second.weight.detach()):
+        assert w.std().item() == pytest.approx(expected_std("lecun", w), rel=0.05)

@@ -24,11 +24,15 @@ def test_run_folder_names_are_those_of_earlier_versions():
         ([], "digits-mlp-dense-w32-s0-45e3b8ce"),
         (["width=8"], "digits-mlp-dense-w8-s0-6ce1e185"),
         (["precision=bf16", "width=8"], "digits-mlp-dense-w8-s0-41b557c9"),
-        (["dataset=cifar100", "model=resnet18", "method=sparse", "width=36", "base_width=18", "seed=2"],
+        # ResNets: the initialisation and ImageNet augmentation every run had before model.init and the
+        # published (flip-free) ImageNet recipe became the defaults.
+        (["dataset=cifar100", "model=resnet18", "method=sparse", "width=36", "base_width=18", "seed=2",
+          "model.init=torchvision"],
          "cifar100-resnet18-sparse-w36-s2-017e4606"),
         (["dataset=mnist", "method=sparse", "width=10", "base_width=5", "method.last_layer_connectivity=0.5",
           "model.activation=linear"], "mnist-mlp-sparse-w10-s0-dbbccbc9"),
-        (["dataset=imagenet", "model=resnet18", "dataset.root=/x", "width=64"],
+        (["dataset=imagenet", "model=resnet18", "dataset.root=/x", "width=64", "model.init=torchvision",
+          "dataset.augment=[resized_crop,flip]"],
          "imagenet-resnet18-dense-w64-s0-463d41e3"),
     ]:
         assert load(overrides)[1].run_name() == name
@@ -48,7 +52,8 @@ def sweep_jobs(overrides, base_width, **settings):
     (["+experiment=fig4_relu"], 5, dict(widths=[5, 10], last_layer_connectivity=[1.0, 0.5], dense_wide=True),
      "mnist-mlp-sparse-b5-", ["mnist-mlp-sparse-w5-s0-2823a252", "mnist-mlp-sparse-w10-s0-bcd02e40",
                               "mnist-mlp-sparse-w10-s0-96134bdd", "mnist-mlp-dense-w10-s0-7cc61b69"]),
-    (["dataset=cifar10", "model=resnet18", "method=linear-bottleneck"], 12, dict(widths=[12, 24]),
+    (["dataset=cifar10", "model=resnet18", "method=linear-bottleneck", "model.init=torchvision"], 12,
+     dict(widths=[12, 24]),
      "cifar10-resnet18-linear-bottleneck-b12-",
      ["cifar10-resnet18-linear-bottleneck-w12-s0-1202071e", "cifar10-resnet18-linear-bottleneck-w24-s0-8ae7a792",
       "cifar10-resnet18-dense-w12-s0-ca004e8a", "cifar10-resnet18-dense-w24-s0-7048103a"]),

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 CONF_DIR = shipped_conf_dir()
 CONFIG_PATH_ENV = "WIDEN_CONFIG_PATH"  # colon-separated folders searched before conf/
 PRECISIONS = ("fp32", "bf16")
+INITS = ("lecun", "pytorch", "torchvision")  # ResNet initialisation (models/resnet.py)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ModelConfig:
     bias: bool = True
     parameterization: str = "standard"
     stem: str = "auto"
+    init: str | None = None  # resnet18: lecun | pytorch | torchvision (the MLP's is its parameterization)
 
 
 @dataclass(frozen=True)
@@ -100,13 +102,17 @@ class RunConfig:
         """Everything that defines the experiment: not where it runs, nor where files and data live.
 
         bf16 changes the numbers, so it is part of the identity; fp32 is left out so that runs named
-        before the option existed keep their folders. Compiling changes only the speed.
+        before the option existed keep their folders. So is model.init when unset (MLPs) or
+        `torchvision`, the ResNet initialisation of every run before the option existed. Compiling
+        changes only the speed.
         """
         d = asdict(self)
         for k in ("out", "name", "device", "compile"):
             d.pop(k)
         if d["precision"] == "fp32":
             d.pop("precision")
+        if d["model"]["init"] in (None, "torchvision"):
+            d["model"].pop("init")
         for k in ("root", "download", "workers", "skip_bad_images"):
             d["dataset"].pop(k)
         return d
@@ -380,6 +386,11 @@ def validate(cfg: DictConfig) -> RunConfig:
     ):
         if value not in valid:
             raise UserError(f"{key} must be one of {', '.join(valid)}, got {value!r}")
+    if run.model.name == "resnet18" and run.model.init not in INITS:
+        raise UserError(f"model.init must be one of {', '.join(INITS)}, got {run.model.init!r}")
+    if run.model.name != "resnet18" and run.model.init is not None:
+        raise UserError(f"model.init is for resnet18; the {run.model.name}'s initialisation is model.parameterization "
+                        f"(standard | ntk)")
     llc = run.method.last_layer_connectivity
     if llc is not None and not 0 < llc <= 1:
         raise UserError(f"method.last_layer_connectivity must be in (0, 1], got {llc}")

@@ -6,7 +6,9 @@ can plan a family from shapes alone:
 - `weight_shapes(cfg, width, spec, inner=None)`: name -> weight shape of every conv/linear layer, in
   module order (the last one is the classifier);
 - `bottleneck(cfg, width, spec)`: the non-linear bottleneck's layout, (full sizes, weights per unit of
-  each size, inner(sizes) -> the `inner` argument of the other two).
+  each size, inner(sizes) -> the `inner` argument of the other two);
+- optionally `initialise(cfg, model)`: re-draw the built model's weights (after any factorisation, so
+  the linear bottleneck's factors are initialised the same way).
 """
 from __future__ import annotations
 
@@ -34,8 +36,11 @@ def build_model(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int] 
                 ranks: dict[str, int] | None = None) -> nn.Module:
     """A model at `width`. `inner`: hidden widths (MLP) or blocks' inner widths (ResNet), for the
     non-linear bottleneck; `ranks`: per-layer ranks of the linear bottleneck (see budget.py)."""
-    model = ARCHITECTURES[cfg.name].build(cfg, width, spec, inner)
-    return factorize(model, ranks) if ranks else model
+    arch = ARCHITECTURES[cfg.name]
+    model = arch.build(cfg, width, spec, inner)
+    if ranks:
+        model = factorize(model, ranks)
+    return arch.initialise(cfg, model) if hasattr(arch, "initialise") else model
 
 
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -1,12 +1,22 @@
 """ResNet-18 whose width is the first convolution's output channels; stages at 1:2:4:8 of it.
 
-The block structure and initialisation follow torchvision's ResNet; only the widths are free.
+The block structure follows torchvision's ResNet; only the widths are free. Initialisation
+(`model.init`, applied to every layer after the model is built, bottleneck factors included):
+- `lecun`: conv and linear weights ~ N(0, 1/fan_in), biases 0: the LeCun parameterisation the paper
+  states for its empirical sections (its Section 3);
+- `torchvision`: torchvision's resnet: convolutions Kaiming-normal over fan_out (std sqrt(2/fan_out)),
+  the classifier left at PyTorch's default; the "standard PyTorch implementation" of its Appendix A,
+  and exactly what widen did before `model.init` existed (linear-bottleneck factors at PyTorch's default);
+- `pytorch`: every layer at PyTorch's module default (Kaiming-uniform with a=sqrt(5): std 1/sqrt(3 fan_in)).
+BatchNorm starts at weight 1, bias 0 under all three.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from torch import nn
+
+from widen_cli.models.bottleneck import Factorized
 
 if TYPE_CHECKING:
     from widen_cli.config import ModelConfig
@@ -74,17 +84,27 @@ class ResNet18(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = (nn.Sequential(*made[i:i + 2]) for i in range(0, 8, 2))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(layout[-1][2], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.avgpool(x).flatten(1))
+
+
+def initialise(cfg: ModelConfig, model: nn.Module) -> nn.Module:
+    """Re-draw the freshly built model's weights by `cfg.init` (layers are built at PyTorch's defaults)."""
+    factors = {id(f) for m in model.modules() if isinstance(m, Factorized) for f in m}
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif cfg.init == "lecun" and isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")  # std 1/sqrt(fan_in)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif cfg.init == "torchvision" and isinstance(m, nn.Conv2d) and id(m) not in factors:
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return model
 
 
 def build(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int] | None = None) -> nn.Module:
