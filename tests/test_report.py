@@ -16,7 +16,7 @@ from widen_cli.config import MethodConfig
 
 runner = CliRunner()
 ALL_FIGURES = ["test_acc_vs_width", "train_acc_vs_width", "test_acc_vs_connectivity", "improvement_fraction",
-               "bottleneck", "mlp_grid", "kernel_distance", "layer_kept_fraction"]
+               "widening_gain", "bottleneck", "mlp_grid", "kernel_distance", "layer_kept_fraction"]
 
 
 def widen(*args):
@@ -181,7 +181,7 @@ def test_real_sweep_report(tmp_path):
     assert "6 runs, 1 plans" in res.output  # 2 members + dense-wide, 2 seeds, each read once
     made = sorted(p.stem for p in (tmp_path / "report").glob("*.png"))
     assert made == sorted(["test_acc_vs_width", "train_acc_vs_width", "test_acc_vs_connectivity",
-                           "improvement_fraction", "layer_kept_fraction"])
+                           "improvement_fraction", "widening_gain", "layer_kept_fraction"])
     gathered = pd.read_parquet(tmp_path / "runs" / "tiny" / "results.parquet")
     table = pd.read_csv(tmp_path / "report" / "table.csv").set_index("row")
     sparse8 = gathered[(gathered.method == "sparse") & (gathered.width == 8)]
@@ -315,3 +315,51 @@ def test_a_table_of_a_newer_schema_is_skipped_with_a_warning(fake_results, tmp_p
     assert res.exit_code == 0, res.output
     assert "results table of schema version 99, newer than this widen's 1" in " ".join(res.output.split())
     assert not (tmp_path / "report" / "table.csv").exists()
+
+
+def _dense_models(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[(rows.method == "dense") | ((rows.method == "sparse") & (rows.width == rows.base_width)
+                                            & (rows.connectivity >= 1))]
+
+
+def test_figure_12_gains_from_widening_at_constant_and_growing_weight_count(fake_results):
+    from widen_cli.report.figures import fig_widening_gain, widening_gain_data
+
+    root, sweeps = fake_results
+    runs = report.load([root / "runs"], lambda msg: None).runs
+    data = widening_gain_data(runs).set_index(["line", "width"])
+    digits = pd.concat([sweeps[0], sweeps[1], sweeps[3]])  # the bottleneck family's dense baseline is digits too
+    dense = _dense_models(digits).groupby("width").best_test_acc.mean() * 100
+    for base in (4, 8):
+        sparse = sweeps[0 if base == 4 else 1]
+        sparse = sparse[(sparse.method == "sparse") & (sparse.width > base)].groupby("width").best_test_acc.mean() * 100
+        for width, acc in sparse.items():
+            row = data.loc[(f"sparse b={base}", width)]
+            assert row.baseline == pytest.approx(dense[base])
+            assert row.gain_constant_weights == pytest.approx(acc - dense[base])
+            assert row.gain_growing_weights == pytest.approx(dense[width] - dense[base])
+            assert (row.n_weights_sparse, row.n_weights_dense) == (mlp_weights(base), mlp_weights(width))
+    assert len(data) == 4  # two wider widths per budget; the MNIST grid (last layer fixed) is not a family here
+    drawn = fig_widening_gain(runs)
+    assert drawn.name == "widening_gain" and drawn.data.equals(widening_gain_data(runs))
+
+
+def test_figure_4_colour_scale_is_centred_on_the_dense_baseline_and_widths_are_categories(fake_results):
+    from widen_cli.report.figures import fig_mlp_grid, mlp_grid_data
+
+    root, sweeps = fake_results
+    runs = report.load([root / "runs"], lambda msg: None).runs
+    data = mlp_grid_data(runs)
+    grid = sweeps[2]
+    baseline = 100 * grid[(grid.width == 5) & (grid.last_layer_connectivity == 1.0)].best_test_acc.mean()
+    assert np.allclose(data.baseline, baseline)
+    # Equally spaced categories, in width order and in last-layer connectivity order.
+    assert dict(zip(data.width, data.x)) == {5: 0, 10: 1, 20: 2}
+    assert dict(zip(data.last_layer_connectivity, data.y)) == {0.2: 0, 0.5: 1, 1.0: 2}
+    cell = data[(data.width == 10) & (data.last_layer_connectivity == 0.5)].test_mean.item()
+    assert cell == pytest.approx(100 * grid[(grid.width == 10) & (grid.last_layer_connectivity == 0.5)]
+                                 .best_test_acc.mean())
+    plot = fig_mlp_grid(runs)
+    norm = plot.figure.axes[0].collections[0].norm
+    assert norm.vcenter == pytest.approx(baseline) and norm.vmax == pytest.approx(data.test_mean.max())
+    assert plot.data.equals(data)

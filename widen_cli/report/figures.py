@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
@@ -124,8 +125,10 @@ def fig_acc_vs_connectivity(runs: pd.DataFrame) -> Plot | None:
                 "point at connectivity 1.", fig, _front(pd.concat(data), "setting", "line"))
 
 
-def fig_improvement_fraction(runs: pd.DataFrame) -> Plot | None:
-    """(sparse - baseline) / (dense - baseline) at each widening factor, with the sparse train accuracy."""
+def widening_gains(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every wider sparse member beside its dense baseline (the dense model at the base width) and the dense
+    model of its own width, means over seeds: what Figures 6 and 12 draw. `dense` is NaN where that width
+    has no dense model; the gains are in accuracy points over the baseline."""
     rows = []
     for setting, here in runs.groupby("setting"):
         dense = mean_sem(here[here.dense_model], ["width"]).set_index("width")
@@ -135,14 +138,24 @@ def fig_improvement_fraction(runs: pd.DataFrame) -> Plot | None:
                 continue
             base = dense.test_mean[base_width]
             for m in mean_sem(members[members.width > base_width], ["width"]).itertuples():
-                if m.width in dense.index:
-                    d = dense.test_mean[m.width]
-                    rows.append(dict(setting=setting, line=line, width=m.width, widening_factor=m.widening_factor,
-                                     baseline=base, sparse=m.test_mean, dense=d, sparse_train=m.train_mean,
-                                     fraction=(m.test_mean - base) / (d - base) if d != base else math.nan))
-    if not rows:
+                d = dense.test_mean.get(m.width, math.nan)
+                rows.append(dict(setting=setting, line=line, width=m.width, widening_factor=m.widening_factor,
+                                 baseline=base, sparse=m.test_mean, dense=d, sparse_train=m.train_mean,
+                                 fraction=(m.test_mean - base) / (d - base) if d != base else math.nan,
+                                 gain_constant_weights=m.test_mean - base, gain_growing_weights=d - base,
+                                 n_weights_sparse=m.n_weights, n_weights_dense=dense.n_weights.get(m.width, math.nan)))
+    return pd.DataFrame(rows)
+
+
+FIG6_COLUMNS = ["setting", "line", "width", "widening_factor", "baseline", "sparse", "dense", "sparse_train", "fraction"]
+
+
+def fig_improvement_fraction(runs: pd.DataFrame) -> Plot | None:
+    """(sparse - baseline) / (dense - baseline) at each widening factor, with the sparse train accuracy."""
+    gains = widening_gains(runs)
+    data = gains[gains.dense.notna()][FIG6_COLUMNS].reset_index(drop=True) if len(gains) else gains
+    if data.empty:
         return None
-    data = pd.DataFrame(rows)
     panels = list(data.groupby(["setting", "line"], sort=True))
     fig, axes = _panels(len(panels))
     for ax, ((setting, line), d) in zip(axes, panels):
@@ -160,6 +173,38 @@ def fig_improvement_fraction(runs: pd.DataFrame) -> Plot | None:
                 "Black triangles: (sparse - baseline) / (dense - baseline) best test accuracy at each widening "
                 "factor (means over seeds). Red circles: the sparse members' training accuracy; the dashed "
                 "line marks its maximum.", fig, data)
+
+
+GAIN_COLUMNS = ["setting", "line", "width", "widening_factor", "baseline", "gain_constant_weights",
+                "gain_growing_weights", "n_weights_sparse", "n_weights_dense"]
+
+
+def widening_gain_data(runs: pd.DataFrame) -> pd.DataFrame:
+    """Figure 12's numbers: per family and wider width, the improvement over the base-width dense baseline
+    at a constant weight count (the sparse member) and at a growing one (the dense model of that width)."""
+    gains = widening_gains(runs)
+    return gains[GAIN_COLUMNS].reset_index(drop=True) if len(gains) else pd.DataFrame(columns=GAIN_COLUMNS)
+
+
+def fig_widening_gain(runs: pd.DataFrame) -> Plot | None:
+    data = widening_gain_data(runs)
+    if data.empty or data.gain_growing_weights.isna().all():  # needs the dense-wide members
+        return None
+    panels = list(data.groupby(["setting", "line"], sort=True))
+    fig, axes = _panels(len(panels))
+    for ax, ((setting, line), d) in zip(axes, panels):
+        ax.plot(d.width, d.gain_constant_weights, "o-", color="C0",
+                label=f"sparse: constant weight count ({count(d.n_weights_sparse.iloc[0])})")
+        ax.plot(d.width, d.gain_growing_weights, "s--", color="k", mfc="none", label="dense: weights grow with width")
+        ax.axhline(0, color="0.7", lw=0.8)
+        _log_axis(ax, d.width, "width")
+        ax.set_ylabel("test accuracy gain over the baseline (points)")
+        ax.set_title(f"{setting}, {line} (baseline {d.baseline.iloc[0]:.2f}%)", fontsize=10)
+        ax.legend(fontsize=7)
+    return Plot("widening_gain", "Improvement from widening (Figure 12)",
+                "Best test accuracy gained over the dense baseline at the base width, by widening at a constant "
+                "weight count (sparse members) and with the weight count growing (dense models of the same "
+                "width); means over seeds. From the same runs as Table 1.", fig, data)
 
 
 def fig_bottleneck(runs: pd.DataFrame) -> Plot | None:
@@ -192,30 +237,57 @@ def fig_bottleneck(runs: pd.DataFrame) -> Plot | None:
                 _front(pd.concat(data), "setting", "line"))
 
 
-def fig_mlp_grid(runs: pd.DataFrame) -> Plot | None:
+def mlp_grid_data(runs: pd.DataFrame) -> pd.DataFrame:
+    """Figure 4's cells: mean test accuracy per (width, last-layer connectivity) of every grid, with the
+    categorical positions drawn (x: width in order, y: last-layer connectivity in order) and the colour
+    scale's centre, the dense baseline's accuracy (the grid's member at its base width)."""
     grid = runs[runs.last_layer_connectivity.notna()]
-    panels = sorted(grid.groupby(["setting", "family"]).groups)
-    if not panels:
-        return None
-    fig, axes = _panels(len(panels), width=5.0)
     data = []
-    for ax, (setting, family) in zip(axes, panels):
-        d = mean_sem(grid[(grid.setting == setting) & (grid.family == family)],
-                     ["last_layer_connectivity", "width"])
-        points = ax.scatter(d.connectivity, d.last_layer_connectivity, c=d.test_mean, cmap="viridis", marker="s",
-                            s=140, edgecolors="0.3")
+    for (setting, family), g in sorted(grid.groupby(["setting", "family"])):
+        d = mean_sem(g, ["last_layer_connectivity", "width"])
+        base_width = g.base_width.iloc[0]
+        here = runs[(runs.setting == setting) & runs.dense_model & (runs.width == base_width)]
+        d["baseline"] = here.test.mean() if len(here) else math.nan
+        d["x"] = d.width.map({w: i for i, w in enumerate(sorted(d.width.unique()))})
+        d["y"] = d.last_layer_connectivity.map({c: i for i, c in enumerate(sorted(d.last_layer_connectivity.unique()))})
+        data.append(d.assign(setting=setting, family=family))
+    return _front(pd.concat(data), "setting", "family") if data else pd.DataFrame()
+
+
+def fig_mlp_grid(runs: pd.DataFrame) -> Plot | None:
+    from matplotlib.colors import TwoSlopeNorm
+
+    data = mlp_grid_data(runs)
+    if data.empty:
+        return None
+    panels = list(data.groupby(["setting", "family"], sort=True))
+    fig, axes = _panels(len(panels), width=5.0)
+    for ax, ((setting, family), d) in zip(axes, panels):
+        cells = d.pivot(index="y", columns="x", values="test_mean").reindex(
+            index=range(d.y.max() + 1), columns=range(d.x.max() + 1))  # impossible cells stay empty (white)
+        lo, hi, centre = d.test_mean.min(), d.test_mean.max(), d.baseline.iloc[0]
+        if pd.isna(centre):
+            centre = (lo + hi) / 2
+        norm = TwoSlopeNorm(vcenter=centre, vmin=min(lo, centre - 1e-6), vmax=max(hi, centre + 1e-6))
+        mesh = ax.pcolormesh(np.ma.masked_invalid(cells.to_numpy(dtype=float)), cmap="RdBu", norm=norm, edgecolors="0.85", linewidth=0.5)
         best = d.loc[d.test_mean.idxmax()]
-        ax.scatter([best.connectivity], [best.last_layer_connectivity], marker="*", s=260, c="white",
-                   edgecolors="k", zorder=3, label=f"best: {best.test_mean:.2f}% (width {best.width:g})")
-        fig.colorbar(points, ax=ax, label="best test accuracy (%)")
-        _connectivity_axis(ax, "overall connectivity")
+        ax.scatter([best.x + 0.5], [best.y + 0.5], marker="*", s=260, c="white", edgecolors="k", zorder=3,
+                   label=f"best: {best.test_mean:.2f}% (width {best.width:g})")
+        fig.colorbar(mesh, ax=ax, label=f"best test acc. (%); white: baseline {centre:.2f}")
+        columns = d.drop_duplicates("x").sort_values("x")
+        ax.set_xticks(columns.x + 0.5, [f"{c:.2g}\nw{w:g}" for c, w in zip(columns.connectivity, columns.width)],
+                      fontsize=7)
+        ax.set_xlabel("overall connectivity and width (categories)")
+        rows = d.drop_duplicates("y").sort_values("y")
+        ax.set_yticks(rows.y + 0.5, [f"{c:g}" for c in rows.last_layer_connectivity], fontsize=7)
         ax.set_ylabel("last-layer connectivity")
         ax.set_title(f"{setting}, {family}", fontsize=10)
         ax.legend(fontsize=7, loc="lower left")
-        data.append(d.assign(setting=setting, family=family))
     return Plot("mlp_grid", "MLP grid: overall vs last-layer connectivity (Figure 4)",
-                "Best test accuracy (colour, mean over seeds) of every member of a grid over width and last-layer "
-                "connectivity; the star marks the best cell.", fig, _front(pd.concat(data), "setting", "family"))
+                "Best test accuracy (colour, mean over seeds) of every member of a grid over width (equally "
+                "spaced categories) and last-layer connectivity; diverging colours centred on the dense "
+                "baseline's accuracy, blue above it, red below; the star marks the best cell, empty cells are "
+                "impossible combinations.", fig, data)
 
 
 def fig_kernel_distance(kernels: dict[str, pd.DataFrame], runs: pd.DataFrame) -> Plot | None:
@@ -293,6 +365,6 @@ def _front(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
 def figures(res: Results) -> list[Plot]:
     runs = res.runs
     made = [fig_acc_vs_width(runs, "test"), fig_acc_vs_width(runs, "train"), fig_acc_vs_connectivity(runs),
-            fig_improvement_fraction(runs), fig_bottleneck(runs), fig_mlp_grid(runs),
+            fig_improvement_fraction(runs), fig_widening_gain(runs), fig_bottleneck(runs), fig_mlp_grid(runs),
             fig_kernel_distance(res.kernels, runs), fig_layer_kept(res.plans)]
     return [p for p in made if p is not None]
