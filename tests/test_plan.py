@@ -49,7 +49,7 @@ def sweep_jobs(overrides, base_width, **settings):
      "digits-mlp-sparse-b8-", ["digits-mlp-sparse-w8-s0-91e8ee41", "digits-mlp-sparse-w8-s1-e1a61311",
                                "digits-mlp-sparse-w16-s0-2cb6cbff", "digits-mlp-sparse-w16-s1-1d5e3902",
                                "digits-mlp-dense-w16-s0-8aaebc78", "digits-mlp-dense-w16-s1-5ed22250"]),
-    (["+experiment=fig4_relu"], 5, dict(widths=[5, 10], last_layer_connectivity=[1.0, 0.5], dense_wide=True),
+    (["+experiment=fig4_relu"], 5, dict(widths=[5, 10], last_layer_connectivity=[1.0, 0.5], dense_wide=True, seeds=[0]),
      "mnist-mlp-sparse-b5-", ["mnist-mlp-sparse-w5-s0-2823a252", "mnist-mlp-sparse-w10-s0-bcd02e40",
                               "mnist-mlp-sparse-w10-s0-96134bdd", "mnist-mlp-dense-w10-s0-7cc61b69"]),
     (["dataset=cifar10", "model=resnet18", "method=linear-bottleneck", "model.init=torchvision"], 12,
