@@ -88,7 +88,8 @@ def test_sweep_runs_every_member_and_seed(local_sweep):
         ("dense", 32, 0), ("dense", 32, 1), ("sparse", 8, 0), ("sparse", 8, 1), ("sparse", 32, 0), ("sparse", 32, 1)]
     sparse = df[df.method == "sparse"]
     assert (sparse.n_weights == 3 * 8 * 8 * 8 + 8 * 10).all()  # base width 8 on 3x8x8 input, 10 classes
-    assert sparse.distribution.eq("staggered").all()
+    assert sparse.distribution.eq("dense-last").all()  # the MLP's default (Figure 7's rule)
+    assert (sparse.budget == 3 * 8 * 8 * 8 + 8 * 10).all()
     assert df.widening_factor.tolist() == [4.0, 4.0, 1.0, 1.0, 4.0, 4.0]
     # Each member is an ordinary run folder; the sparse ones carry their masks, exactly at the budget.
     for run in df[df.method == "sparse"].run:

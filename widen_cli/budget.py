@@ -11,7 +11,7 @@ model; tests pin them to the real modules.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from widen_cli.errors import UserError
@@ -97,8 +97,9 @@ def _round_to_total(exact: list[float], caps: list[int], total: int) -> list[int
     return kept
 
 
-def proportional(sizes: list[int], n_keep: int) -> list[int]:
-    """Every layer keeps the same fraction n_keep / sum(sizes) (up to rounding; the total is exact)."""
+def uniform(sizes: list[int], n_keep: int) -> list[int]:
+    """Every layer keeps the same fraction n_keep / sum(sizes) (up to rounding; the total is exact): the
+    kernel theory's set-up (Section 3), one connectivity for the whole network."""
     frac = n_keep / sum(sizes)
     return _round_to_total([frac * s for s in sizes], sizes, n_keep)
 
@@ -125,12 +126,41 @@ def erk(shapes: list[tuple[int, ...]], n_keep: int) -> list[int]:
     return _round_to_total(exact, sizes, n_keep)
 
 
-# name -> (layer shapes, weights to keep) -> weights kept per layer, exactly that many in total
+def dense_last(sizes: list[int], n_keep: int) -> list[int]:
+    """The authors' Figure 7 code: the last layer (the classifier) stays dense and the rest of the budget
+    goes to the earlier layers, staggered among them. For a one-hidden-layer MLP the first layer keeps
+    exactly n_keep - width * outputs weights."""
+    rest = n_keep - sizes[-1]
+    if len(sizes) < 2 or rest < len(sizes) - 1:
+        raise ValueError(f"a dense last layer of {sizes[-1]:,} weights leaves {rest:,} of {n_keep:,} for the "
+                         f"other layers")
+    return [*staggered(sizes[:-1], rest), sizes[-1]]
+
+
+DENSE_LAST = "dense-last"
+# name -> (layer shapes, weights to keep) -> weights kept per layer, exactly that many in total. These
+# names are the only ones: sweep-width's method.distribution and kernel-distance's --distribution.
 DISTRIBUTIONS = {
     "staggered": lambda shapes, n_keep: staggered([numel(s) for s in shapes], n_keep),
-    "proportional": lambda shapes, n_keep: proportional([numel(s) for s in shapes], n_keep),
+    DENSE_LAST: lambda shapes, n_keep: dense_last([numel(s) for s in shapes], n_keep),
+    "uniform": lambda shapes, n_keep: uniform([numel(s) for s in shapes], n_keep),
     "erk": erk,
 }
+# method.distribution: null means the model's own: Figure 7's rule for the MLP, Appendix B's for ResNets.
+MODEL_DISTRIBUTIONS = {"mlp": DENSE_LAST, "resnet18": "staggered"}
+
+
+def default_distribution(model: str) -> str:
+    """What method.distribution null stands for with this model."""
+    return MODEL_DISTRIBUTIONS.get(model, "staggered")
+
+
+def fix_last_layer(method: MethodConfig, llc: float | None) -> MethodConfig:
+    """The method with the last layer's connectivity fixed at llc (None: not fixed). dense-last's last layer
+    then gives way to llc and its rule for the other layers, staggered, is what is left: the member is
+    recorded as staggered, so the same network has one name (and one run folder)."""
+    distribution = "staggered" if llc is not None and method.distribution == DENSE_LAST else method.distribution
+    return replace(method, last_layer_connectivity=llc, distribution=distribution)
 
 
 def distribute(shapes: dict[str, tuple[int, ...]], n_keep: int, method: MethodConfig) -> dict[str, int]:
@@ -146,7 +176,8 @@ def distribute(shapes: dict[str, tuple[int, ...]], n_keep: int, method: MethodCo
         if fixed[last] < 1 or not 1 <= n_keep <= sum(sizes):
             raise ValueError(f"last-layer connectivity {method.last_layer_connectivity} leaves {n_keep} weights "
                              f"for the other layers, which hold {sum(sizes)}")
-    kept = DISTRIBUTIONS[method.distribution]([shapes[n] for n in names], n_keep)
+    rule = fix_last_layer(method, method.last_layer_connectivity).distribution  # dense-last gives way to llc
+    kept = DISTRIBUTIONS[rule]([shapes[n] for n in names], n_keep)
     return {**dict(zip(names, kept)), **fixed}
 
 
@@ -252,7 +283,7 @@ class Member:
     """One model of a family: its width and exactly which weights it has."""
 
     width: int
-    base_width: int
+    base_width: int | None  # None: a budget given as a weight count (kernel-distance --weights)
     method: str
     budget: int  # the family's weight count, N(base)
     n_weights: int  # this member's count: kept (sparse) or explicit (bottlenecks)
@@ -290,6 +321,23 @@ class Infeasible(Exception):
     """This width cannot hold the budget (the message says why)."""
 
 
+def sparse_member(cfg: ModelConfig, spec: InputSpec, width: int, budget: int, method: MethodConfig,
+                  base_width: int | None = None) -> Member:
+    """The sparse model at `width` that keeps `budget` weights, spread over its layers by
+    method.distribution; raises Infeasible. sweep-width's members and kernel-distance's networks both
+    come from here, so the same rule name gives the same per-layer counts."""
+    dense = weight_shapes(cfg, width, spec)
+    try:
+        kept = distribute(dense, budget, method)
+    except ValueError as e:
+        raise Infeasible(f"width {width} cannot keep {budget:,} weights: {e}") from None
+    if min(kept.values()) < 1:
+        raise Infeasible(f"width {width} would leave a layer with no weights")
+    return Member(width=width, base_width=base_width, method="sparse", budget=budget, n_weights=sum(kept.values()),
+                  n_weights_dense=count(dense), distribution=method.distribution, within=method.within, layers=dense,
+                  kept=kept)
+
+
 def _plan(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method: MethodConfig) -> Member:
     name = method.name
     dense = weight_shapes(cfg, width, spec)
@@ -300,14 +348,7 @@ def _plan(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method
         return Member(**{**common, "budget": n_dense}, n_weights=n_dense, layers=dense,
                       kept={n: numel(s) for n, s in dense.items()})
     if name == "sparse":
-        try:
-            kept = distribute(dense, budget, method)
-        except ValueError as e:
-            raise Infeasible(f"width {width} cannot keep the base width's {budget:,} weights: {e}") from None
-        if min(kept.values()) < 1:
-            raise Infeasible(f"width {width} would leave a layer with no weights")
-        return Member(**common, n_weights=sum(kept.values()), distribution=method.distribution,
-                      within=method.within, layers=dense, kept=kept)
+        return sparse_member(cfg, spec, width, budget, method, base_width)
     solved = solve_bottleneck(cfg, width, spec, name, budget)
     if solved is None:
         raise Infeasible(f"width {width} needs a bottleneck below 1 to hold {budget:,} weights")
@@ -340,15 +381,20 @@ def is_valid(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, met
     return member.connectivity >= connectivity_floor
 
 
-def _widest(cfg, spec, base_width, method, valid_from: int, floor: float, limit: int) -> int | None:
-    """Bisection for the widest valid width above `valid_from` (valid); None if even `limit` is."""
-    if is_valid(cfg, spec, base_width, limit, method, floor):
+def widest(valid, valid_from: int, limit: int) -> int | None:
+    """Bisection for the widest width w with valid(w), above `valid_from` (valid; validity is monotone from
+    there); None if even `limit` is valid."""
+    if valid(limit):
         return None
     lo, hi = valid_from, limit  # lo valid, hi invalid
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if is_valid(cfg, spec, base_width, mid, method, floor) else (lo, mid)
+        lo, hi = (mid, hi) if valid(mid) else (lo, mid)
     return lo
+
+
+def _widest(cfg, spec, base_width, method, valid_from: int, floor: float, limit: int) -> int | None:
+    return widest(lambda w: is_valid(cfg, spec, base_width, w, method, floor), valid_from, limit)
 
 
 def max_width(cfg: ModelConfig, spec: InputSpec, base_width: int, method: MethodConfig,

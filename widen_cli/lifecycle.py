@@ -282,7 +282,7 @@ def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: floa
         wall_seconds=wall_seconds, activation=run.model.activation, distribution=member.distribution,
         within=member.within,
         last_layer_connectivity=run.method.last_layer_connectivity if run.method.name == "sparse" else None,
-        identity=json.dumps(run.identity(), sort_keys=True),
+        identity=json.dumps(run.identity(), sort_keys=True), budget=member.budget,
     )
 
 
