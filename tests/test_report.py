@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from widen_cli import config, report, results
 from widen_cli.cli import app
+from widen_cli.budget import default_distribution, fix_last_layer
 from widen_cli.config import MethodConfig
 
 runner = CliRunner()
@@ -62,7 +63,9 @@ def default_run(dataset):
 def member_run(dataset, method, width, base_width, seed, llc=None, epochs=3, out="runs"):
     """The validated config of a run of this member with these settings."""
     run = default_run(dataset)
-    return replace(run, method=MethodConfig(name=method, last_layer_connectivity=llc), width=width,
+    method = MethodConfig(name=method) if method != "sparse" else \
+        fix_last_layer(MethodConfig(name=method, distribution=default_distribution("mlp")), llc)  # as validate
+    return replace(run, method=method, width=width,
                    base_width=base_width, seed=seed, optim=replace(run.optim, epochs=epochs), out=str(out))
 
 
@@ -77,10 +80,12 @@ def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weig
     return dict(dataset=dataset, model="mlp", method=method, width=width, base_width=base_width, n_weights=n,
                 n_weights_dense=dense, connectivity=n / dense, seed=seed, epochs=epochs, status="finished",
                 best_test_acc=acc, final_test_acc=acc - 0.01, best_train_acc=acc + 0.02, final_train_acc=acc + 0.01,
-                wall_seconds=1.0, activation="relu", distribution=None if method == "dense" else "staggered",
+                wall_seconds=1.0, activation="relu",
+                distribution=None if method == "dense" else member_run(dataset, method, width, base_width, seed,
+                                                                       llc=llc).method.distribution,
                 within=None if method == "dense" else "all", last_layer_connectivity=llc,
                 identity=identity(dataset, method, width, base_width, seed, llc=llc, epochs=epochs),
-                widening_factor=width / base_width, run="", error=None)
+                widening_factor=width / base_width, run="", error=None, budget=n)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +110,8 @@ def fake_results(tmp_path_factory):
     widths = np.array([4, 8, 16, 32])
     kernel = pd.DataFrame(dict(
         width=widths, base_width=4, n_weights=296, input_dim=64, outputs=10, connectivity=4 / widths,
-        first_layer_connectivity=4 / widths, first_layer_weights=256, allocation="staggered", inputs="gaussian",
+        first_layer_connectivity=4 / widths, first_layer_weights=256, distribution="staggered", inputs="gaussian",
+        dataset=None, budget=296, last_layer_weights=40, width_eq29=2 * (4 * 64) ** 0.5, min_eq29=widths == 32,
         reference="analytic", pairs=100, inits=10, mask_samples=8, seed=0,
         distance_empirical=1 / widths + 0.01, distance_empirical_se=0.002, distance_theorem1=1 / widths + 0.012,
         distance_theorem1_bias=1 / widths + 0.013, distance_eq6=1 / widths + 0.015, distance_leading_order=1 / widths))

@@ -78,10 +78,10 @@ class Schema:
 # Every table kind. Tables written before kinds existed carry no metadata (see table_kind).
 TABLES = {
     "metrics": Schema(METRICS_COLUMNS, 1),
-    "summary": Schema(SUMMARY_COLUMNS, 2),  # 2: budget
-    "results": Schema(RESULTS_COLUMNS, 2),  # 2: budget
+    "summary": Schema(SUMMARY_COLUMNS, 1),  # budget appended: older readers pass over it
+    "results": Schema(RESULTS_COLUMNS, 1),
     "plan": Schema(PLAN_COLUMNS, 1),
-    "kernel": Schema(KERNEL_COLUMNS, 2),  # 2: allocation -> distribution; dataset, budget, ..., min_eq29
+    "kernel": Schema(KERNEL_COLUMNS, 2),  # 2: `allocation` renamed `distribution` (its names too)
 }
 KIND_KEY = b"widen.kind"
 VERSION_KEY = b"widen.schema_version"
