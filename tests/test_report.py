@@ -321,3 +321,63 @@ def test_a_table_of_a_newer_schema_is_skipped_with_a_warning(fake_results, tmp_p
     assert res.exit_code == 0, res.output
     assert "results table of schema version 99, newer than this widen's 1" in " ".join(res.output.split())
     assert not (tmp_path / "report" / "table.csv").exists()
+
+
+def test_kernel_overlay_joins_only_matching_families(tmp_path):
+    """Real kernel-distance tables and real tiny sweeps over two datasets, two budgets and two allocation rules:
+    each kernel table gets exactly the runs of its family (dataset, budget, rule), checked on the figure's data."""
+    tiny = ["--epochs", 1, "--seeds", 0, "--no-dense-wide"]
+    sweeps = {  # name -> sweep-width options
+        "digits-b4-dense-last": ["--dataset", "digits", "--base-width", 4, "--widths", "4,8,16"],
+        "digits-b4-uniform": ["--dataset", "digits", "--base-width", 4, "--widths", "4,8,16", "--distribution",
+                              "uniform"],
+        "digits-b8-llc1": ["--dataset", "digits", "--base-width", 8, "--widths", "8,16,32",
+                           "--last-layer-connectivity", "1.0"],  # a dense classifier: dense-last's networks
+        "digits-b8-llc05": ["--dataset", "digits", "--base-width", 8, "--widths", "16,32",
+                            "--last-layer-connectivity", "0.5"],  # no rule: drawn over nothing
+        "synthetic-b4": ["--dataset", "synthetic", "--base-width", 4, "--widths", "4,8", "dataset.image_size=8",
+                         "dataset.train_size=64", "dataset.test_size=32"],
+    }
+    for name, options in sweeps.items():
+        res = widen("sweep-width", "--model", "mlp", *options, *tiny, "--out", tmp_path / "runs", "--name", name)
+        assert res.exit_code == 0, (name, res.output)
+    kernels = {  # name -> kernel-distance options
+        "k-digits-b4-dense-last": ["--inputs", "digits", "--base-width", 4, "--widths", "4,8,16,24"],
+        "k-digits-b4-uniform": ["--inputs", "digits", "--base-width", 4, "--widths", "4,8,16",
+                                "--distribution", "uniform"],
+        "k-digits-b8-dense-last": ["--inputs", "digits", "--base-width", 8, "--widths", "8,16,32"],
+        "k-gaussian-b4": ["--input-dim", 64, "--base-width", 4, "--widths", "4,8,16"],  # digits' budget, no dataset
+        "k-mnist-b8": ["--input-dim", 784, "--weights", 6352, "--widths", "8,16"],  # Gaussian, the Figure 7 budget
+    }
+    for name, options in kernels.items():
+        res = widen("kernel-distance", *options, "--pairs", 30, "--inits", 2, "--mask-samples", 2,
+                    "--out", tmp_path / "kernels", "--name", name)
+        assert res.exit_code == 0, (name, res.output)
+    res = report.load([tmp_path / "runs", tmp_path / "kernels"], lambda msg: None)
+    data = report.kernel_overlay(res.kernels, res.runs)
+    drawn = data[data.line.notna()]
+    assert set(drawn.table) == {"k-digits-b4-dense-last", "k-digits-b4-uniform", "k-digits-b8-dense-last"}
+    lines = drawn.groupby("table").line.unique().map(sorted).to_dict()
+    assert lines == {"k-digits-b4-dense-last": ["sparse b=4"], "k-digits-b4-uniform": ["sparse b=4 uniform"],
+                     "k-digits-b8-dense-last": ["sparse b=8, last layer 1"]}
+    for name, d in drawn.groupby("table"):  # the runs drawn are those of the table's family, at their widths
+        keys = report.kernel_keys(d)
+        runs = res.runs[res.runs.line.isin(d.line) & (res.runs.dataset == keys["dataset"])]
+        assert (runs.budget == keys["budget"]).all() and len(runs) == d.test_error_mean.notna().sum()
+        assert d.set_index("width").test_error_mean.dropna().to_dict() == pytest.approx(
+            (100 - runs.set_index("width").test).to_dict())
+    assert drawn[drawn.table == "k-digits-b4-dense-last"].budget.unique().tolist() == [4 * 74]
+    assert drawn[drawn.table == "k-digits-b8-dense-last"].budget.unique().tolist() == [8 * 74]
+    # width 24 has a kernel row but no run; no table gets the synthetic runs or the llc 0.5 ones
+    assert drawn[drawn.table == "k-digits-b4-dense-last"].set_index("width").test_error_mean.isna().to_dict() == {
+        4: False, 8: False, 16: False, 24: True}
+    assert not drawn.line.str.contains("last layer 0.5").any() and "synthetic" not in set(drawn.dataset)
+    stats = report.tracking(data)
+    assert sorted(stats.table) == sorted(set(drawn.table)) and (stats.widths == 3).all()
+    assert stats.spearman_empirical.between(-1, 1).all() and stats.pearson_log_empirical.between(-1, 1).all()
+    assert stats.width_eq29.tolist() == pytest.approx([2 * (4 * 64) ** 0.5, 2 * (4 * 64) ** 0.5, 2 * (8 * 64) ** 0.5])
+    # the page writes the same numbers
+    assert widen("report", tmp_path / "runs", tmp_path / "kernels", "--out", tmp_path / "report").exit_code == 0
+    written = pd.read_csv(tmp_path / "report" / "kernel_tracking.csv")
+    assert written.table.tolist() == stats.table.tolist()
+    assert written.spearman_empirical.tolist() == pytest.approx(stats.spearman_empirical.tolist(), abs=1e-3)
