@@ -368,7 +368,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     if data.get("base_width") is None:
         data["base_width"] = data.get("width")
     run = _build(RunConfig, data, "")
-    run = _resolve_distribution(run)
+    run = resolve_distribution(run)
     if run.base_width > run.width:
         raise UserError(f"width {run.width} is below the base width {run.base_width}; family members have width "
                         f">= {run.base_width}")
@@ -394,9 +394,10 @@ def validate(cfg: DictConfig) -> RunConfig:
     return run
 
 
-def _resolve_distribution(run: RunConfig) -> RunConfig:
+def resolve_distribution(run: RunConfig) -> RunConfig:
     """method.distribution null -> the model's default (sparse; the other methods keep staggered), then
-    dense-last beside a fixed last layer -> staggered (budget.fix_last_layer)."""
+    dense-last beside a fixed last layer -> staggered (budget.fix_last_layer). validate does it, and so
+    does reading a stored sweep.yaml (the composed config, where null stays null)."""
     method = run.method
     if method.distribution is None:
         method = replace(method, distribution=default_distribution(run.model.name) if method.name == "sparse"
