@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from widen_cli import config
 from widen_cli.budget import (
     DISTRIBUTIONS, Member, count, default_widths, distribute, erk, family_budget,
-    max_width, numel, plan_member, proportional, solve_bottleneck, staggered,
+    max_width, numel, plan_member, solve_bottleneck, staggered, uniform,
     weight_shapes,
 )
 from widen_cli.config import MethodConfig, ModelConfig, OptimConfig
@@ -247,15 +247,15 @@ def test_staggered_rejects_impossible():
         staggered([10, 5], 0)
 
 
-# ---------------------------------------------------------------- 4. proportional and ERK
+# ---------------------------------------------------------------- 4. uniform and ERK
 
-def test_proportional_exact_total_and_fractions():
+def test_uniform_exact_total_and_fractions():
     rng = random.Random(2)
     cases = [([100, 60, 30], 95), ([7, 7, 7], 10), ([1, 1000], 500)]
     cases += [([rng.randint(1, 10_000) for _ in range(rng.randint(1, 10))], None) for _ in range(200)]
     for sizes, n_keep in cases:
         n_keep = n_keep or rng.randint(1, sum(sizes))
-        kept = proportional(sizes, n_keep)
+        kept = uniform(sizes, n_keep)
         assert sum(kept) == n_keep
         frac = n_keep / sum(sizes)
         for k, s in zip(kept, sizes):
@@ -263,8 +263,8 @@ def test_proportional_exact_total_and_fractions():
             assert abs(k / s - frac) < 1 / s  # off by less than one weight from the exact fraction
 
 
-def test_proportional_on_resnet_member():
-    member = plan_member(RESNET, CIFAR100, 18, 51, sparse("proportional"))
+def test_uniform_on_resnet_member():
+    member = plan_member(RESNET, CIFAR100, 18, 51, sparse("uniform"))
     frac = member.budget / member.n_weights_dense
     for name, shape in member.layers.items():
         assert abs(member.kept[name] - frac * numel(shape)) < 1
@@ -644,3 +644,45 @@ def test_last_layer_connectivity_resnet_total_exact():
     member = plan_member(RESNET, CIFAR100, 4, 8, sparse("staggered", llc=0.25))
     assert member.kept["fc"] == round(0.25 * 100 * 64)
     assert member.n_weights == base_count(RESNET, 4, CIFAR100)
+
+
+# ---------------------------------------------------------------- 10. dense-last (Figure 7) and the model's default
+
+def test_dense_last_keeps_the_classifier_dense():
+    # one hidden layer: the first layer keeps exactly budget - width * outputs (the authors' Figure 7 code)
+    for width in (8, 32, 216, 635):
+        member = plan_member(MLP1, MNIST, 8, width, sparse("dense-last"))
+        assert member.kept == {"layers.0": 6352 - 10 * width, "layers.1": 10 * width}
+    # deeper: the last layer dense, the rest staggered over the earlier layers
+    deep = ModelConfig(name="mlp", hidden_layers=2, bias=False)
+    member = plan_member(deep, MNIST, 8, 64, sparse("dense-last"))
+    base = family_budget(deep, 8, MNIST, "sparse")
+    sizes = [numel(s) for s in member.layers.values()]
+    assert member.kept["layers.2"] == sizes[2]
+    assert [member.kept["layers.0"], member.kept["layers.1"]] == staggered(sizes[:2], base - sizes[2])
+    resnet = plan_member(RESNET, CIFAR100, 18, 36, sparse("dense-last"))
+    fc = list(resnet.layers)[-1]
+    assert resnet.kept[fc] == numel(resnet.layers[fc]) and resnet.n_weights == resnet.budget
+    # beyond the widest width (one first-layer weight left) the rule has no member
+    with pytest.raises(UserError, match="valid widths for base width 8 with sparse: 8 to 635"):
+        plan_member(MLP1, MNIST, 8, 636, sparse("dense-last"))
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["dataset=mnist", "method=sparse"], "dense-last"),  # the MLP's default: Figure 7's rule
+    (["dataset=cifar10", "model=resnet18", "method=sparse"], "staggered"),  # ResNet's: Appendix B
+    (["dataset=mnist", "method=sparse", "method.last_layer_connectivity=0.5"], "staggered"),  # the rest staggered
+    (["dataset=mnist", "method=sparse", "method.distribution=dense-last",
+      "method.last_layer_connectivity=0.5"], "staggered"),  # one name for one network
+    (["dataset=mnist", "method=sparse", "method.distribution=uniform"], "uniform"),
+    (["dataset=mnist"], "staggered"),  # dense runs keep the identity (and folder) they had
+])
+def test_distribution_null_is_the_models_default(overrides, expected):
+    run = config.load(overrides)[1]
+    assert run.method.distribution == expected
+    assert run.identity()["method"]["distribution"] == expected
+
+
+def test_the_old_name_proportional_is_refused():
+    with pytest.raises(UserError, match="method.distribution must be one of staggered, dense-last, uniform, erk"):
+        config.load(["dataset=mnist", "method=sparse", "method.distribution=proportional"])

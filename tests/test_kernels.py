@@ -58,16 +58,16 @@ def test_arccos_kernels_special_values():
 # ---------------------------------------------------------------- budget
 
 def test_plan_matches_the_papers_figure7_allocation():
-    members = K.plan(K.FIG7_WIDTHS, 6352, 784, 10, "first-layer")
-    assert [m.first_layer_weights for m in members] == [6352 - 10 * n for n in K.FIG7_WIDTHS]
-    assert members[0].p1 == 1 and members[-1].first_layer_weights == 2  # 2 weights left at width 635
+    members = K.plan(K.FIG7_WIDTHS, 6352, 784, 10, "dense-last")
+    assert [K.first_layer_weights(m) for m in members] == [6352 - 10 * n for n in K.FIG7_WIDTHS]
+    assert K.p1(members[0]) == 1 and K.first_layer_weights(members[-1]) == 2  # 2 weights left at width 635
     uniform = K.plan([8, 635], 6352, 784, 10, "uniform")
-    assert [m.p1 for m in uniform] == [1, pytest.approx(8 / 635)]
-    assert K.default_widths(6352, 784, 10, "first-layer") == list(K.FIG7_WIDTHS)
-    assert K.default_widths(592, 64, 10, "first-layer") == [8, 11, 16, 22, 30, 42, 59]
+    assert [K.p1(m) for m in uniform] == [1, pytest.approx(8 / 635)]
+    assert K.default_widths(6352, 784, 10, "dense-last") == list(K.FIG7_WIDTHS)
+    assert K.default_widths(592, 64, 10, "dense-last") == [8, 11, 16, 22, 30, 42, 59]
 
 
-@pytest.mark.parametrize("widths, allocation", [([636], "first-layer"), ([7], "first-layer"), ([7], "uniform")])
+@pytest.mark.parametrize("widths, allocation", [([636], "dense-last"), ([7], "dense-last"), ([7], "uniform")])
 def test_impossible_widths_are_refused(widths, allocation):
     with pytest.raises(UserError, match="valid widths: (>= )?8"):
         K.plan(widths, 6352, 784, 10, allocation)
@@ -79,8 +79,7 @@ def distances(d, widths, allocation, base=4, pairs=2000, inits=16, samples=64, s
     g = gen(seed)
     x, y = K.gaussian_pairs(pairs, d, g)
     members = K.plan(widths, base * (d + 10), d, 10, allocation)
-    return K.distance_table(x, y, members, allocation=allocation, inits=inits, mask_samples=samples,
-                            reference=reference, seed=seed)
+    return K.distance_table(x, y, members, inits=inits, mask_samples=samples, reference=reference, seed=seed)
 
 
 def test_dense_empirical_distance_shrinks_like_one_over_width():
@@ -93,7 +92,7 @@ def test_dense_empirical_distance_shrinks_like_one_over_width():
         assert abs(r.distance_empirical - r.distance_theorem1) < 4 * r.distance_empirical_se
 
 
-@pytest.mark.parametrize("allocation, widths", [("first-layer", [4, 12, 24, 40]), ("uniform", [4, 12, 40, 120])])
+@pytest.mark.parametrize("allocation, widths", [("dense-last", [4, 12, 24, 40]), ("uniform", [4, 12, 40, 120])])
 def test_theorem1_agrees_with_the_empirical_distance(allocation, widths):
     # d = 100, budget 4 x 110: connectivities from 1 down to 0.01-0.03 (p d from 100 to 1-3)
     table = distances(100, widths, allocation)
@@ -105,8 +104,10 @@ def test_theorem1_agrees_with_the_empirical_distance(allocation, widths):
 
 def test_sparse_distance_differs_from_dense_at_the_same_width():
     # the mask adds variance: the same width at p = 0.05 is measurably further from the limit than dense
-    sparse = distances(100, [40], "uniform", base=2).iloc[0]
-    dense = distances(100, [40], "uniform", base=40).iloc[0]
+    # (32 inits: uniform masks now keep an exact count, a new random stream on which 16 left z = 4.7 of the
+    # expected ~6 at seed 0)
+    sparse = distances(100, [40], "uniform", base=2, inits=32).iloc[0]
+    dense = distances(100, [40], "uniform", base=40, inits=32).iloc[0]
     assert sparse.distance_empirical - dense.distance_empirical > 5 * math.hypot(
         sparse.distance_empirical_se, dense.distance_empirical_se)
     assert sparse.distance_theorem1 > 1.3 * dense.distance_theorem1
@@ -131,24 +132,24 @@ def test_dense_reference_adds_its_own_variance():
 
 
 def test_exact_count_masks_keep_exactly_the_count():
-    member = K.plan([40], 4 * 110, 100, 10, "first-layer")[0]
-    u = K.first_layers(member, 100, "first-layer", 3, gen())
-    assert ((u != 0).sum(dim=(1, 2)) == member.first_layer_weights).all()
+    member = K.plan([40], 4 * 110, 100, 10, "dense-last")[0]
+    u = K.first_layers(member, 100, 3, gen())
+    assert ((u != 0).sum(dim=(1, 2)) == K.first_layer_weights(member)).all()
     assert not torch.equal(u[0] != 0, u[1] != 0)  # a fresh mask for every initialisation
 
 
 def test_a_widths_numbers_do_not_depend_on_the_others():
-    alone = distances(64, [16], "first-layer", pairs=300, inits=4)
-    together = distances(64, [4, 16, 29], "first-layer", pairs=300, inits=4)
+    alone = distances(64, [16], "dense-last", pairs=300, inits=4)
+    together = distances(64, [4, 16, 29], "dense-last", pairs=300, inits=4)
     pd.testing.assert_frame_equal(alone.drop(columns=[c for c in alone if c.startswith("min_")]),
                                   together.iloc[[1]].reset_index(drop=True)
                                   .drop(columns=[c for c in alone if c.startswith("min_")]))
 
 
 def test_chunking_does_not_change_the_numbers(monkeypatch):
-    whole = distances(64, [4, 29], "first-layer", pairs=300, inits=4)
+    whole = distances(64, [4, 29], "dense-last", pairs=300, inits=4)
     monkeypatch.setattr(K, "CHUNK_ELEMENTS", 1000)  # forces many small blocks of pairs, inits and masks
-    chunked = distances(64, [4, 29], "first-layer", pairs=300, inits=4)
+    chunked = distances(64, [4, 29], "dense-last", pairs=300, inits=4)
     pd.testing.assert_frame_equal(whole, chunked, rtol=1e-5)
 
 
@@ -177,7 +178,7 @@ def test_command_writes_the_table(tmp_path):
     assert (table.n_weights == 6352).all() and (table.base_width == 8).all() and (table.input_dim == 784).all()
     assert table.first_layer_weights.tolist() == [6272, 6032, 4192, 2]
     assert table.connectivity.tolist() == pytest.approx([6352 / (n * 794) for n in (8, 32, 216, 635)])
-    assert set(table.allocation) == {"first-layer"} and set(table.inputs) == {"gaussian"}
+    assert set(table.distribution) == {"dense-last"} and set(table.inputs) == {"gaussian"}
     assert set(table.reference) == {"analytic"} and set(table.pairs) == {200} and set(table.inits) == {3}
     for name in K.DISTANCES:
         assert table[f"distance_{name}"].dtype == np.float64
@@ -189,13 +190,13 @@ def test_command_writes_the_table(tmp_path):
 
 
 def test_command_single_width_and_budget_as_weights(tmp_path):
-    res = runner.invoke(app, ["kernel-distance", "--width", "64", "--weights", "6352", "--allocation", "uniform",
+    res = runner.invoke(app, ["kernel-distance", "--width", "64", "--weights", "6352", "--distribution", "uniform",
                               "--reference", "dense:100", "--pairs", "100", "--inits", "2", "--out", str(tmp_path),
                               "--name", "one"])
     assert res.exit_code == 0, res.output
     row = pd.read_parquet(tmp_path / "one" / "kernel_distance.parquet").iloc[0]
     assert row.width == 64 and row.first_layer_connectivity == pytest.approx(6352 / (64 * 794))
-    assert row.reference == "dense:100" and row.allocation == "uniform"
+    assert row.reference == "dense:100" and row.distribution == "uniform"
 
 
 def test_command_on_mnist_files(tmp_path):
@@ -210,8 +211,8 @@ def test_command_on_mnist_files(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--widths", "8,700"], "width 700 impossible for 6,352 weights"),
-    (["--widths", "4", "--allocation", "uniform"], "valid widths: >= 8"),
-    (["--allocation", "bottom"], "--allocation must be one of first-layer, uniform"),
+    (["--widths", "4", "--distribution", "uniform"], "valid widths: >= 8"),
+    (["--distribution", "bottom"], "--distribution must be one of staggered, dense-last, uniform, erk"),
     (["--inputs", "imagenet"], "unknown --inputs 'imagenet'"),
     (["--reference", "dense:x"], "--reference must be analytic or dense:N"),
     (["--pairs", "0"], "--pairs must be >= 1"),
@@ -239,3 +240,54 @@ def test_unwritable_output_folder(tmp_path):
     blocker.write_text("not a folder")
     res = runner.invoke(app, ["kernel-distance", "--width", "8", "--pairs", "10", "--out", str(blocker)])
     assert res.exit_code == 2 and "cannot write to output folder" in res.output
+
+
+# ---------------------------------------------------------------- eq. (29) and one allocation rule for both commands
+
+def test_eq29_gives_the_papers_optimum_for_figure7():
+    # the paper quotes n* ~ 158 for d = 784, 10 outputs, 6,352 weights
+    assert K.eq29_width(6352, 784, 10) == pytest.approx(158, abs=1)
+    # p* = sqrt(c / 4d) with c = n p = N / (d + outputs): the optimum moves with the budget as sqrt(c)
+    assert K.eq29_width(4 * 6352, 784, 10) == pytest.approx(2 * K.eq29_width(6352, 784, 10))
+    # and it is where eq. (6) under the paper's approximation (1/4)/p + d p / c is smallest
+    n = np.arange(9, 3000)
+    rough = 0.25 * n / 8 + 784 * 8 / n / 8
+    assert abs(n[rough.argmin()] - K.eq29_width(6352, 784, 10)) <= 1
+
+
+def test_command_reports_the_eq29_width(tmp_path):
+    res = runner.invoke(app, ["kernel-distance", "--widths", "8,128,216", "--pairs", "50", "--inits", "2",
+                              "--out", str(tmp_path), "--name", "eq29"])
+    assert res.exit_code == 0, res.output
+    table = pd.read_parquet(tmp_path / "eq29" / "kernel_distance.parquet")
+    assert table.width_eq29.tolist() == pytest.approx([K.eq29_width(6352, 784, 10)] * 3)
+    assert table.width[table.min_eq29].tolist() == [128]  # nearest 158.4 on the log scale
+    assert "n* = 158.4" in res.output
+
+
+@pytest.mark.parametrize("distribution", ["staggered", "dense-last", "uniform", "erk"])
+def test_sweep_and_kernel_distance_keep_the_same_counts_per_layer(tmp_path, distribution):
+    """The same rule name gives the same per-layer kept counts in sweep-width's plan.parquet and in
+    kernel-distance's table (a one-hidden-layer MLP on digits: 64 inputs, 10 outputs, 592 weights)."""
+    widths = "8,16,29,40,59"
+    res = runner.invoke(app, ["sweep-width", "--dataset", "digits", "--model", "mlp", "--base-width", "8",
+                              "--widths", widths, "--distribution", distribution, "--dry-run",
+                              "--out", str(tmp_path), "--name", "sweep"])
+    assert res.exit_code == 0, res.output
+    sweep = pd.read_parquet(tmp_path / "sweep" / "plan.parquet")
+    sweep = sweep[sweep.method == "sparse"].set_index("width")
+    assert (sweep.distribution == distribution).all()
+    res = runner.invoke(app, ["kernel-distance", "--inputs", "digits", "--base-width", "8", "--widths", widths,
+                              "--distribution", distribution, "--pairs", "20", "--inits", "2", "--mask-samples", "2",
+                              "--out", str(tmp_path), "--name", "kernel"])
+    assert res.exit_code == 0, res.output
+    kernel = pd.read_parquet(tmp_path / "kernel" / "kernel_distance.parquet").set_index("width")
+    assert kernel.index.tolist() == sweep.index.tolist() == [8, 16, 29, 40, 59]
+    for w in kernel.index:
+        assert list(sweep.layer_kept[w]) == [kernel.first_layer_weights[w], kernel.last_layer_weights[w]], w
+    assert (kernel.budget == 592).all() and (sweep.budget == 592).all() and (kernel.distribution == distribution).all()
+    assert (kernel.dataset == "digits").all()
+    # the planning function agrees too, at the Figure 7 budget, for MNIST's shapes
+    for m in K.plan([8, 32, 216, 328, 512, 635], 6352, 784, 10, distribution):
+        assert [K.first_layer_weights(m), m.kept["layers.1"]] == list(m.kept.values())
+        assert sum(m.kept.values()) == 6352

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from widen_cli import config, report, results
 from widen_cli.cli import app
+from widen_cli.budget import default_distribution, fix_last_layer
 from widen_cli.config import MethodConfig
 
 runner = CliRunner()
@@ -62,7 +63,9 @@ def default_run(dataset):
 def member_run(dataset, method, width, base_width, seed, llc=None, epochs=3, out="runs"):
     """The validated config of a run of this member with these settings."""
     run = default_run(dataset)
-    return replace(run, method=MethodConfig(name=method, last_layer_connectivity=llc), width=width,
+    method = MethodConfig(name=method) if method != "sparse" else \
+        fix_last_layer(MethodConfig(name=method, distribution=default_distribution("mlp")), llc)  # as validate
+    return replace(run, method=method, width=width,
                    base_width=base_width, seed=seed, optim=replace(run.optim, epochs=epochs), out=str(out))
 
 
@@ -77,10 +80,12 @@ def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weig
     return dict(dataset=dataset, model="mlp", method=method, width=width, base_width=base_width, n_weights=n,
                 n_weights_dense=dense, connectivity=n / dense, seed=seed, epochs=epochs, status="finished",
                 best_test_acc=acc, final_test_acc=acc - 0.01, best_train_acc=acc + 0.02, final_train_acc=acc + 0.01,
-                wall_seconds=1.0, activation="relu", distribution=None if method == "dense" else "staggered",
+                wall_seconds=1.0, activation="relu",
+                distribution=None if method == "dense" else member_run(dataset, method, width, base_width, seed,
+                                                                       llc=llc).method.distribution,
                 within=None if method == "dense" else "all", last_layer_connectivity=llc,
                 identity=identity(dataset, method, width, base_width, seed, llc=llc, epochs=epochs),
-                widening_factor=width / base_width, run="", error=None)
+                widening_factor=width / base_width, run="", error=None, budget=n)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +110,8 @@ def fake_results(tmp_path_factory):
     widths = np.array([4, 8, 16, 32])
     kernel = pd.DataFrame(dict(
         width=widths, base_width=4, n_weights=296, input_dim=64, outputs=10, connectivity=4 / widths,
-        first_layer_connectivity=4 / widths, first_layer_weights=256, allocation="staggered", inputs="gaussian",
+        first_layer_connectivity=4 / widths, first_layer_weights=256, distribution="staggered", inputs="gaussian",
+        dataset=None, budget=296, last_layer_weights=40, width_eq29=2 * (4 * 64) ** 0.5, min_eq29=widths == 32,
         reference="analytic", pairs=100, inits=10, mask_samples=8, seed=0,
         distance_empirical=1 / widths + 0.01, distance_empirical_se=0.002, distance_theorem1=1 / widths + 0.012,
         distance_theorem1_bias=1 / widths + 0.013, distance_eq6=1 / widths + 0.015, distance_leading_order=1 / widths))
@@ -363,3 +369,61 @@ def test_figure_4_colour_scale_is_centred_on_the_dense_baseline_and_widths_are_c
     norm = plot.figure.axes[0].collections[0].norm
     assert norm.vcenter == pytest.approx(baseline) and norm.vmax == pytest.approx(data.test_mean.max())
     assert plot.data.equals(data)
+def test_kernel_overlay_joins_only_matching_families(tmp_path):
+    """Real kernel-distance tables and real tiny sweeps over two datasets, two budgets and two allocation rules:
+    each kernel table gets exactly the runs of its family (dataset, budget, rule), checked on the figure's data."""
+    tiny = ["--epochs", 1, "--seeds", 0, "--no-dense-wide"]
+    sweeps = {  # name -> sweep-width options
+        "digits-b4-dense-last": ["--dataset", "digits", "--base-width", 4, "--widths", "4,8,16"],
+        "digits-b4-uniform": ["--dataset", "digits", "--base-width", 4, "--widths", "4,8,16", "--distribution",
+                              "uniform"],
+        "digits-b8-llc1": ["--dataset", "digits", "--base-width", 8, "--widths", "8,16,32",
+                           "--last-layer-connectivity", "1.0"],  # a dense classifier: dense-last's networks
+        "digits-b8-llc05": ["--dataset", "digits", "--base-width", 8, "--widths", "16,32",
+                            "--last-layer-connectivity", "0.5"],  # no rule: drawn over nothing
+        "synthetic-b4": ["--dataset", "synthetic", "--base-width", 4, "--widths", "4,8", "dataset.image_size=8",
+                         "dataset.train_size=64", "dataset.test_size=32"],
+    }
+    for name, options in sweeps.items():
+        res = widen("sweep-width", "--model", "mlp", *options, *tiny, "--out", tmp_path / "runs", "--name", name)
+        assert res.exit_code == 0, (name, res.output)
+    kernels = {  # name -> kernel-distance options
+        "k-digits-b4-dense-last": ["--inputs", "digits", "--base-width", 4, "--widths", "4,8,16,24"],
+        "k-digits-b4-uniform": ["--inputs", "digits", "--base-width", 4, "--widths", "4,8,16",
+                                "--distribution", "uniform"],
+        "k-digits-b8-dense-last": ["--inputs", "digits", "--base-width", 8, "--widths", "8,16,32"],
+        "k-gaussian-b4": ["--input-dim", 64, "--base-width", 4, "--widths", "4,8,16"],  # digits' budget, no dataset
+        "k-mnist-b8": ["--input-dim", 784, "--weights", 6352, "--widths", "8,16"],  # Gaussian, the Figure 7 budget
+    }
+    for name, options in kernels.items():
+        res = widen("kernel-distance", *options, "--pairs", 30, "--inits", 2, "--mask-samples", 2,
+                    "--out", tmp_path / "kernels", "--name", name)
+        assert res.exit_code == 0, (name, res.output)
+    res = report.load([tmp_path / "runs", tmp_path / "kernels"], lambda msg: None)
+    data = report.kernel_overlay(res.kernels, res.runs)
+    drawn = data[data.line.notna()]
+    assert set(drawn.table) == {"k-digits-b4-dense-last", "k-digits-b4-uniform", "k-digits-b8-dense-last"}
+    lines = drawn.groupby("table").line.unique().map(sorted).to_dict()
+    assert lines == {"k-digits-b4-dense-last": ["sparse b=4"], "k-digits-b4-uniform": ["sparse b=4 uniform"],
+                     "k-digits-b8-dense-last": ["sparse b=8, last layer 1"]}
+    for name, d in drawn.groupby("table"):  # the runs drawn are those of the table's family, at their widths
+        keys = report.kernel_keys(d)
+        runs = res.runs[res.runs.line.isin(d.line) & (res.runs.dataset == keys["dataset"])]
+        assert (runs.budget == keys["budget"]).all() and len(runs) == d.test_error_mean.notna().sum()
+        assert d.set_index("width").test_error_mean.dropna().to_dict() == pytest.approx(
+            (100 - runs.set_index("width").test).to_dict())
+    assert drawn[drawn.table == "k-digits-b4-dense-last"].budget.unique().tolist() == [4 * 74]
+    assert drawn[drawn.table == "k-digits-b8-dense-last"].budget.unique().tolist() == [8 * 74]
+    # width 24 has a kernel row but no run; no table gets the synthetic runs or the llc 0.5 ones
+    assert drawn[drawn.table == "k-digits-b4-dense-last"].set_index("width").test_error_mean.isna().to_dict() == {
+        4: False, 8: False, 16: False, 24: True}
+    assert not drawn.line.str.contains("last layer 0.5").any() and "synthetic" not in set(drawn.dataset)
+    stats = report.tracking(data)
+    assert sorted(stats.table) == sorted(set(drawn.table)) and (stats.widths == 3).all()
+    assert stats.spearman_empirical.between(-1, 1).all() and stats.pearson_log_empirical.between(-1, 1).all()
+    assert stats.width_eq29.tolist() == pytest.approx([2 * (4 * 64) ** 0.5, 2 * (4 * 64) ** 0.5, 2 * (8 * 64) ** 0.5])
+    # the page writes the same numbers
+    assert widen("report", tmp_path / "runs", tmp_path / "kernels", "--out", tmp_path / "report").exit_code == 0
+    written = pd.read_csv(tmp_path / "report" / "kernel_tracking.csv")
+    assert written.table.tolist() == stats.table.tolist()
+    assert written.spearman_empirical.tolist() == pytest.approx(stats.spearman_empirical.tolist(), abs=1e-3)

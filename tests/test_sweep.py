@@ -88,7 +88,8 @@ def test_sweep_runs_every_member_and_seed(local_sweep):
         ("dense", 32, 0), ("dense", 32, 1), ("sparse", 8, 0), ("sparse", 8, 1), ("sparse", 32, 0), ("sparse", 32, 1)]
     sparse = df[df.method == "sparse"]
     assert (sparse.n_weights == 3 * 8 * 8 * 8 + 8 * 10).all()  # base width 8 on 3x8x8 input, 10 classes
-    assert sparse.distribution.eq("staggered").all()
+    assert sparse.distribution.eq("dense-last").all()  # the MLP's default (Figure 7's rule)
+    assert (sparse.budget == 3 * 8 * 8 * 8 + 8 * 10).all()
     assert df.widening_factor.tolist() == [4.0, 4.0, 1.0, 1.0, 4.0, 4.0]
     # Each member is an ordinary run folder; the sparse ones carry their masks, exactly at the budget.
     for run in df[df.method == "sparse"].run:
@@ -195,7 +196,8 @@ def test_sweep_is_refused_under_torchrun(tmp_path, monkeypatch):
 def test_same_name_with_other_settings_is_refused_unless_restart(tmp_path):
     first = ["sweep-width", "--experiment", "smoke_sweep", "--dry-run", "--out", tmp_path, "--name", "s"]
     assert widen(*first).exit_code == 0
-    assert widen(*first, "--widths", "8,16,32,64", "--seeds", "0,1").exit_code == 0  # a family may grow
+    # (48, not 64: the MLP default, dense-last, holds 592 weights up to width 59)
+    assert widen(*first, "--widths", "8,16,32,48", "--seeds", "0,1").exit_code == 0  # a family may grow
     changed = widen(*first, "--epochs", 7)
     assert changed.exit_code == 2
     assert changed.output.startswith("error:") and changed.output.count("\n") == 1

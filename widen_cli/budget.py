@@ -2,7 +2,8 @@
 
 A family has a base width b and a budget N(b), the base model's weight count (the paper's rule:
 conv and linear weight tensors). A member at width w >= b keeps N(b) weights:
-- `sparse`: a static random mask; `distribute` says how many weights each layer keeps;
+- `sparse`: a static random mask; `distribute` says how many weights each layer keeps, by one of the
+  rules of distributions.py;
 - `linear-bottleneck`: each layer is a product of two, at a rank shrunk to hold the count;
 - `nonlinear-bottleneck`: inner widths (ResNet blocks, every other MLP layer) shrink instead.
 Shapes and bottleneck layouts come from each model's module (models.ARCHITECTURES) without building a
@@ -11,9 +12,12 @@ model; tests pin them to the real modules.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from widen_cli.distributions import (  # noqa: F401 - the rules, re-exported beside distribute
+    DENSE_LAST, DISTRIBUTIONS, default_distribution, erk, numel, staggered, uniform,
+)
 from widen_cli.errors import UserError
 
 if TYPE_CHECKING:
@@ -45,92 +49,18 @@ def weight_shapes(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int
     return shapes
 
 
-def numel(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
-
-
 def count(shapes: dict[str, tuple[int, ...]]) -> int:
     return sum(numel(s) for s in shapes.values())
 
 
-# ---------------------------------------------------------------- sparsity across layers
+# ---------------------------------------------------------------- sparsity across layers (distributions.py)
 
-def staggered(sizes: list[int], n_keep: int) -> list[int]:
-    """The paper's Appendix B/D: remove from the largest layer until it matches the next largest, then
-    from both equally, and so on. Returns the weights kept per layer (in the order given).
-
-    Within the layers involved, the remainder of an uneven split is taken from the largest layer.
-    """
-    n_remove = sum(sizes) - n_keep
-    if n_remove < 0 or n_keep < 1:
-        raise ValueError(f"cannot keep {n_keep} of {sum(sizes)} weights")
-    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
-    s = [sizes[i] for i in order] + [0]
-    involved = 1  # smallest number of largest layers that can give up n_remove before reaching the next
-    while n_remove > sum(s[:involved]) - involved * s[involved]:
-        involved += 1
-    base_fill = [s[i] - s[involved - 1] for i in range(involved)]  # bring them level with the smallest
-    rest_total = n_remove - sum(base_fill)
-    rest, mismatch = divmod(rest_total, involved)
-    removed = [b + rest for b in base_fill]
-    removed[0] += mismatch
-    kept = list(sizes)
-    for rank, i in enumerate(order[:involved]):
-        kept[i] = sizes[i] - removed[rank]
-    return kept
-
-
-def _round_to_total(exact: list[float], caps: list[int], total: int) -> list[int]:
-    """Integers near `exact` (largest remainders first), each <= its cap, summing to `total`."""
-    kept = [min(int(math.floor(x)), c) for x, c in zip(exact, caps)]
-    by_remainder = sorted(range(len(exact)), key=lambda i: -(exact[i] - math.floor(exact[i])))
-    short = total - sum(kept)
-    while short > 0:
-        progressed = False
-        for i in by_remainder:
-            if short and kept[i] < caps[i]:
-                kept[i] += 1
-                short -= 1
-                progressed = True
-        if not progressed:
-            raise ValueError(f"cannot place {total} weights in layers of sizes {caps}")
-    return kept
-
-
-def proportional(sizes: list[int], n_keep: int) -> list[int]:
-    """Every layer keeps the same fraction n_keep / sum(sizes) (up to rounding; the total is exact)."""
-    frac = n_keep / sum(sizes)
-    return _round_to_total([frac * s for s in sizes], sizes, n_keep)
-
-
-def erk(shapes: list[tuple[int, ...]], n_keep: int) -> list[int]:
-    """Erdős–Rényi-Kernel (Evci et al. 2020): density proportional to sum(shape) / prod(shape), capped at 1."""
-    sizes = [numel(s) for s in shapes]
-    if n_keep >= sum(sizes):
-        return sizes
-    score = [sum(s) / numel(s) for s in shapes]
-    dense: set[int] = set()
-    eps = 0.0
-    while True:  # layers whose density would exceed 1 stay dense; re-solve the scale for the rest
-        budget = n_keep - sum(sizes[i] for i in dense)
-        free = [i for i in range(len(sizes)) if i not in dense]
-        if not free:
-            break
-        eps = budget / sum(score[i] * sizes[i] for i in free)
-        over = {i for i in free if eps * score[i] > 1}
-        if not over:
-            break
-        dense |= over
-    exact = [sizes[i] if i in dense else eps * score[i] * sizes[i] for i in range(len(sizes))]
-    return _round_to_total(exact, sizes, n_keep)
-
-
-# name -> (layer shapes, weights to keep) -> weights kept per layer, exactly that many in total
-DISTRIBUTIONS = {
-    "staggered": lambda shapes, n_keep: staggered([numel(s) for s in shapes], n_keep),
-    "proportional": lambda shapes, n_keep: proportional([numel(s) for s in shapes], n_keep),
-    "erk": erk,
-}
+def fix_last_layer(method: MethodConfig, llc: float | None) -> MethodConfig:
+    """The method with the last layer's connectivity fixed at llc (None: not fixed). dense-last's last layer
+    then gives way to llc and its rule for the other layers, staggered, is what is left: the member is
+    recorded as staggered, so the same network has one name (and one run folder)."""
+    distribution = "staggered" if llc is not None and method.distribution == DENSE_LAST else method.distribution
+    return replace(method, last_layer_connectivity=llc, distribution=distribution)
 
 
 def distribute(shapes: dict[str, tuple[int, ...]], n_keep: int, method: MethodConfig) -> dict[str, int]:
@@ -146,7 +76,8 @@ def distribute(shapes: dict[str, tuple[int, ...]], n_keep: int, method: MethodCo
         if fixed[last] < 1 or not 1 <= n_keep <= sum(sizes):
             raise ValueError(f"last-layer connectivity {method.last_layer_connectivity} leaves {n_keep} weights "
                              f"for the other layers, which hold {sum(sizes)}")
-    kept = DISTRIBUTIONS[method.distribution]([shapes[n] for n in names], n_keep)
+    rule = fix_last_layer(method, method.last_layer_connectivity).distribution  # dense-last gives way to llc
+    kept = DISTRIBUTIONS[rule]([shapes[n] for n in names], n_keep)
     return {**dict(zip(names, kept)), **fixed}
 
 
@@ -252,7 +183,7 @@ class Member:
     """One model of a family: its width and exactly which weights it has."""
 
     width: int
-    base_width: int
+    base_width: int | None  # None: a budget given as a weight count (kernel-distance --weights)
     method: str
     budget: int  # the family's weight count, N(base)
     n_weights: int  # this member's count: kept (sparse) or explicit (bottlenecks)
@@ -290,6 +221,23 @@ class Infeasible(Exception):
     """This width cannot hold the budget (the message says why)."""
 
 
+def sparse_member(cfg: ModelConfig, spec: InputSpec, width: int, budget: int, method: MethodConfig,
+                  base_width: int | None = None) -> Member:
+    """The sparse model at `width` that keeps `budget` weights, spread over its layers by
+    method.distribution; raises Infeasible. sweep-width's members and kernel-distance's networks both
+    come from here, so the same rule name gives the same per-layer counts."""
+    dense = weight_shapes(cfg, width, spec)
+    try:
+        kept = distribute(dense, budget, method)
+    except ValueError as e:
+        raise Infeasible(f"width {width} cannot keep {budget:,} weights: {e}") from None
+    if min(kept.values()) < 1:
+        raise Infeasible(f"width {width} would leave a layer with no weights")
+    return Member(width=width, base_width=base_width, method="sparse", budget=budget, n_weights=sum(kept.values()),
+                  n_weights_dense=count(dense), distribution=method.distribution, within=method.within, layers=dense,
+                  kept=kept)
+
+
 def _plan(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method: MethodConfig) -> Member:
     name = method.name
     dense = weight_shapes(cfg, width, spec)
@@ -300,14 +248,7 @@ def _plan(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method
         return Member(**{**common, "budget": n_dense}, n_weights=n_dense, layers=dense,
                       kept={n: numel(s) for n, s in dense.items()})
     if name == "sparse":
-        try:
-            kept = distribute(dense, budget, method)
-        except ValueError as e:
-            raise Infeasible(f"width {width} cannot keep the base width's {budget:,} weights: {e}") from None
-        if min(kept.values()) < 1:
-            raise Infeasible(f"width {width} would leave a layer with no weights")
-        return Member(**common, n_weights=sum(kept.values()), distribution=method.distribution,
-                      within=method.within, layers=dense, kept=kept)
+        return sparse_member(cfg, spec, width, budget, method, base_width)
     solved = solve_bottleneck(cfg, width, spec, name, budget)
     if solved is None:
         raise Infeasible(f"width {width} needs a bottleneck below 1 to hold {budget:,} weights")
@@ -340,15 +281,20 @@ def is_valid(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, met
     return member.connectivity >= connectivity_floor
 
 
-def _widest(cfg, spec, base_width, method, valid_from: int, floor: float, limit: int) -> int | None:
-    """Bisection for the widest valid width above `valid_from` (valid); None if even `limit` is."""
-    if is_valid(cfg, spec, base_width, limit, method, floor):
+def widest(valid, valid_from: int, limit: int) -> int | None:
+    """Bisection for the widest width w with valid(w), above `valid_from` (valid; validity is monotone from
+    there); None if even `limit` is valid."""
+    if valid(limit):
         return None
     lo, hi = valid_from, limit  # lo valid, hi invalid
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if is_valid(cfg, spec, base_width, mid, method, floor) else (lo, mid)
+        lo, hi = (mid, hi) if valid(mid) else (lo, mid)
     return lo
+
+
+def _widest(cfg, spec, base_width, method, valid_from: int, floor: float, limit: int) -> int | None:
+    return widest(lambda w: is_valid(cfg, spec, base_width, w, method, floor), valid_from, limit)
 
 
 def max_width(cfg: ModelConfig, spec: InputSpec, base_width: int, method: MethodConfig,

@@ -205,7 +205,10 @@ def sweep_width(
     factors: Annotated[Optional[str], _opt("Or widening factors, e.g. 1,1.41,2,2.83,4. Default: powers of sqrt(2) "
                                            "down to the connectivity floor.")] = None,
     seeds: Annotated[Optional[str], _opt("Comma-separated seeds, e.g. 0,1,2. Default: 0.")] = None,
-    distribution: Annotated[Optional[str], _opt("sparse: staggered (default), proportional or erk.")] = None,
+    distribution: Annotated[Optional[str], _opt(
+        "sparse, how the budget is spread across layers: dense-last (the classifier stays dense, the rest "
+        "staggered; Figure 7, the default for mlp), staggered (Appendix B; the default for resnet18), uniform "
+        "(one connectivity in every layer) or erk. kernel-distance takes the same names.")] = None,
     last_layer_connectivity: Annotated[Optional[str], _opt(
         "sparse: the classifier's connectivity; several values make the Figure 4 grid.")] = None,
     connectivity_floor: Annotated[Optional[float], _opt(
@@ -287,10 +290,12 @@ def kernel_distance(
                                             "values each.")] = None,
     mask_samples: Annotated[Optional[int], _kernel("mask_samples", "Theorem 1: Bernoulli masks per pair averaged "
                                                    "in place of the 2^d mask sum (fresh for every 64 pairs).")] = None,
-    allocation: Annotated[Optional[str], _kernel("allocation", "first-layer: the last layer stays dense and the "
-                                                 "first keeps an exact count (the paper's code); uniform: both "
-                                                 "layers at one connectivity, Bernoulli masks (the theory's "
-                                                 "set-up).")] = None,
+    distribution: Annotated[Optional[str], _kernel("distribution", "How the budget is spread over the two layers, "
+                                                   "the names of sweep-width's --distribution: dense-last (the "
+                                                   "read-out stays dense, the first layer keeps the rest; the "
+                                                   "paper's Figure 7 code), uniform (one connectivity in both; "
+                                                   "the theory's set-up), staggered or erk. Exact counts, placed "
+                                                   "at random.")] = None,
     reference: Annotated[Optional[str], _kernel("reference", "The infinite-width kernel: analytic (arc-cosine) or "
                                                 "dense:N, a dense width-N network at initialisation as the paper "
                                                 "did (dense:10000).")] = None,

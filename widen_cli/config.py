@@ -8,11 +8,11 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from widen_cli.budget import DISTRIBUTIONS
+from widen_cli.budget import DISTRIBUTIONS, default_distribution, fix_last_layer
 from widen_cli.conf_path import shipped_conf_dir
 from widen_cli.errors import UserError
 from widen_cli.schedules import SCHEDULES
@@ -57,7 +57,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class MethodConfig:
     name: str
-    distribution: str = "staggered"  # sparse: staggered | proportional | erk
+    # sparse: staggered | dense-last | uniform | erk (budget.DISTRIBUTIONS). conf/method/sparse.yaml's null
+    # is the model's own (budget.default_distribution), resolved by validate so identities hold the name;
+    # the other methods ignore it and keep this default, so their run folders stay those they had.
+    distribution: str | None = "staggered"
     within: str = "all"  # sparse: all | io
     last_layer_connectivity: float | None = None  # sparse: fix the classifier's connectivity
     rescale_init: bool = True  # sparse: rescale initial weights for the reduced fan-in
@@ -371,6 +374,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     if data.get("base_width") is None:
         data["base_width"] = data.get("width")
     run = _build(RunConfig, data, "")
+    run = resolve_distribution(run)
     if run.base_width > run.width:
         raise UserError(f"width {run.width} is below the base width {run.base_width}; family members have width "
                         f">= {run.base_width}")
@@ -399,6 +403,17 @@ def validate(cfg: DictConfig) -> RunConfig:
     if run.device not in ("auto", "cpu") and not run.device.startswith("cuda"):
         raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {run.device!r}")
     return run
+
+
+def resolve_distribution(run: RunConfig) -> RunConfig:
+    """method.distribution null -> the model's default (sparse; the other methods keep staggered), then
+    dense-last beside a fixed last layer -> staggered (budget.fix_last_layer). validate does it, and so
+    does reading a stored sweep.yaml (the composed config, where null stays null)."""
+    method = run.method
+    if method.distribution is None:
+        method = replace(method, distribution=default_distribution(run.model.name) if method.name == "sparse"
+                         else "staggered")
+    return replace(run, method=fix_last_layer(method, method.last_layer_connectivity))
 
 
 def sweep_config(cfg: DictConfig) -> SweepConfig:

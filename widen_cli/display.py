@@ -93,8 +93,8 @@ def kernel_table(console: Console, df, run_dir: Path) -> None:
                      ("width", "p1", "p1*d", "empirical", "s.e.", "Theorem 1", "bias", "eq. (6)", "leading"),
                      box=box.SIMPLE_HEAD, pad_edge=False,
                      caption=f"{r0.n_weights:,} weights, d={r0.input_dim}, {r0.outputs} outputs, {r0.inputs} "
-                             f"inputs, {r0.allocation} allocation, {r0.reference} reference, {r0.pairs:,} pairs x "
-                             f"{r0.inits} inits; * = minimum")
+                             f"inputs, {r0.distribution} distribution, {r0.reference} reference, "
+                             f"{r0.pairs:,} pairs x {r0.inits} inits; * = minimum")
     star = {k: df[f"min_{k}"] & (len(df) > 1) for k in DISTANCES}
     for i, r in enumerate(df.itertuples()):
         mark = {k: "*" if v.iloc[i] else " " for k, v in star.items()}
@@ -108,6 +108,8 @@ def kernel_table(console: Console, df, run_dir: Path) -> None:
         best = ", ".join(f"{k.replace('_', ' ')} {int(df.width[df[f'min_{k}']].iloc[0])}"
                          for k in DISTANCES)
         console.print(f"minimising width: {best}")
+    console.print(f"eq. (29), the paper's closed-form optimum for this budget: n* = {r0.width_eq29:.1f} "
+                  f"(listed width nearest: {int(df.width[df.min_eq29].iloc[0])})")
 
 
 def table1(console: Console, shown) -> None:

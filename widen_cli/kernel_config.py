@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from widen_cli.budget import DISTRIBUTIONS
 from widen_cli.config import CONF_DIR, DatasetConfig, compose_config, folder_name, validate
 from widen_cli.errors import UserError
 
@@ -33,7 +34,7 @@ class KernelConfig:
     input_dim: int
     outputs: int
     inputs: str
-    allocation: str
+    distribution: str  # across the two layers: a budget.DISTRIBUTIONS name, as sweep-width's
     reference: int | None  # None: the analytic arc-cosine kernel; N: a dense width-N network
     pairs: int
     inits: int
@@ -47,7 +48,7 @@ class KernelConfig:
         if self.name:
             return self.name
         identity = {k: v for k, v in asdict(self).items() if k not in ("device", "out", "name")}
-        return folder_name(f"kernel-{self.inputs}-{self.allocation}-{self.n_weights}w-s{self.seed}", identity)
+        return folder_name(f"kernel-{self.inputs}-{self.distribution}-{self.n_weights}w-s{self.seed}", identity)
 
     @property
     def run_dir(self) -> Path:
@@ -71,6 +72,8 @@ def kernel_config(given: dict) -> tuple[KernelConfig, DatasetConfig | None]:
     given = {k: v for k, v in given.items() if v is not None and v is not False}
     dirs = given.pop("config_dir", ())
     o = {**defaults, **given}
+    if o["distribution"] not in DISTRIBUTIONS:
+        raise UserError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {o['distribution']!r}")
     if o["inputs"] not in KERNEL_INPUTS:
         raise UserError(f"unknown --inputs {o['inputs']!r}; valid: {', '.join(KERNEL_INPUTS)}")
     for key in ("pairs", "inits", "seed", "mask_samples"):
@@ -99,7 +102,7 @@ def kernel_config(given: dict) -> tuple[KernelConfig, DatasetConfig | None]:
         weights = base_width * (input_dim + outputs)
     cfg = KernelConfig(
         widths=tuple(sorted(set(widths))) if widths else None, n_weights=weights, base_width=base_width,
-        input_dim=input_dim, outputs=outputs, inputs=o["inputs"], allocation=o["allocation"],
+        input_dim=input_dim, outputs=outputs, inputs=o["inputs"], distribution=o["distribution"],
         reference=parse_reference(o["reference"]), pairs=o["pairs"], inits=o["inits"],
         mask_samples=o["mask_samples"], seed=o["seed"], device=o["device"], out=str(o["out"]), name=o["name"])
     return cfg, ds

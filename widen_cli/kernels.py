@@ -13,62 +13,79 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from widen_cli import results
+from widen_cli import budget, results
+from widen_cli.budget import DENSE_LAST
+from widen_cli.config import MethodConfig, ModelConfig
 from widen_cli.errors import UserError
+from widen_cli.models import InputSpec
 
-ALLOCATIONS = ("first-layer", "uniform")
 FIG7_WIDTHS = (8, 32, 128, 216, 328, 512, 635)
 # Elements per intermediate (pairs x units) block: bounds memory at ~64 MB of float32 whatever the sizes.
 CHUNK_ELEMENTS = 1 << 24
 MASK_BLOCK = 64  # Theorem 1: pairs that share one set of Monte Carlo masks
 DISTANCES = ("empirical", "theorem1", "eq6", "leading_order")
+MAX_WIDTH = 1 << 16  # widths are searched up to this
+# The network: a one-hidden-layer MLP without biases (NTK parameterisation), as models.mlp builds it.
+NETWORK = ModelConfig(name="mlp", hidden_layers=1, bias=False, parameterization="ntk")
+FIRST, LAST = "layers.0", "layers.1"
 
 
-# ---------------------------------------------------------------- the budget: which widths exist
+# ---------------------------------------------------------------- the networks: budget.py plans them
 
-@dataclass(frozen=True)
-class Member:
-    width: int
-    n_weights: int  # exact (first-layer) or expected (uniform)
-    connectivity: float  # overall: n_weights / (width (d + outputs))
-    p1: float  # first-layer connectivity: the only one Θ sees
-    first_layer_weights: float  # kept in the first layer (expected, for uniform)
+def network(width: int, n_weights: int, d: int, outputs: int, distribution: str) -> budget.Member:
+    """The sparse network at `width` keeping exactly n_weights, spread over its two layers by the rule of
+    that name: the same function, and so the same counts, as a sweep-width member (raises Infeasible)."""
+    spec = InputSpec(channels=d, image_size=1, num_classes=outputs)  # d flat inputs
+    if width < math.ceil(n_weights / (d + outputs)):
+        raise budget.Infeasible(f"width {width} holds fewer than {n_weights:,} weights")
+    return budget.sparse_member(NETWORK, spec, width, n_weights, MethodConfig(name="sparse", distribution=distribution))
 
 
-def width_range(n_weights: int, d: int, outputs: int, allocation: str) -> tuple[int, int | None]:
-    """Smallest and largest feasible width (None: no upper limit)."""
+def first_layer_weights(m: budget.Member) -> int:
+    return m.kept[FIRST]
+
+
+def p1(m: budget.Member) -> float:
+    """The first layer's connectivity: the only one Θ sees (it is conditional on the first layer)."""
+    return m.kept[FIRST] / budget.numel(m.layers[FIRST])
+
+
+def width_range(n_weights: int, d: int, outputs: int, distribution: str) -> tuple[int, int | None]:
+    """Smallest and largest feasible width (None: none up to MAX_WIDTH)."""
     low = math.ceil(n_weights / (d + outputs))
-    if allocation == "first-layer":  # the dense last layer must leave at least one first-layer weight
-        return low, (n_weights - 1) // outputs
-    return low, None
+
+    def feasible(width):
+        try:
+            return network(width, n_weights, d, outputs, distribution) is not None
+        except budget.Infeasible:
+            return False
+
+    return low, budget.widest(feasible, low, MAX_WIDTH)
 
 
-def plan(widths, n_weights: int, d: int, outputs: int, allocation: str) -> list[Member]:
+def plan(widths, n_weights: int, d: int, outputs: int, distribution: str) -> list[budget.Member]:
     """The family at one budget; impossible widths are refused with the valid range."""
-    if allocation not in ALLOCATIONS:
-        raise UserError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
-    low, high = width_range(n_weights, d, outputs, allocation)
-    bad = [w for w in widths if w < low or (high is not None and w > high)]
-    if bad:
-        valid = f"{low}..{high}" if high is not None else f">= {low}"
-        why = " (the dense last layer must leave a first-layer weight)" if allocation == "first-layer" else ""
-        raise UserError(f"width {', '.join(map(str, bad))} impossible for {n_weights:,} weights with "
-                        f"input_dim {d}, {outputs} outputs and --allocation {allocation}{why}; valid widths: {valid}")
-    members = []
+    members, bad = [], []
     for n in widths:
-        overall = n_weights / (n * (d + outputs))
-        if allocation == "first-layer":  # the authors' code: last layer dense, exact first-layer count
-            k1 = n_weights - n * outputs
-            members.append(Member(n, n_weights, overall, k1 / (n * d), k1))
-        else:  # the theory's set-up: both layers Bernoulli(p) at the same p
-            members.append(Member(n, n_weights, overall, overall, overall * n * d))
+        try:
+            members.append(network(n, n_weights, d, outputs, distribution))
+        except budget.Infeasible:
+            bad.append(n)
+    if bad:
+        low, high = width_range(n_weights, d, outputs, distribution)
+        valid = f"{low}..{high}" if high is not None else f">= {low}"
+        why = " (the dense last layer must leave a first-layer weight)" if distribution == DENSE_LAST else ""
+        raise UserError(f"width {', '.join(map(str, bad))} impossible for {n_weights:,} weights with "
+                        f"input_dim {d}, {outputs} outputs and --distribution {distribution}{why}; valid widths: "
+                        f"{valid}")
     return members
 
 
-def default_widths(n_weights: int, d: int, outputs: int, allocation: str, count: int = 7) -> list[int]:
-    """The paper's Figure 7 widths where they fit the budget, else `count` geometric steps to the largest."""
-    low, high = width_range(n_weights, d, outputs, allocation)
-    high = high if high is not None else width_range(n_weights, d, outputs, "first-layer")[1]
+def default_widths(n_weights: int, d: int, outputs: int, distribution: str, count: int = 7) -> list[int]:
+    """The paper's Figure 7 widths where they fit the budget, else `count` geometric steps to the largest
+    (for rules without one, to the largest dense-last width: one first-layer weight left)."""
+    low, high = width_range(n_weights, d, outputs, distribution)
+    high = high if high is not None else width_range(n_weights, d, outputs, DENSE_LAST)[1]
     if all(low <= w <= high for w in FIG7_WIDTHS):
         return list(FIG7_WIDTHS)
     high = max(high, low)
@@ -91,6 +108,17 @@ def arccos_kernels(xx: torch.Tensor, yy: torch.Tensor, xy: torch.Tensor) -> tupl
 def eq6(p: float, n: int, d: int) -> float:
     """The paper's approximation (6), valid for i.i.d. unit-variance inputs and p d >> 1."""
     return (0.25 * (p ** -0.5 - 1) ** 2 + d / n * (1 - 1 / math.pi ** 2)) / (4 * d)
+
+
+def eq29_width(n_weights: int, d: int, outputs: int) -> float:
+    """The paper's eq. (29): the width n* where eq. (6) is smallest at a fixed budget, continuous.
+
+    The paper holds n p = c fixed, c = n_weights / (d + outputs) (the base width: the mean weight count
+    over d + outputs). For sqrt(p) << 1, eq. (6) is then roughly (1/4) p^-1 + d p / c, smallest at
+    p* = sqrt(c / (4 d)), so n* = c / p* = 2 sqrt(c d). The Figure 7 set-up (6,352 weights, d = 784,
+    10 outputs) gives n* = 2 sqrt(8 * 784) = 158.4."""
+    c = n_weights / (d + outputs)
+    return c / math.sqrt(c / (4 * d))
 
 
 def leading_order(p: float, n: int, d: int) -> float:
@@ -118,20 +146,22 @@ def gp_kernel(u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return out / (n * d)
 
 
-def first_layers(member: Member, d: int, allocation: str, inits: int, generator: torch.Generator) -> torch.Tensor:
-    """`inits` independent first layers, fresh mask and values each, as eq. (2): N(0, 1/p) on kept entries.
+def first_layers(member: budget.Member, d: int, inits: int, generator: torch.Generator) -> torch.Tensor:
+    """`inits` independent first layers, fresh mask and values each, as eq. (2): N(0, 1/p1) on the kept
+    entries, which are exactly the member's first-layer count placed uniformly at random (the authors'
+    code; the theory's Bernoulli mask differs only where very few weights survive). The read-out layer
+    is not drawn: Θ is conditional on the first layer and the read-out weights (E v_i^2 = 1 at any
+    connectivity) do not enter it.
 
     Drawn one after another, so the numbers do not depend on how many are held at once."""
-    n, p = member.width, member.p1
+    n, p, k = member.width, p1(member), first_layer_weights(member)
     layers = []
     for _ in range(inits):
         u = torch.randn(n * d, generator=generator) / math.sqrt(p)
-        if p < 1 and allocation == "first-layer":  # an exact count, placed uniformly at random
+        if k < n * d:
             mask = torch.zeros(n * d)
-            mask[torch.randperm(n * d, generator=generator)[:int(member.first_layer_weights)]] = 1
+            mask[torch.randperm(n * d, generator=generator)[:k]] = 1
             u *= mask
-        elif p < 1:  # Bernoulli(p)
-            u *= torch.rand(n * d, generator=generator) < p
         layers.append(u.view(n, d))
     return torch.stack(layers)
 
@@ -145,11 +175,11 @@ def reference_kernel(x: torch.Tensor, y: torch.Tensor, reference: int | None, ge
     return gp_kernel(u, x, y)[:, 0]
 
 
-def empirical(x, y, ref, member: Member, allocation: str, inits: int, generator) -> tuple[float, float]:
+def empirical(x, y, ref, member: budget.Member, inits: int, generator) -> tuple[float, float]:
     """Mean over inits and pairs of (Θ - Θ^∞)^2, and its standard error over the inits."""
     group = max(1, CHUNK_ELEMENTS // (member.width * x.shape[1]))  # first layers held at once
     per_init = torch.cat([
-        ((gp_kernel(first_layers(member, x.shape[1], allocation, len(g), generator).to(x.device), x, y)
+        ((gp_kernel(first_layers(member, x.shape[1], len(g), generator).to(x.device), x, y)
           - ref[:, None]) ** 2).mean(0)
         for g in torch.arange(inits).split(group)
     ])
@@ -222,24 +252,26 @@ def data_pairs(images: torch.Tensor, pairs: int, generator: torch.Generator) -> 
 
 # ---------------------------------------------------------------- the whole table
 
-def distance_table(x, y, members: list[Member], *, allocation: str, inits: int, mask_samples: int,
+def distance_table(x, y, members: list[budget.Member], *, inits: int, mask_samples: int,
                    reference: int | None, seed: int, on_width=None) -> pd.DataFrame:
-    """One row per width: empirical, Theorem 1, eq. (6) and leading order, on the same pairs."""
+    """One row per width: empirical, Theorem 1, eq. (6) and leading order, on the same pairs; and the
+    paper's eq. (29) optimum for the budget."""
     d = x.shape[1]
     ref = reference_kernel(x, y, reference, torch.Generator().manual_seed(seed + 7919))
     ref_excess = (1 - 1 / math.pi ** 2) / (4 * reference) if reference else 0.0
     rows = []
     for m in members:
         g = torch.Generator().manual_seed(seed * 1_000_003 + m.width)  # a width's numbers do not depend on the others
-        emp, se = empirical(x, y, ref, m, allocation, inits, g)
-        th, th_bias = theorem1(x, y, m.p1, m.width, mask_samples, g, reference)
+        emp, se = empirical(x, y, ref, m, inits, g)
+        th, th_bias = theorem1(x, y, p1(m), m.width, mask_samples, g, reference)
         rows.append({
             "width": m.width, "n_weights": m.n_weights, "input_dim": d, "connectivity": m.connectivity,
-            "first_layer_connectivity": m.p1, "first_layer_weights": m.first_layer_weights,
+            "first_layer_connectivity": p1(m), "first_layer_weights": first_layer_weights(m),
+            "last_layer_weights": m.kept[LAST], "distribution": m.distribution, "budget": m.budget,
             "distance_empirical": emp, "distance_empirical_se": se,
             "distance_theorem1": th, "distance_theorem1_bias": th_bias,
-            "distance_eq6": eq6(m.p1, m.width, d) + ref_excess,
-            "distance_leading_order": leading_order(m.p1, m.width, d) + ref_excess,
+            "distance_eq6": eq6(p1(m), m.width, d) + ref_excess,
+            "distance_leading_order": leading_order(p1(m), m.width, d) + ref_excess,
         })
         if on_width is not None:
             on_width(m)
@@ -247,15 +279,19 @@ def distance_table(x, y, members: list[Member], *, allocation: str, inits: int, 
     for name in DISTANCES:
         col = table[f"distance_{name}"]
         table[f"min_{name}"] = col == col.min()
+    outputs = members[0].layers[LAST][0]
+    table["width_eq29"] = eq29_width(members[0].budget, d, outputs)
+    off = (table.width.map(math.log) - math.log(table.width_eq29.iloc[0])).abs()
+    table["min_eq29"] = off == off.min()  # the listed width nearest n*, on the log scale the widths follow
     return table
 
 
 # ---------------------------------------------------------------- the command
 
-def family(cfg) -> list[Member]:
+def family(cfg) -> list[budget.Member]:
     """The KernelConfig's members, refusing impossible widths before any data is read."""
-    widths = cfg.widths or default_widths(cfg.n_weights, cfg.input_dim, cfg.outputs, cfg.allocation)
-    return plan(widths, cfg.n_weights, cfg.input_dim, cfg.outputs, cfg.allocation)
+    widths = cfg.widths or default_widths(cfg.n_weights, cfg.input_dim, cfg.outputs, cfg.distribution)
+    return plan(widths, cfg.n_weights, cfg.input_dim, cfg.outputs, cfg.distribution)
 
 
 def inputs(cfg, dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,7 +308,8 @@ def inputs(cfg, dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tens
 
 
 def run(cfg, dataset, device: torch.device, on_width=None) -> pd.DataFrame:
-    """Compute the table for a KernelConfig and write <out>/<name>/kernel_distance.parquet."""
+    """Compute the table for a KernelConfig and write <out>/<name>/kernel_distance.parquet. `dataset`
+    (a DatasetConfig, None for Gaussian inputs) names the table's `dataset`, as a run's summary does."""
     members = family(cfg)
     run_dir = cfg.run_dir
     try:
@@ -280,12 +317,13 @@ def run(cfg, dataset, device: torch.device, on_width=None) -> pd.DataFrame:
     except OSError as e:
         raise UserError(f"cannot write to output folder {run_dir}: {e.strerror or e}") from None
     x, y = inputs(cfg, dataset, device)
-    table = distance_table(x, y, members, allocation=cfg.allocation, inits=cfg.inits,
-                           mask_samples=cfg.mask_samples, reference=cfg.reference, seed=cfg.seed, on_width=on_width)
+    table = distance_table(x, y, members, inits=cfg.inits, mask_samples=cfg.mask_samples, reference=cfg.reference,
+                           seed=cfg.seed, on_width=on_width)
     reference = "analytic" if cfg.reference is None else f"dense:{cfg.reference}"
     table = table.assign(base_width=pd.array([cfg.base_width] * len(table), dtype="Int64"), outputs=cfg.outputs,
-                         allocation=cfg.allocation, inputs=cfg.inputs, reference=reference, pairs=cfg.pairs,
-                         inits=cfg.inits, mask_samples=cfg.mask_samples, seed=cfg.seed)[results.KERNEL_COLUMNS]
+                         inputs=cfg.inputs, dataset=None if dataset is None else dataset.name, reference=reference,
+                         pairs=cfg.pairs, inits=cfg.inits, mask_samples=cfg.mask_samples,
+                         seed=cfg.seed)[results.KERNEL_COLUMNS]
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     settings["widths"] = [m.width for m in members]
     results.write_text(OmegaConf.to_yaml(settings), run_dir / results.KERNEL_CONFIG_FILE)

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from widen_cli import checkpoint, claims, distributed, results
-from widen_cli.config import RunConfig, to_yaml
+from widen_cli.config import RunConfig, resolve_distribution, to_yaml
 from widen_cli.errors import Interrupted, UserError
 from widen_cli.jobs import Job
 
@@ -95,9 +95,9 @@ def config_run(data: dict) -> RunConfig | None:
     try:
         run = RunConfig(**kwargs)
         run.identity()  # a config whose parts are not what a run's are is no run config
+        return resolve_distribution(run)
     except (TypeError, AttributeError):
         return None
-    return run
 
 
 def config_identity(data: dict) -> dict | None:
@@ -282,7 +282,7 @@ def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: floa
         wall_seconds=wall_seconds, activation=run.model.activation, distribution=member.distribution,
         within=member.within,
         last_layer_connectivity=run.method.last_layer_connectivity if run.method.name == "sparse" else None,
-        identity=json.dumps(run.identity(), sort_keys=True),
+        identity=json.dumps(run.identity(), sort_keys=True), budget=member.budget,
     )
 
 

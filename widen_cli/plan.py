@@ -60,7 +60,7 @@ def plan_family(run: RunConfig, spec, widths: list[int], dense_wide: bool,
     """
     members = []
     for llc in last_layer_connectivities:
-        method = run.method if llc is None else replace(run.method, last_layer_connectivity=llc)
+        method = run.method if llc is None else budget.fix_last_layer(run.method, llc)
         for w in widths:
             if llc is not None and len(last_layer_connectivities) > 1 and \
                     not budget.is_valid(run.model, spec, run.base_width, w, method):
@@ -77,7 +77,7 @@ def plan_family(run: RunConfig, spec, widths: list[int], dense_wide: bool,
 
 def member_run(run: RunConfig, member: budget.Member, llc: float | None, seed: int, out: Path) -> RunConfig:
     """The member's own RunConfig, derived from the family's: its width, method and seed, in the sweep folder."""
-    method = DENSE if member.method == "dense" else replace(run.method, last_layer_connectivity=llc)
+    method = DENSE if member.method == "dense" else budget.fix_last_layer(run.method, llc)
     return replace(run, width=member.width, seed=seed, method=method, out=str(out), name=None)
 
 

@@ -35,10 +35,13 @@ METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_
 # One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
 # distribution and within are the member's (None for dense); identity is json.dumps(run.identity(),
 # sort_keys=True), the whole experiment seed included, so a reader can tell which runs may be pooled.
+# budget is the weight count the member's family holds, N(base) (a dense model's own count): with
+# dataset and distribution it is what kernel-distance tables are joined on.
 SUMMARY_COLUMNS = [
     "dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
     "seed", "epochs", "status", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc",
     "wall_seconds", "activation", "distribution", "within", "last_layer_connectivity", "identity",
+    "budget",
 ]
 
 # A sweep's results.parquet: each member's summary plus the plan's view of it and its folder name;
@@ -52,13 +55,17 @@ PLAN_COLUMNS = [
     "layers", "layer_sizes", "layer_kept", "layer_kept_fraction",
 ]
 
-# kernel_distance.parquet: one row per width.
+# kernel_distance.parquet: one row per width. dataset (null for Gaussian inputs), budget and distribution
+# mean what they mean in a summary: the report joins the two on them. width_eq29 is the paper's
+# closed-form optimum n* (eq. 29, the same in every row), min_eq29 marks the listed width nearest it.
+# Schema 1 named the distribution column `allocation` (first-layer = dense-last, uniform then Bernoulli).
 KERNEL_COLUMNS = [
     "width", "base_width", "n_weights", "input_dim", "outputs", "connectivity", "first_layer_connectivity",
-    "first_layer_weights", "allocation", "inputs", "reference", "pairs", "inits", "mask_samples", "seed",
+    "first_layer_weights", "distribution", "inputs", "reference", "pairs", "inits", "mask_samples", "seed",
     "distance_empirical", "distance_empirical_se", "distance_theorem1", "distance_theorem1_bias",
     "distance_eq6", "distance_leading_order",
     "min_empirical", "min_theorem1", "min_eq6", "min_leading_order",
+    "dataset", "budget", "last_layer_weights", "width_eq29", "min_eq29",
 ]
 
 
@@ -71,10 +78,10 @@ class Schema:
 # Every table kind. Tables written before kinds existed carry no metadata (see table_kind).
 TABLES = {
     "metrics": Schema(METRICS_COLUMNS, 1),
-    "summary": Schema(SUMMARY_COLUMNS, 1),
+    "summary": Schema(SUMMARY_COLUMNS, 1),  # budget appended: older readers pass over it
     "results": Schema(RESULTS_COLUMNS, 1),
     "plan": Schema(PLAN_COLUMNS, 1),
-    "kernel": Schema(KERNEL_COLUMNS, 1),
+    "kernel": Schema(KERNEL_COLUMNS, 2),  # 2: `allocation` renamed `distribution` (its names too)
 }
 KIND_KEY = b"widen.kind"
 VERSION_KEY = b"widen.schema_version"

@@ -272,7 +272,8 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
                        epochs=len(results.read_table(metrics)) if metrics.exists() else 0, status="failed",
                        error=(errors or {}).get(job.run_dir, "did not finish (no summary.parquet)"))
         row.update(widening_factor=job.member.widening_factor, distribution=job.member.distribution,
-                   last_layer_connectivity=job.run.method.last_layer_connectivity, run=job.run_dir.name)
+                   budget=job.member.budget, last_layer_connectivity=job.run.method.last_layer_connectivity,
+                   run=job.run_dir.name)
         rows.append(row)
     df = pd.DataFrame(rows, columns=results.RESULTS_COLUMNS)
     results.write_table(df, sweep_dir / results.RESULTS_FILE, "results")

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from widen_cli.report.load import Results
+from widen_cli.report.overlay import kernel_keys, kernel_overlay, tracking
 from widen_cli.report.runs import count, mean_sem
 
 BOTTLENECKS = ("linear-bottleneck", "nonlinear-bottleneck")
@@ -293,43 +294,45 @@ def fig_mlp_grid(runs: pd.DataFrame) -> Plot | None:
 def fig_kernel_distance(kernels: dict[str, pd.DataFrame], runs: pd.DataFrame) -> Plot | None:
     if not kernels:
         return None
+    data = kernel_overlay(kernels, runs)
+    stats = tracking(data)
     fig, axes = _panels(len(kernels), width=5.2)
-    data = []
     for ax, (name, k) in zip(axes, sorted(kernels.items())):
         ax.errorbar(k.width, k.distance_empirical, yerr=k.distance_empirical_se, color="tab:blue", marker="o",
                     capsize=3, label="empirical")
         ax.plot(k.width, k.distance_theorem1, color="0.45", lw=2, label="Theorem 1")
         ax.plot(k.width, k.distance_eq6, color="k", ls="--", label="eq. (6)")
         ax.plot(k.width, k.distance_leading_order, color="k", ls=":", label="Theorem 1, leading order")
+        n_star = k.width_eq29.iloc[0]
+        if pd.notna(n_star):
+            ax.axvline(n_star, color="0.6", ls="-.", lw=1, label=f"eq. (29): n* = {n_star:.0f}")
         ax.set_yscale("log")
         _log_axis(ax, k.width, "width")
         ax.set_ylabel("mean squared kernel distance")
-        base_width = k.base_width.iloc[0]
-        trained = runs[(runs.model == "mlp") & (runs.method == "sparse") & (runs.base_width == base_width)
-                       & runs.last_layer_connectivity.isna()] if pd.notna(base_width) else runs.iloc[:0]
         handles = ax.get_legend_handles_labels()
-        table = k.copy()
-        if len(trained):
+        lines = data[(data.table == name) & data.line.notna()] if len(data) else data
+        if len(lines):
             twin = ax.twinx()
-            for i, ((setting, line), t) in enumerate(trained.groupby(["setting", "line"])):  # one line each
-                err = mean_sem(t.assign(test_error=100 - t.test), ["width"], ("test_error",))
+            for i, (line, err) in enumerate(lines.dropna(subset=["test_error_mean"]).groupby("line")):
+                s = stats[(stats.table == name) & (stats.line == line)].iloc[0]
                 _errorbar(twin, err.width, err, "test_error", color=f"C{6 + i}", marker="x",
-                          label=f"test error, {setting}, {line}")
-                table = table.merge(err[["width", "test_error_mean", "test_error_sem"]].rename(
-                    columns=lambda c: c if c == "width" else f"{c} ({setting}, {line})"), on="width", how="left")
+                          label=f"test error, {line} (min at {s.width_min_test_error:g})\nvs empirical: Spearman "
+                                f"{s.spearman_empirical:.2f}, Pearson (log) {s.pearson_log_empirical:.2f}")
             twin.set_ylabel("test error of trained models (%)", color="tab:pink")
             extra = twin.get_legend_handles_labels()
             handles = (handles[0] + extra[0], handles[1] + extra[1])
-        ax.legend(*handles, fontsize=7)
-        details = ", ".join(f"{c} {k[c].iloc[0]}" for c in ("n_weights", "allocation", "inputs") if c in k)
-        head = f"{name}: base width {base_width}" if pd.notna(base_width) else name
-        ax.set_title(head + (f"\n{details}" if details else ""), fontsize=9)
-        data.append(table.assign(table=name))
+        ax.legend(*handles, fontsize=6)
+        keys = kernel_keys(k)
+        ax.set_title(f"{name}: {keys['dataset'] or k.inputs.iloc[0]} inputs, {count(keys['budget'])} weights, "
+                     f"{keys['distribution']}", fontsize=9)
     return Plot("kernel_distance", "Kernel distance vs width (Figure 7b)",
                 "Mean squared distance of the sparse network's GP kernel at initialisation from the infinite-width "
-                "kernel: empirical (error bars: standard error), Theorem 1 and its leading order, eq. (6); "
-                "test error of trained sparse MLPs with the same base width on the right axis when given.",
-                fig, _front(pd.concat(data), "table"))
+                "kernel: empirical (error bars: standard error), Theorem 1 and its leading order, eq. (6), and "
+                "eq. (29)'s optimum width; on the right axis, the test error of trained sparse one-hidden-layer "
+                "MLPs of the same family (same dataset, weight budget and allocation rule; a last layer fixed "
+                "at connectivity 1 counts as dense-last), with the Spearman and Pearson (on log distance) "
+                "correlations across the widths both have (kernel_tracking.csv).",
+                fig, data)
 
 
 def fig_layer_kept(plans: dict[str, pd.DataFrame]) -> Plot | None:

@@ -95,7 +95,7 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
         if kind == "plan":
             plans[label] = df
         elif kind == "kernel":
-            kernels[label] = df.sort_values("width")
+            kernels[label] = kernel_table(df).sort_values("width")
         else:
             df = df.copy()
             df["run_dir"] = [str(path.parent / r) for r in df.run] if kind == "results" else str(path.parent)
@@ -117,6 +117,26 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
             warn(f"leaving out {failed.sum()} failed run(s): " + ", ".join(sorted(map(str, table.run_dir[failed]))))
         table = table[~failed]
     return Results(label_runs(table.reset_index(drop=True), warn), plans, kernels, sources, skipped)
+
+
+# Kernel tables of schema 1 named the allocation rule `allocation`, with names of their own.
+OLD_ALLOCATIONS = {"first-layer": "dense-last", "uniform": "uniform"}
+
+
+def kernel_table(df: pd.DataFrame) -> pd.DataFrame:
+    """A kernel table with every current column: older ones get their rule under its current name, their
+    dataset from `inputs` (null for Gaussian), their budget from n_weights, and nulls for the rest."""
+    df = df.copy()
+    if "distribution" not in df and "allocation" in df:
+        df["distribution"] = df.allocation.map(OLD_ALLOCATIONS)
+    if "dataset" not in df and "inputs" in df:
+        df["dataset"] = df.inputs.where(df.inputs != "gaussian", None)
+    if "budget" not in df and "n_weights" in df:
+        df["budget"] = df.n_weights
+    for c in results.KERNEL_COLUMNS:
+        if c not in df:
+            df[c] = None
+    return df
 
 
 def _unique(name: str, taken: dict) -> str:

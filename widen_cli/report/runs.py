@@ -18,6 +18,8 @@ from typing import Callable
 
 import pandas as pd
 
+from widen_cli.budget import default_distribution
+
 MEMBER_KEYS = ("seed", "width", "base_width", "method")  # identity keys a family's members differ in
 SHOWN_METHOD_KEYS = ("name", "distribution", "within", "last_layer_connectivity")  # already in family/line labels
 
@@ -36,6 +38,8 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
     runs["within"] = column("within", "all").where(~dense, "").fillna("")
     runs["last_layer_connectivity"] = pd.to_numeric(column("last_layer_connectivity"), errors="coerce").where(~dense)
     runs["activation"] = column("activation", "relu").where(runs.model == "mlp", "")
+    # budget: recorded since summary schema 2; a sparse member holds it exactly, so older rows take n_weights
+    runs["budget"] = pd.to_numeric(column("budget"), errors="coerce").fillna(runs.n_weights)
     factor = runs["widening_factor"] if "widening_factor" in runs else pd.Series(math.nan, index=runs.index)
     runs["widening_factor"] = pd.to_numeric(factor, errors="coerce").fillna(runs.width / runs.base_width)
     identities = [json.loads(s) if isinstance(s, str) else None for s in column("identity")]
@@ -61,11 +65,16 @@ def _family(r) -> str:
     if r.method == "dense":
         return "dense"
     label = f"{r.method} b={r.base_width}"
-    if r.method == "sparse" and r.distribution not in ("", "staggered"):
+    if r.method == "sparse" and r.distribution not in ("", _default_distribution(r)):
         label += f" {r.distribution}"
     if r.method == "sparse" and r.within == "io":
         label += " io"
     return label
+
+
+def _default_distribution(r) -> str:
+    """The distribution a sparse run gets without asking: the label names only others."""
+    return "staggered" if pd.notna(r.last_layer_connectivity) else default_distribution(r.model)
 
 
 def _recipe(identity: dict) -> dict:
