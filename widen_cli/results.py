@@ -29,8 +29,10 @@ RESULTS_FILE = "results.parquet"  # a sweep's gathered rows
 KERNEL_FILE = "kernel_distance.parquet"  # a kernel-distance table
 KERNEL_CONFIG_FILE = "kernel.yaml"  # its settings
 
-# One row per epoch. Accuracies are fractions in [0, 1]; seconds is the epoch's wall time.
-METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+# One row per epoch. Accuracies are fractions in [0, 1]; seconds is the epoch's wall time. val_*: on the
+# held-out part of the training split (dataset.val_fraction), null without one.
+METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "val_loss",
+                   "val_acc"]
 
 # One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
 # distribution and within are the member's (None for dense); identity is json.dumps(run.identity(),
@@ -39,17 +41,20 @@ SUMMARY_COLUMNS = [
     "dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
     "seed", "epochs", "status", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc",
     "wall_seconds", "activation", "distribution", "within", "last_layer_connectivity", "identity",
+    "val_acc",  # the last epoch's validation accuracy (dataset.val_fraction), null without a holdout
 ]
 
 # A sweep's results.parquet: each member's summary plus the plan's view of it and its folder name;
-# status `failed` and the error for members that crashed.
-RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "run", "error"]
+# status `failed` and the error for members that crashed. lr: the run's optim.lr; selected: the one row of
+# each member and seed (over the sweep's learning rates) that the report draws (sweep.select_on).
+RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "run", "error", "lr", "selected"]
 
 # A sweep's plan.parquet: one row per member; the layer_* columns are lists in the order of `layers`.
 PLAN_COLUMNS = [
     "width", "widening_factor", "method", "distribution", "within", "last_layer_connectivity", "connectivity",
     "n_weights", "n_weights_dense", "budget", "deviation", "bottleneck_ratio",
     "layers", "layer_sizes", "layer_kept", "layer_kept_fraction",
+    "base_width",  # the member's family (a sweep may hold several budgets)
 ]
 
 # kernel_distance.parquet: one row per width.
@@ -70,10 +75,10 @@ class Schema:
 
 # Every table kind. Tables written before kinds existed carry no metadata (see table_kind).
 TABLES = {
-    "metrics": Schema(METRICS_COLUMNS, 1),
-    "summary": Schema(SUMMARY_COLUMNS, 1),
-    "results": Schema(RESULTS_COLUMNS, 1),
-    "plan": Schema(PLAN_COLUMNS, 1),
+    "metrics": Schema(METRICS_COLUMNS, 2),
+    "summary": Schema(SUMMARY_COLUMNS, 2),
+    "results": Schema(RESULTS_COLUMNS, 2),
+    "plan": Schema(PLAN_COLUMNS, 2),
     "kernel": Schema(KERNEL_COLUMNS, 1),
 }
 KIND_KEY = b"widen.kind"
