@@ -31,8 +31,8 @@ KERNEL_CONFIG_FILE = "kernel.yaml"  # its settings
 
 # One row per epoch. Accuracies are fractions in [0, 1]; seconds is the epoch's wall time. val_*: on the
 # held-out part of the training split (dataset.val_fraction), null without one.
-METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "val_loss",
-                   "val_acc"]
+METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
+                   "seconds"]
 
 # One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
 # distribution and within are the member's (None for dense); identity is json.dumps(run.identity(),
@@ -40,9 +40,8 @@ METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_
 SUMMARY_COLUMNS = [
     "dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
     "seed", "epochs", "status", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc",
-    "wall_seconds", "activation", "distribution", "within", "last_layer_connectivity", "identity",
-    "val_acc",  # the last epoch's validation accuracy (dataset.val_fraction), null without a holdout
-]
+    "wall_seconds", "val_acc", "activation", "distribution", "within", "last_layer_connectivity", "identity",
+]  # val_acc: the last epoch's accuracy on the held-out part of the training split (dataset.val_fraction)
 
 # A sweep's results.parquet: each member's summary plus the plan's view of it and its folder name;
 # status `failed` and the error for members that crashed. lr: the run's optim.lr; selected: the one row of
@@ -70,15 +69,16 @@ KERNEL_COLUMNS = [
 @dataclass(frozen=True)
 class Schema:
     columns: list[str]
-    version: int  # raise it when the columns of this kind change
+    version: int  # raise it when the columns of this kind change (not for optional columns appended)
+    optional: tuple[str, ...] = ()  # columns added later that a writer may leave out: written as null
 
 
 # Every table kind. Tables written before kinds existed carry no metadata (see table_kind).
 TABLES = {
-    "metrics": Schema(METRICS_COLUMNS, 2),
-    "summary": Schema(SUMMARY_COLUMNS, 2),
-    "results": Schema(RESULTS_COLUMNS, 2),
-    "plan": Schema(PLAN_COLUMNS, 2),
+    "metrics": Schema(METRICS_COLUMNS, 1, ("val_loss", "val_acc")),
+    "summary": Schema(SUMMARY_COLUMNS, 1, ("val_acc",)),
+    "results": Schema(RESULTS_COLUMNS, 1, ("val_acc", "lr", "selected")),
+    "plan": Schema(PLAN_COLUMNS, 1, ("base_width",)),
     "kernel": Schema(KERNEL_COLUMNS, 1),
 }
 KIND_KEY = b"widen.kind"
@@ -98,11 +98,14 @@ def atomic_write(path: Path, write) -> None:
 
 def write_table(df: pd.DataFrame, path: Path, kind: str) -> None:
     """Write a DataFrame as a table of `kind`: exactly its columns, in order (a missing one is a bug:
-    KeyError), with the kind and schema version in the Parquet metadata."""
+    KeyError, unless the schema calls it optional), with the kind and schema version in the Parquet metadata."""
     import pyarrow as pa  # here, not at import time: most commands never write a table
     import pyarrow.parquet as pq
 
     schema = TABLES[kind]
+    missing = [c for c in schema.optional if c not in df]
+    if missing:
+        df = df.assign(**{c: None for c in missing})
     table = pa.Table.from_pandas(df[schema.columns], preserve_index=False)
     meta = {**(table.schema.metadata or {}), KIND_KEY: kind.encode(), VERSION_KEY: str(schema.version).encode()}
     atomic_write(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp))
