@@ -1,5 +1,6 @@
-"""The plan of `widen sweep-width`: one composed config -> the family's base run -> its widths ->
-every member planned once -> one Job per member and seed. Pure: no data read, no training."""
+"""The plan of `widen sweep-width`: one composed config -> a base run per budget (sweep.base_widths)
+and method (sweep.methods) -> each family's widths -> every member planned once -> one Job per member,
+learning rate (sweep.lrs) and seed, kept once per run folder. Pure: no data read, no training."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
