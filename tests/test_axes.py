@@ -188,7 +188,7 @@ def test_fig7_presets_plan_the_papers_tuned_sweep(tmp_path, preset, members):
     assert sorted(plan[plan.method == "dense"].width) == [32, 128, 216, 328, 512, 635]
     inputs = 784 if preset == "fig7_mlp" else 64
     assert set(plan[plan.method == "sparse"].n_weights) == {8 * (inputs + 10)}  # no biases
-    assert "runs (13 members, 3 seeds, 6 learning rates)" in " ".join(res.output.split())
+    assert "runs (13 members, 3 seeds, 7 learning rates)" in " ".join(res.output.split())
     run = load([f"+experiment={preset}", "dataset.root=x"])[1]
     assert (run.model.bias, run.model.parameterization, run.dataset.normalize) == (False, "ntk", "per-pixel")
     assert (run.optim.momentum, run.optim.weight_decay, run.optim.schedule) == (0.0, 0.0, "constant")
