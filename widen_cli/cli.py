@@ -101,6 +101,10 @@ def _numbers(text: str | None, kind, option: str) -> list | None:
         raise UserError(f"{option} takes comma-separated {kind.__name__}s, got {text!r}") from None
 
 
+def _names(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
 # ---------------------------------------------------------------- options shared by train and sweep-width
 
 def _opt(help: str, *flags: str, **kw):
@@ -200,7 +204,15 @@ def sweep_width(
                                          "train: mlp for mnist, digits and synthetic, resnet18 otherwise.")] = None,
     method: Annotated[Optional[str], _opt("sparse (default without --experiment), linear-bottleneck, "
                                           "nonlinear-bottleneck or dense.")] = None,
-    base_width: BaseWidth = None,
+    methods: Annotated[Optional[str], _opt("Several methods over the same budgets, e.g. sparse,linear-bottleneck "
+                                           "(each its conf/method/ file; shared dense members run once).")] = None,
+    base_width: Annotated[Optional[str], _opt("Width of the dense baseline whose weight count is the budget; "
+                                              "several, e.g. 8,12,18, plan one family per budget in one sweep.")] = None,
+    lrs: Annotated[Optional[str], _opt("Train every member at each learning rate, e.g. 0.01,0.03,0.1,0.3, and "
+                                       "select one per member and seed (results.parquet `selected`).")] = None,
+    select_on: Annotated[Optional[str], _opt("What selects each member's lr: test (best test accuracy, the "
+                                             "paper's way) or val (accuracy on sweep.val_fraction of the training "
+                                             "split, held out). Default test.")] = None,
     widths: Annotated[Optional[str], _opt("Comma-separated widths, e.g. 18,25,36,51,72.")] = None,
     factors: Annotated[Optional[str], _opt("Or widening factors, e.g. 1,1.41,2,2.83,4. Default: powers of sqrt(2) "
                                            "down to the connectivity floor.")] = None,
@@ -236,24 +248,31 @@ def sweep_width(
 
     Example: widen sweep-width --dataset cifar100 --base-width 18 --seeds 0,1,2
     """
-    options = dict(locals())
+    budgets = _numbers(base_width, int, "--base-width")
+    # One budget is the base_width key, as for train; several go to sweep.base_widths.
+    options = {**locals(), "base_width": budgets[0] if budgets and len(budgets) == 1 else None}
     from widen_cli import config, display, plan, sweep
 
     sweep.check_launch(launcher, jobs)
+    if method and methods:
+        raise UserError("give --method or --methods, not both")
     if experiment is None:
         options = {**options, **{k: v for k, v in plan.SWEEP_DEFAULTS.items() if options[k] is None}}
-    cfg = config.compose_config(config.overrides_from_options(experiment, options, overrides), config_dir or ())
-    run = plan.family_run(cfg, base_width)
+    composing = config.overrides_from_options(experiment, options, overrides)
+    cfg = config.compose_config(composing, config_dir or ())
+    run = plan.family_run(cfg, budgets[0] if budgets else None)
     settings = plan.settings(
         cfg, widths=_numbers(widths, int, "--widths"), factors=_numbers(factors, float, "--factors"),
         seeds=_numbers(seeds, int, "--seeds"), connectivity_floor=connectivity_floor, dense_wide=dense_wide,
-        last_layer_connectivity=_numbers(last_layer_connectivity, float, "--last-layer-connectivity"))
-    family = plan.plan_sweep(run, settings, name)
-    sweep.check_family(family.sweep_dir, run, restart)
+        last_layer_connectivity=_numbers(last_layer_connectivity, float, "--last-layer-connectivity"),
+        base_widths=budgets, methods=_names(methods) or ([method] if method else None),
+        lrs=_numbers(lrs, float, "--lrs"), select_on=select_on)
+    family = plan.plan_sweep(run, settings, name, plan.methods(composing, config_dir or (), run, settings))
+    sweep.check_family(family.sweep_dir, family, restart)
     table = family.table()
     display.plan(console, table, family.sweep_dir)
     display.sweep_cost(err, family.cost())
-    sweep.write_plan(family.sweep_dir, table, cfg)
+    sweep.write_plan(family.sweep_dir, table, cfg, family.identity())
     if dry_run:
         return
     results = sweep.run(family.jobs(), launcher, jobs, family.sweep_dir, err, settings, restart)

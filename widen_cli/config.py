@@ -24,6 +24,10 @@ CONF_DIR = shipped_conf_dir()
 CONFIG_PATH_ENV = "WIDEN_CONFIG_PATH"  # colon-separated folders searched before conf/
 PRECISIONS = ("fp32", "bf16")
 INITS = ("lecun", "pytorch", "torchvision")  # ResNet initialisation (models/resnet.py)
+NORMALIZATIONS = ("per-channel", "per-pixel")
+# Dataset keys left out of a run's identity at these values (they came after runs were named).
+DATASET_DEFAULTS = {"normalize": ("per-channel",), "val_fraction": (None, 0, 0.0)}
+SELECT_ON = ("test", "val")
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,11 @@ class DatasetConfig:
     channels: int = 3
     train_size: int = 256  # synthetic only
     test_size: int = 128  # synthetic only
-    data_seed: int = 0  # synthetic only
+    data_seed: int = 0  # synthetic data; and which training samples val_fraction holds out
     workers: int | None = None  # image folders only; None: the CPUs this process may use
     skip_bad_images: bool = False  # image folders only: leave out files PIL cannot decode
+    normalize: str = "per-channel"  # in-memory datasets: per-channel | per-pixel (mean/std of each pixel)
+    val_fraction: float | None = None  # hold out this share of the training split as a validation set
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,9 @@ class RunConfig:
             d["model"].pop("init")
         for k in ("root", "download", "workers", "skip_bad_images"):
             d["dataset"].pop(k)
+        for k, default in DATASET_DEFAULTS.items():  # added later: runs from before keep their folders
+            if d["dataset"][k] in default:
+                d["dataset"].pop(k)
         return d
 
     def family_identity(self) -> dict:
@@ -281,7 +290,7 @@ def overrides_from_options(experiment: str | None, options: dict, extra: list[st
 MINIMUM = {"width": 1, "base_width": 1, "seed": 0, "optim.epochs": 1, "optim.batch_size": 1, "dataset.subset": 1,
            "dataset.image_size": 1, "dataset.channels": 1, "dataset.num_classes": 1, "dataset.train_size": 1,
            "dataset.test_size": 1, "dataset.data_seed": 0, "dataset.workers": 0, "model.hidden_layers": 1,
-           "sweep.seeds": 0, "sweep.widths": 1}
+           "sweep.seeds": 0, "sweep.widths": 1, "sweep.base_widths": 1}
 KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "None": "null"}
 
 
@@ -387,6 +396,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         ("method.distribution", run.method.distribution, tuple(DISTRIBUTIONS)),
         ("method.within", run.method.within, ("all", "io")),
         ("precision", run.precision, PRECISIONS),
+        ("dataset.normalize", run.dataset.normalize, NORMALIZATIONS),
     ):
         if value not in valid:
             raise UserError(f"{key} must be one of {', '.join(valid)}, got {value!r}")
@@ -398,6 +408,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     llc = run.method.last_layer_connectivity
     if llc is not None and not 0 < llc <= 1:
         raise UserError(f"method.last_layer_connectivity must be in (0, 1], got {llc}")
+    _fraction("dataset.val_fraction", run.dataset.val_fraction, allow_none=True)
     if not run.optim.lr > 0:
         raise UserError(f"optim.lr must be > 0, got {run.optim.lr}")
     if run.device not in ("auto", "cpu") and not run.device.startswith("cuda"):
@@ -421,7 +432,22 @@ def sweep_config(cfg: DictConfig) -> SweepConfig:
     s = _build(SweepConfig, _plain(cfg.sweep, "sweep"), "sweep")
     if not 0 < s.connectivity_floor <= 1:
         raise UserError(f"--connectivity-floor must be in (0, 1], got {s.connectivity_floor}")
+    if s.select_on not in SELECT_ON:
+        raise UserError(f"sweep.select_on (--select-on) must be one of {', '.join(SELECT_ON)}, got {s.select_on!r}")
+    _fraction("sweep.val_fraction", s.val_fraction)
+    for key, values in (("sweep.lrs", s.lrs), ("sweep.base_widths", s.base_widths)):
+        if values is not None and (not values or any(v <= 0 for v in values)):
+            raise UserError(f"{key} must be a non-empty list of numbers > 0, got {list(values)}")
+    if s.methods is not None and not s.methods:
+        raise UserError("sweep.methods must name at least one method")
     return s
+
+
+def _fraction(key: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not 0 < value < 1:
+        raise UserError(f"{key} must be in (0, 1){' or null' if allow_none else ''}, got {value!r}")
 
 
 NESTED = {"DatasetConfig": DatasetConfig, "ModelConfig": ModelConfig, "MethodConfig": MethodConfig,

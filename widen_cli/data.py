@@ -67,11 +67,14 @@ class TensorLoader(Shard):
                  device: torch.device, augment: tuple[str, ...] = (), shuffle: bool = False, seed: int = 0):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
-        # (x / 255 - mean) / std as one multiply-add on the batch: x * scale + shift.
-        self.scale = (1 / (255 * std)).to(device).view(1, -1, 1, 1)
-        self.shift = (-mean / std).to(device).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add on the batch: x * scale + shift. mean and std are
+        # per channel [C] or per pixel [C, H, W].
+        shape = (1, -1, 1, 1) if mean.ndim == 1 else (1, *mean.shape)
+        self.scale = (1 / (255 * std)).to(device).view(shape)
+        self.shift = (-mean / std).to(device).view(shape)
         self.batch_size, self.augment, self.shuffle, self.seed = batch_size, augment, shuffle, seed
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.val: TensorLoader | None = None  # the training split's held-out part (dataset.val_fraction)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw this epoch's order and augmentation from (seed, epoch) alone."""
@@ -245,6 +248,30 @@ def _subset(split: Split, n: int | None) -> Split:
     return Split(split.images[idx], split.labels[idx])
 
 
+def holdout(split: Split, fraction: float | None, data_seed: int) -> tuple[Split, Split | None]:
+    """(the part trained on, the held-out validation part): a fixed random `fraction` of the training
+    split, drawn from dataset.data_seed alone, so every run (any seed, lr or width) holds out the same
+    examples and never trains on them."""
+    if not fraction:
+        return split, None
+    n = len(split.labels)
+    n_val = round(n * fraction)
+    if not 0 < n_val < n:
+        raise UserError(f"dataset.val_fraction={fraction} of {n} training samples leaves no validation or no "
+                        f"training sample")
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed))
+    val, train = idx[:n_val].sort().values, idx[n_val:].sort().values
+    return Split(split.images[train], split.labels[train]), Split(split.images[val], split.labels[val])
+
+
+def pixel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel mean and std [C, H, W] of uint8 images, in [0, 1] units. A pixel that never varies
+    (std 0, e.g. a border that is always black) gets std 1: it becomes 0 (its mean) in every image."""
+    x = images.double() / 255
+    mean, std = x.mean(0), x.std(0)  # unbiased, as channel_stats
+    return mean.float(), torch.where(std > 1e-6, std, torch.ones_like(std)).float()
+
+
 def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of uint8 images, in [0, 1] units (computed on the training split).
 
@@ -337,6 +364,9 @@ def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, se
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
+    if cfg.val_fraction or cfg.normalize != "per-channel":
+        raise UserError(f"{cfg.name}: dataset.val_fraction and dataset.normalize are for in-memory datasets "
+                        f"(image folders use ImageNet's mean and std and have val/ as their test set)")
     root = Path(cfg.root)
     workers = available_cpus() if cfg.workers is None else cfg.workers  # PyTorch warns above the CPUs we may use
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -405,7 +435,11 @@ def load_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: i
     mean, std = channel_stats(train.images)  # full training split, before any subset
     # Class count from every label of both splits, before any subset (a subset may miss classes).
     num_classes = cfg.num_classes or int(torch.cat([train.labels, test.labels]).max()) + 1
-    train = _subset(train, cfg.subset)
+    train, val = holdout(_subset(train, cfg.subset), cfg.val_fraction, cfg.data_seed)
+    if cfg.normalize == "per-pixel":  # the paper's Figure 7: over the images trained on only
+        mean, std = pixel_stats(train.images)
     spec = InputSpec(channels=train.images.shape[1], image_size=cfg.image_size, num_classes=num_classes)
-    return (TensorLoader(train, mean, std, batch_size, device, cfg.augment, shuffle=True, seed=seed),
-            TensorLoader(test, mean, std, EVAL_BATCH, device), spec)
+    loader = TensorLoader(train, mean, std, batch_size, device, cfg.augment, shuffle=True, seed=seed)
+    if val is not None:
+        loader.val = TensorLoader(val, mean, std, EVAL_BATCH, device)
+    return loader, TensorLoader(test, mean, std, EVAL_BATCH, device), spec

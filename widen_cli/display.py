@@ -34,12 +34,15 @@ def summary(console: Console, s: dict, run_dir: Path) -> None:
 def plan(console: Console, plan, sweep_dir: Path) -> None:
     import pandas as pd
 
-    table = _columns(f"[bold]plan: {sweep_dir}[/bold]", ("width", "factor", "method", "connectivity", "n_weights",
-                                                        "n_weights_dense", "deviation", "bottleneck"))
+    budgets = plan.base_width.nunique() > 1  # several families: say which budget each member keeps
+    table = _columns(f"[bold]plan: {sweep_dir}[/bold]", ("base", "width", "factor", "method", "connectivity",
+                                                        "n_weights", "n_weights_dense", "deviation", "bottleneck")
+                     [0 if budgets else 1:])
     for r in plan.itertuples():
         method = r.method + (f" (last layer {r.last_layer_connectivity:g})"
                              if pd.notna(r.last_layer_connectivity) else "")
-        table.add_row(str(r.width), f"{r.widening_factor:.2f}", method, f"{r.connectivity:.4f}",
+        table.add_row(*([str(r.base_width)] if budgets else []), str(r.width), f"{r.widening_factor:.2f}", method,
+                      f"{r.connectivity:.4f}",
                       f"{r.n_weights:,}", f"{r.n_weights_dense:,}", f"{r.deviation:+,}",
                       f"{r.bottleneck_ratio:.3f}" if pd.notna(r.bottleneck_ratio) else "")
     console.print(table)
@@ -48,7 +51,8 @@ def plan(console: Console, plan, sweep_dir: Path) -> None:
         kept = Table(title="kept fraction per layer (sparse members)", header_style="bold")
         kept.add_column("layer")
         for r in sparse.itertuples():
-            kept.add_column(f"w={r.width}" + (f" last={r.last_layer_connectivity:g}"
+            kept.add_column((f"b={r.base_width} " if budgets else "") + f"w={r.width}" +
+                            (f" last={r.last_layer_connectivity:g}"
                                                if pd.notna(r.last_layer_connectivity) else ""), justify="right")
         for i, layer in enumerate(sparse.iloc[0].layers):
             kept.add_row(layer, *(f"{r.layer_kept_fraction[i]:.3f}" for r in sparse.itertuples()))
@@ -61,7 +65,8 @@ def sweep_cost(console: Console, c: dict) -> None:
 
     compute = f", about {flops_text(c['flops'])} of training compute" if c["flops"] is not None else ""
     seeds = f"{c['seeds']} seed{'s' if c['seeds'] > 1 else ''}"
-    console.print(f"{c['runs']} runs ({c['members']} members, {seeds}), {c['epochs']:,} epochs in all{compute}",
+    lrs = f", {c['lrs']} learning rates" if c.get("lrs", 1) > 1 else ""
+    console.print(f"{c['runs']} runs ({c['members']} members, {seeds}{lrs}), {c['epochs']:,} epochs in all{compute}",
                   highlight=False)
     if c["cpu"] and c["flops"] is not None and c["flops"] > CPU_WARN_FLOPS:
         console.print(f"[bold yellow]warning:[/bold yellow] {flops_text(c['flops'])} is days to months of "
@@ -70,17 +75,21 @@ def sweep_cost(console: Console, c: dict) -> None:
 
 
 def sweep_results(console: Console, df, sweep_dir: Path) -> None:
+    tuned = df.lr.nunique() > 1  # --lrs: show each run's lr, * on the one selected for its member and seed
     table = _columns(f"[bold]results: {sweep_dir / results.RESULTS_FILE}[/bold]",
-                     ("method", "width", "seed", "connectivity", "n_weights", "status", "best_test_acc",
-                      "final_train_acc"))
+                     ("method", "base", "width", "seed", "lr", "connectivity", "n_weights", "status", "best_test_acc",
+                      "final_train_acc", "val_acc"))
 
     def pct(x):
-        return f"{x:.2%}" if x == x else "-"  # NaN: a failed run
+        return f"{x:.2%}" if x == x and x is not None else "-"  # NaN: a failed run; None: no holdout
 
-    for r in df.sort_values(["method", "width", "seed"]).itertuples():
-        table.add_row(r.method, str(r.width), str(r.seed), f"{r.connectivity:.4f}", f"{r.n_weights:,}",
-                      r.status, pct(r.best_test_acc), pct(r.final_train_acc))
+    for r in df.sort_values(["method", "base_width", "width", "seed", "lr"]).itertuples():
+        lr = f"{r.lr:g}" + ("*" if tuned and r.selected else "")
+        table.add_row(r.method, str(r.base_width), str(r.width), str(r.seed), lr, f"{r.connectivity:.4f}",
+                      f"{r.n_weights:,}", r.status, pct(r.best_test_acc), pct(r.final_train_acc), pct(r.val_acc))
     console.print(table)
+    if tuned:
+        console.print("* the learning rate selected for the member and seed", highlight=False)
 
 
 def kernel_table(console: Console, df, run_dir: Path) -> None:

@@ -46,7 +46,9 @@ def batch_key(run: RunConfig):
     """Runs with equal keys can train as one stacked model; None: this run trains alone.
 
     Same data, model options, recipe, device; sparse members of any width, dense members of one width.
-    bf16 runs train alone (autocast would not reach the stacked layers the same way).
+    The recipe includes the learning rate: the stack has one optimiser, so a sweep over lrs (--lrs)
+    batches per lr (a per-member lr would need its own SGD step, and a weight-decay term that scaling
+    the loss cannot give). bf16 runs train alone (autocast would not reach the stacked layers the same way).
     """
     if (run.model.name != "mlp" or run.method.name not in BATCHED_METHODS or run.precision != "fp32"
             or run.dataset.name in FOLDER_DATASETS):
@@ -279,6 +281,7 @@ class Stack:
     model: StackedMLP
     loaders: list[TensorLoader]  # one training stream per distinct seed
     test_loader: TensorLoader
+    val_loader: TensorLoader | None  # the held-out part of the training split (dataset.val_fraction)
     masks: list  # each member's Masks (sparse) or None, as training alone would draw them
     spec: InputSpec
 
@@ -300,7 +303,7 @@ def build(runs: list[RunConfig], members: list[Member]) -> Stack:
     sparse = run.method.name == "sparse"
     stacked = StackedMLP(models, [mk.state() if mk is not None else None for mk in masks],
                          [seeds.index(r.seed) for r in runs], len(seeds), sparse).to(device)
-    return Stack(stacked, [train_loader.reseeded(s) for s in seeds], test_loader, masks, spec)
+    return Stack(stacked, [train_loader.reseeded(s) for s in seeds], test_loader, train_loader.val, masks, spec)
 
 
 def describe(runs: list[RunConfig]) -> str:
@@ -358,8 +361,9 @@ def _train_batch(runs: list[lifecycle.Run]) -> list[RunResult]:
         lr = opt.param_groups[0]["lr"]
         tr_loss, tr_acc = _per_member(train_epoch(model, stack.loaders, opt))
         te_loss, te_acc = _per_member(evaluate(model, stack.test_loader))
+        val = _per_member(evaluate(model, stack.val_loader)) if stack.val_loader is not None else ()
         sched.step()
-        return lr, [EpochTotals(*t) for t in zip(tr_loss, tr_acc, te_loss, te_acc)]
+        return lr, [EpochTotals(*t) for t in zip(tr_loss, tr_acc, te_loss, te_acc, *val)]
 
     return lifecycle.drive(runs, describe([j.run for j in jobs]), step,
                            lambda i: _snapshot(stack, i, jobs[i].run, opt, sched),

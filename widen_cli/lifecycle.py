@@ -55,6 +55,8 @@ class EpochTotals:
     train_acc: float
     test_loss: float
     test_acc: float
+    val_loss: float | None = None  # on the held-out part of the training split (dataset.val_fraction)
+    val_acc: float | None = None
 
 
 # ---------------------------------------------------------------- identity
@@ -244,7 +246,8 @@ class Run:
         """An epoch's row and checkpoint (snapshot(): its model, optimizer, scheduler and masks state).
         False when the training loss stopped being finite: the run is over, with status diverged."""
         self.rows.append(dict(epoch=epoch, lr=lr, train_loss=t.train_loss, train_acc=t.train_acc,
-                              test_loss=t.test_loss, test_acc=t.test_acc, seconds=seconds))
+                              test_loss=t.test_loss, test_acc=t.test_acc, seconds=seconds, val_loss=t.val_loss,
+                              val_acc=t.val_acc))
         diverged = not math.isfinite(t.train_loss)
         if self.main:
             results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics")
@@ -283,7 +286,15 @@ def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: floa
         within=member.within,
         last_layer_connectivity=run.method.last_layer_connectivity if run.method.name == "sparse" else None,
         identity=json.dumps(run.identity(), sort_keys=True), budget=member.budget,
+        val_acc=_last(metrics, "val_acc"),
     )
+
+
+def _last(metrics: pd.DataFrame, column: str) -> float | None:
+    """The last epoch's value; None where it was not recorded (no holdout, or metrics from before)."""
+    if column not in metrics or metrics[column].isna().all():
+        return None
+    return float(metrics[column].iloc[-1])
 
 
 # ---------------------------------------------------------------- the epoch loop

@@ -1,5 +1,6 @@
-"""The plan of `widen sweep-width`: one composed config -> the family's base run -> its widths ->
-every member planned once -> one Job per member and seed. Pure: no data read, no training."""
+"""The plan of `widen sweep-width`: one composed config -> a base run per budget (sweep.base_widths)
+and method (sweep.methods) -> each family's widths -> every member planned once -> one Job per member,
+learning rate (sweep.lrs) and seed, kept once per run folder. Pure: no data read, no training."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -75,29 +76,120 @@ def plan_family(run: RunConfig, spec, widths: list[int], dense_wide: bool,
     return members + [(budget.plan_member(run.model, spec, run.base_width, w, DENSE), None) for w in dense_widths]
 
 
-def member_run(run: RunConfig, member: budget.Member, llc: float | None, seed: int, out: Path) -> RunConfig:
-    """The member's own RunConfig, derived from the family's: its width, method and seed, in the sweep folder."""
+def member_run(run: RunConfig, member: budget.Member, llc: float | None, seed: int, out: Path,
+               lr: float | None = None) -> RunConfig:
+    """The member's own RunConfig, derived from its family's: its width, method, seed and (with --lrs) its
+    learning rate, in the sweep folder."""
     method = DENSE if member.method == "dense" else budget.fix_last_layer(run.method, llc)
-    return replace(run, width=member.width, seed=seed, method=method, out=str(out), name=None)
+    optim = run.optim if lr is None else replace(run.optim, lr=lr)
+    return replace(run, width=member.width, seed=seed, method=method, optim=optim, out=str(out), name=None)
 
 
-def sweep_name(run: RunConfig) -> str:
-    """Readable parts plus a hash of what defines the family (not its widths or seeds, so a sweep can grow)."""
-    return config.folder_name(f"{run.dataset.name}-{run.model.name}-{run.method.name}-b{run.base_width}",
-                              run.family_identity())
+@dataclass(frozen=True)
+class Family:
+    """One budget and one method: its base run and its members (each with its last-layer connectivity)."""
+    run: RunConfig
+    members: list[tuple[budget.Member, float | None]]
+
+
+def base_widths(run: RunConfig, s: SweepConfig) -> list[int]:
+    """The sweep's budgets: sweep.base_widths (--base-width 8,12,...), else the base run's."""
+    return list(dict.fromkeys(s.base_widths)) if s.base_widths else [run.base_width]
+
+
+def method_configs(overrides: list[str], dirs, names: list[str]) -> list[MethodConfig]:
+    """Each method's conf/method/<name>.yaml, composed through Hydra with the command's other overrides.
+    A trailing method.KEY=VALUE applies to the methods that have KEY (pruned's method.prune is no key of
+    sparse)."""
+    def key(o: str) -> str:
+        return o.lstrip("+~").split("=", 1)[0]
+
+    plain = [o for o in overrides if key(o) != "method" and not key(o).startswith("method.")]
+    options = [o for o in overrides if key(o).startswith("method.")]
+    out = []
+    for name in dict.fromkeys(names):
+        cfg = config.compose_config([*plain, f"method={name}"], dirs)
+        known = [o for o in options if key(o).removeprefix("method.") in cfg.method]
+        if known:
+            cfg = config.compose_config([*plain, f"method={name}", *known], dirs)
+        out.append(family_run(cfg, None).method)
+    return out
+
+
+def methods(overrides: list[str], dirs, run: RunConfig, s: SweepConfig) -> list[MethodConfig] | None:
+    """sweep.methods composed (method_configs); None when it is the base run's method alone (no composing)."""
+    if not s.methods or list(dict.fromkeys(s.methods)) == [run.method.name]:
+        return None
+    return method_configs(overrides, dirs, list(s.methods))
+
+
+def sweep_identity(families: list[Family], s: SweepConfig) -> dict:
+    """What defines a sweep: its family's identity (without widths and seeds, so a sweep can grow); with
+    several budgets or methods, their lists; with --lrs, no learning rate (the lrs may grow too). A sweep
+    of one budget and one method without --lrs has exactly its family's identity, as before."""
+    runs = [f.run for f in families]
+    ident = runs[0].family_identity()
+    budgets = sorted({r.base_width for r in runs})
+    methods = list(dict.fromkeys(r.method for r in runs))
+    if len(budgets) > 1:
+        ident["base_width"] = budgets
+    if len(methods) > 1:
+        ident["method"] = [r.family_identity()["method"] for r in runs if r.base_width == runs[0].base_width]
+    if s.lrs:
+        ident["optim"].pop("lr")
+    return ident
+
+
+def sweep_name(families: list[Family], s: SweepConfig) -> str:
+    """Readable parts plus a hash of sweep_identity (one budget and method without --lrs: the name the
+    sweep had before sweeps could hold several)."""
+    runs = [f.run for f in families]
+    methods = "+".join(dict.fromkeys(r.method.name for r in runs))
+    budgets = "+".join(map(str, dict.fromkeys(r.base_width for r in runs)))
+    tuned = "-lrs" if s.lrs else ""
+    return config.folder_name(f"{runs[0].dataset.name}-{runs[0].model.name}-{methods}-b{budgets}{tuned}",
+                              sweep_identity(families, s))
 
 
 @dataclass(frozen=True)
 class SweepPlan:
-    run: RunConfig  # the family's base run
+    run: RunConfig  # the first family's base run
     settings: SweepConfig
-    members: list[tuple[budget.Member, float | None]]  # with each member's last-layer connectivity
+    families: list[Family]  # one per budget and method
     sweep_dir: Path
 
+    @property
+    def entries(self) -> list[tuple[RunConfig, budget.Member, float | None]]:
+        """Every member once (family base run, member, last-layer connectivity): a member shared between
+        families (the dense models of two methods over one budget) is the same run folder, kept once."""
+        seen = {}
+        for f in self.families:
+            for m, llc in f.members:
+                key = member_run(f.run, m, llc, 0, self.sweep_dir).run_name()
+                seen.setdefault(key, (f.run, m, llc))
+        return list(seen.values())
+
+    @property
+    def members(self) -> list[tuple[budget.Member, float | None]]:
+        return [(m, llc) for _, m, llc in self.entries]
+
+    @property
+    def lrs(self) -> list[float | None]:
+        """The learning rates every member trains at (None: the recipe's optim.lr)."""
+        return list(dict.fromkeys(self.settings.lrs)) if self.settings.lrs else [None]
+
     def jobs(self) -> list[Job]:
-        """One job per member and seed; every seed of a member shares its plan."""
-        return [Job(member_run(self.run, m, llc, seed, self.sweep_dir), m) for m, llc in self.members
-                for seed in self.settings.seeds]
+        """One job per member, learning rate and seed; every seed of a member shares its plan."""
+        jobs = {}
+        for run, m, llc in self.entries:
+            for lr in self.lrs:
+                for seed in self.settings.seeds:
+                    job = Job(member_run(run, m, llc, seed, self.sweep_dir, lr), m)
+                    jobs.setdefault(job.run_dir, job)
+        return list(jobs.values())
+
+    def identity(self) -> dict:
+        return sweep_identity(self.families, self.settings)
 
     def cost(self) -> dict:
         """What the sweep is about to start: runs, epochs in all, training compute (widen_cli/cost.py;
@@ -106,15 +198,16 @@ class SweepPlan:
         from widen_cli.data import spec_from_config
         from widen_cli.hardware import resolve_device
 
-        run, seeds = self.run, len(self.settings.seeds)
+        run, members = self.run, self.members
+        repeats = len(self.settings.seeds) * len(self.lrs)
         images = cost.train_images(run.dataset)
         flops = None
         if images is not None:
             spec = spec_from_config(run.dataset)
-            macs = sum(cost.forward_macs(run.model, spec, m) for m, _ in self.members)
-            flops = cost.training_flops(macs, images, run.optim.epochs) * seeds
-        return dict(members=len(self.members), seeds=seeds, runs=len(self.members) * seeds,
-                    epochs=len(self.members) * seeds * run.optim.epochs, flops=flops,
+            macs = sum(cost.forward_macs(run.model, spec, m) for m, _ in members)
+            flops = cost.training_flops(macs, images, run.optim.epochs) * repeats
+        return dict(members=len(members), seeds=len(self.settings.seeds), lrs=len(self.lrs),
+                    runs=len(members) * repeats, epochs=len(members) * repeats * run.optim.epochs, flops=flops,
                     cpu=resolve_device(run.device).type == "cpu")
 
     def table(self):
@@ -129,15 +222,31 @@ class SweepPlan:
                 within=m.within, last_layer_connectivity=llc, connectivity=m.connectivity,
                 n_weights=m.n_weights, n_weights_dense=m.n_weights_dense, budget=m.budget, deviation=m.deviation,
                 bottleneck_ratio=m.bottleneck_ratio, layers=list(m.layers), layer_sizes=sizes, layer_kept=kept,
-                layer_kept_fraction=[k / s for k, s in zip(kept, sizes)],
+                layer_kept_fraction=[k / s for k, s in zip(kept, sizes)], base_width=m.base_width,
             ))
         return pd.DataFrame(rows, columns=results.PLAN_COLUMNS)
 
 
-def plan_sweep(run: RunConfig, s: SweepConfig, name: str | None = None) -> SweepPlan:
-    """The whole sweep from its base run and settings; an impossible member is refused here."""
+def plan_sweep(run: RunConfig, s: SweepConfig, name: str | None = None,
+               methods: list[MethodConfig] | None = None) -> SweepPlan:
+    """The whole sweep from its base run and settings: one family per budget (sweep.base_widths) and
+    method (`methods`, default the run's), each with its own widths. With sweep.select_on val every
+    member holds out sweep.val_fraction of the training split. An impossible member is refused here."""
     from widen_cli.data import spec_from_config
 
+    if s.select_on == "val":
+        run = replace(run, dataset=replace(run.dataset, val_fraction=s.val_fraction))
     spec = spec_from_config(run.dataset)
-    members = plan_family(run, spec, widths(run, spec, s), s.dense_wide, list(s.last_layer_connectivity))
-    return SweepPlan(run, s, members, Path(run.out) / (name or sweep_name(run)))
+    budgets = base_widths(run, s)
+    families = []
+    for b in budgets:
+        for method in methods or [run.method]:
+            base = replace(run, width=b, base_width=b, method=method)
+            found = widths(base, spec, s)
+            if len(budgets) > 1 and s.widths:  # explicit widths: each budget's family from its base width up
+                found = [w for w in found if w >= b]
+                if not found:
+                    raise UserError(f"none of the widths {list(s.widths)} is >= the base width {b}")
+            families.append(Family(base, plan_family(base, spec, found, s.dense_wide,
+                                                     list(s.last_layer_connectivity))))
+    return SweepPlan(families[0].run, s, families, Path(run.out) / (name or sweep_name(families, s)))

@@ -29,8 +29,10 @@ RESULTS_FILE = "results.parquet"  # a sweep's gathered rows
 KERNEL_FILE = "kernel_distance.parquet"  # a kernel-distance table
 KERNEL_CONFIG_FILE = "kernel.yaml"  # its settings
 
-# One row per epoch. Accuracies are fractions in [0, 1]; seconds is the epoch's wall time.
-METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+# One row per epoch. Accuracies are fractions in [0, 1]; seconds is the epoch's wall time. val_*: on the
+# held-out part of the training split (dataset.val_fraction), null without one.
+METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
+                   "seconds"]
 
 # One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
 # distribution and within are the member's (None for dense); identity is json.dumps(run.identity(),
@@ -41,18 +43,20 @@ SUMMARY_COLUMNS = [
     "dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
     "seed", "epochs", "status", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc",
     "wall_seconds", "activation", "distribution", "within", "last_layer_connectivity", "identity",
-    "budget",
-]
+    "budget", "val_acc",
+]  # val_acc: the last epoch's accuracy on the held-out part of the training split (dataset.val_fraction)
 
 # A sweep's results.parquet: each member's summary plus the plan's view of it and its folder name;
-# status `failed` and the error for members that crashed.
-RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "run", "error"]
+# status `failed` and the error for members that crashed. lr: the run's optim.lr; selected: the one row of
+# each member and seed (over the sweep's learning rates) that the report draws (sweep.select_on).
+RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "run", "error", "lr", "selected"]
 
 # A sweep's plan.parquet: one row per member; the layer_* columns are lists in the order of `layers`.
 PLAN_COLUMNS = [
     "width", "widening_factor", "method", "distribution", "within", "last_layer_connectivity", "connectivity",
     "n_weights", "n_weights_dense", "budget", "deviation", "bottleneck_ratio",
     "layers", "layer_sizes", "layer_kept", "layer_kept_fraction",
+    "base_width",  # the member's family (a sweep may hold several budgets)
 ]
 
 # kernel_distance.parquet: one row per width. dataset (null for Gaussian inputs), budget and distribution
@@ -72,15 +76,16 @@ KERNEL_COLUMNS = [
 @dataclass(frozen=True)
 class Schema:
     columns: list[str]
-    version: int  # raise it when the columns of this kind change
+    version: int  # raise it when the columns of this kind change (not for optional columns appended)
+    optional: tuple[str, ...] = ()  # columns added later that a writer may leave out: written as null
 
 
 # Every table kind. Tables written before kinds existed carry no metadata (see table_kind).
 TABLES = {
-    "metrics": Schema(METRICS_COLUMNS, 1),
-    "summary": Schema(SUMMARY_COLUMNS, 1),  # budget appended: older readers pass over it
-    "results": Schema(RESULTS_COLUMNS, 1),
-    "plan": Schema(PLAN_COLUMNS, 1),
+    "metrics": Schema(METRICS_COLUMNS, 1, ("val_loss", "val_acc")),
+    "summary": Schema(SUMMARY_COLUMNS, 1, ("val_acc",)),  # budget appended: older readers pass over it
+    "results": Schema(RESULTS_COLUMNS, 1, ("val_acc", "lr", "selected")),
+    "plan": Schema(PLAN_COLUMNS, 1, ("base_width",)),
     "kernel": Schema(KERNEL_COLUMNS, 2),  # 2: `allocation` renamed `distribution` (its names too)
 }
 KIND_KEY = b"widen.kind"
@@ -100,11 +105,14 @@ def atomic_write(path: Path, write) -> None:
 
 def write_table(df: pd.DataFrame, path: Path, kind: str) -> None:
     """Write a DataFrame as a table of `kind`: exactly its columns, in order (a missing one is a bug:
-    KeyError), with the kind and schema version in the Parquet metadata."""
+    KeyError, unless the schema calls it optional), with the kind and schema version in the Parquet metadata."""
     import pyarrow as pa  # here, not at import time: most commands never write a table
     import pyarrow.parquet as pq
 
     schema = TABLES[kind]
+    missing = [c for c in schema.optional if c not in df]
+    if missing:
+        df = df.assign(**{c: None for c in missing})
     table = pa.Table.from_pandas(df[schema.columns], preserve_index=False)
     meta = {**(table.schema.metadata or {}), KIND_KEY: kind.encode(), VERSION_KEY: str(schema.version).encode()}
     atomic_write(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp))

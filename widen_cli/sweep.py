@@ -163,9 +163,10 @@ def check_launch(launcher: str, n_jobs: int) -> None:
         raise UserError(f"--jobs must be >= 1, got {n_jobs}")
 
 
-def check_family(sweep_dir: Path, run, restart: bool) -> None:
-    """A sweep folder holds one family: the same --name with other settings (say --epochs 10 after
-    400) is refused, naming them, unless --restart; its widths and seeds may grow."""
+def check_family(sweep_dir: Path, plan, restart: bool) -> None:
+    """A sweep folder holds one sweep: the same --name with other settings (say --epochs 10 after
+    400, or other budgets or methods) is refused, naming them, unless --restart; its widths and seeds
+    (and with --lrs, its learning rates) may grow."""
     import yaml
 
     from widen_cli.lifecycle import config_run, differences
@@ -174,23 +175,38 @@ def check_family(sweep_dir: Path, run, restart: bool) -> None:
         stored = yaml.safe_load((sweep_dir / results.SWEEP_FILE).read_text())
     except (OSError, yaml.YAMLError):
         return  # a new sweep (or one without a readable sweep.yaml)
-    there = config_run(stored or {})
-    if there is None or restart:
+    if restart or not isinstance(stored, dict):
         return
-    diff = differences(run.family_identity(), there.family_identity(), sweep_dir)
+    if isinstance(stored.get(SWEEP_IDENTITY), dict):
+        there = stored[SWEEP_IDENTITY]
+    else:  # written before sweeps recorded their identity: one family, its base run's
+        run = config_run(stored)
+        if run is None:
+            return
+        there = run.family_identity()
+    diff = differences(plan.identity(), there, sweep_dir)
     if diff:
         raise UserError(f"{sweep_dir} holds a sweep with other settings ({'; '.join(diff)}); choose another "
                         f"--name, or pass --restart to run these settings there anyway")
 
 
-def write_plan(sweep_dir: Path, plan: pd.DataFrame, cfg) -> None:
-    """plan.parquet and sweep.yaml (the composed config) in the sweep folder."""
+SWEEP_IDENTITY = "sweep_identity"  # sweep.yaml's key for plan.sweep_identity (what check_family compares)
+
+
+def write_plan(sweep_dir: Path, plan: pd.DataFrame, cfg, identity: dict | None = None) -> None:
+    """plan.parquet and sweep.yaml (the composed config, and the sweep's identity) in the sweep folder."""
+    import json
+
+    import yaml
     from omegaconf import OmegaConf
 
+    data = OmegaConf.to_container(cfg, resolve=True)
+    if identity is not None:
+        data[SWEEP_IDENTITY] = json.loads(json.dumps(identity))  # tuples as lists
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         results.write_table(plan, sweep_dir / results.PLAN_FILE, "plan")
-        results.write_text(OmegaConf.to_yaml(cfg, resolve=True), sweep_dir / results.SWEEP_FILE)
+        results.write_text(yaml.safe_dump(data, sort_keys=False), sweep_dir / results.SWEEP_FILE)
     except OSError as e:
         raise UserError(f"cannot write to output folder {sweep_dir}: {e.strerror or e}") from None
 
@@ -203,7 +219,7 @@ def run(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s
 
     require(jobs[0].run.dataset)
     errors = launch(jobs, launcher, n_jobs, sweep_dir, console, s, restart)
-    return gather(jobs, sweep_dir, errors)
+    return gather(jobs, sweep_dir, errors, s.select_on)
 
 
 def failures(table: pd.DataFrame, console) -> bool:
@@ -247,15 +263,18 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
                 console.print(f"[red]member width={m.width} method={m.method} seed={seed} failed: "
                               f"{errors[job.run_dir]} (see {job.run_dir / results.ERROR_FILE})[/red]",
                               highlight=False)
-            progress.update(task, advance=1, last=f"{m.method} w={m.width} s={seed}")
+            lr = f" lr={job.run.optim.lr:g}" if s.lrs else ""
+            progress.update(task, advance=1, last=f"{m.method} b={m.base_width} w={m.width}{lr} s={seed}")
 
         LAUNCHERS[launcher](todo, done, s, n_jobs, sweep_dir, console, restart)
     return errors
 
 
-def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = None) -> pd.DataFrame:
-    """results.parquet: one row per member and seed, from the members' own summary files; a member
-    without one is a `failed` row with its planned identity and its error."""
+def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = None,
+           select_on: str = "test") -> pd.DataFrame:
+    """results.parquet: one row per member, learning rate and seed, from the members' own summary files;
+    a member without one is a `failed` row with its planned identity and its error. `selected` marks the
+    learning rate chosen for each member and seed (select)."""
     rows = []
     for job in jobs:
         path = job.run_dir / results.SUMMARY_FILE
@@ -273,8 +292,34 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
                        error=(errors or {}).get(job.run_dir, "did not finish (no summary.parquet)"))
         row.update(widening_factor=job.member.widening_factor, distribution=job.member.distribution,
                    budget=job.member.budget, last_layer_connectivity=job.run.method.last_layer_connectivity,
-                   run=job.run_dir.name)
+                   run=job.run_dir.name, lr=job.run.optim.lr)
         rows.append(row)
     df = pd.DataFrame(rows, columns=results.RESULTS_COLUMNS)
+    df["selected"] = select(df, [_untuned(job) for job in jobs], select_on)
     results.write_table(df, sweep_dir / results.RESULTS_FILE, "results")
     return df
+
+
+# What picks a member's learning rate: the paper's best test accuracy, or the last epoch's accuracy on
+# the held-out part of the training split (sweep.select_on val).
+SELECT_COLUMNS = {"test": "best_test_acc", "val": "val_acc"}
+
+
+def _untuned(job: Job) -> str:
+    """A run's identity without its learning rate: the runs of one member and seed over --lrs share it."""
+    import json
+
+    ident = job.run.identity()
+    ident["optim"].pop("lr")
+    return json.dumps(ident, sort_keys=True)
+
+
+def select(df: pd.DataFrame, members: list[str], select_on: str) -> pd.Series:
+    """One True per member (`members`: each row's identity without lr): its finished row with the best
+    SELECT_COLUMNS[select_on] (ties: the first, in the order of --lrs); diverged rows only where none
+    finished, failed rows never. Without --lrs every finished row is its member's only one."""
+    ranked = pd.DataFrame({"member": members, "rank": -df.status.map({"finished": 1, "diverged": 0}),
+                           "score": -pd.to_numeric(df[SELECT_COLUMNS[select_on]], errors="coerce").fillna(-1.0)},
+                          index=df.index).dropna(subset=["rank"])
+    best = ranked.sort_values(["rank", "score"], kind="stable").groupby("member", sort=False).head(1).index
+    return pd.Series(df.index.isin(best), index=df.index)

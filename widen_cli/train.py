@@ -130,8 +130,10 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
     run, member, state = opened.job.run, opened.job.member, opened.state
     torch.manual_seed(run.seed)
     train_loader, test_loader, spec = load_run_data(run, device, run.seed)
-    train_loader.shard(ctx.rank, ctx.world)
-    test_loader.shard(ctx.rank, ctx.world)
+    val_loader = getattr(train_loader, "val", None)  # dataset.val_fraction's held-out part
+    for loader in (train_loader, test_loader, val_loader):
+        if loader is not None:
+            loader.shard(ctx.rank, ctx.world)
     model = build_model(run.model, run.width, spec, inner=member.inner, ranks=member.ranks).to(device)
     model = model.to(memory_format=hardware.memory_format(model, device))  # before the masks copy its layout
     built = {n: tuple(m.weight.shape) for n, m in weight_layers(model).items()}
@@ -156,8 +158,10 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
         lr = opt.param_groups[0]["lr"]
         tr = all_ranks(ctx, device, train_epoch(net, train_loader, opt, masks, progress))
         te = all_ranks(ctx, device, evaluate(evaluator, test_loader))
+        va = all_ranks(ctx, device, evaluate(evaluator, val_loader)) if val_loader is not None else None
         sched.step()
-        return lr, [EpochTotals(tr.mean_loss, tr.acc, te.mean_loss, te.acc)]
+        return lr, [EpochTotals(tr.mean_loss, tr.acc, te.mean_loss, te.acc,
+                                *((va.mean_loss, va.acc) if va is not None else ()))]
 
     def snapshot(_) -> dict:
         return dict(model=model, optimizer=opt, scheduler=sched, masks=masks.state() if masks is not None else None)

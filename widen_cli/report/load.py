@@ -100,6 +100,7 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
             df = df.copy()
             df["run_dir"] = [str(path.parent / r) for r in df.run] if kind == "results" else str(path.parent)
             df["from_results"] = kind == "results"
+            df["lr_tuned"] = lr_grid(df) if kind == "results" else ""
             runs.append(df)
     if not (runs or plans or kernels):
         raise UserError(f"none of the {len(files)} Parquet files under {where} is a result table widen report "
@@ -107,10 +108,12 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
     if guessed:
         warn(f"{len(guessed)} table(s) carry no kind in their metadata (written by an older widen) and were "
              f"recognised by their columns: {listing(guessed)}")
-    columns = [*results.RESULTS_COLUMNS, "run_dir", "from_results"]
+    columns = [*results.RESULTS_COLUMNS, "run_dir", "from_results", "lr_tuned"]
     table = pd.concat(runs, ignore_index=True) if runs else pd.DataFrame(columns=columns)
     # A sweep member appears in the sweep's results.parquet and as its own summary.parquet: count it once.
     table = table.sort_values("from_results", ascending=False, kind="stable").drop_duplicates("run_dir")
+    if "selected" in table:  # a sweep over --lrs: only each member's selected run is drawn (its others,
+        table = table[table.selected.astype(object).ne(False)]  # read as summaries too, go with it)
     if "status" in table:  # failed sweep members have no accuracies; diverged runs keep theirs
         failed = table.status.eq("failed")
         if failed.any():
@@ -137,6 +140,12 @@ def kernel_table(df: pd.DataFrame) -> pd.DataFrame:
         if c not in df:
             df[c] = None
     return df
+def lr_grid(results: pd.DataFrame) -> str:
+    """A sweep's learning rates when it tuned over several ('0.01,0.1'), else ''."""
+    if "selected" not in results or "lr" not in results:
+        return ""
+    lrs = sorted(pd.to_numeric(results.lr, errors="coerce").dropna().unique())
+    return ",".join(f"{lr:g}" for lr in lrs) if len(lrs) > 1 else ""
 
 
 def _unique(name: str, taken: dict) -> str:

@@ -7,7 +7,8 @@ anything but the seed, the width, the base width and the method are kept in sepa
 members whose method options differ beyond what the family shows, in separate families. Either way the
 label says what differs (`digits mlp, epochs=10`) and one warning names the keys. Plain dense models are
 pooled by width within a setting whatever family they came from: base width and method options do not
-change a dense model.
+change a dense model. Runs of a sweep over learning rates (--lrs) come as the selected row of each member
+and seed (load.py); their setting says `lr-tuned over 0.01,0.1`, and their lr keeps no one apart.
 """
 from __future__ import annotations
 
@@ -42,10 +43,14 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
     runs["budget"] = pd.to_numeric(column("budget"), errors="coerce").fillna(runs.n_weights)
     factor = runs["widening_factor"] if "widening_factor" in runs else pd.Series(math.nan, index=runs.index)
     runs["widening_factor"] = pd.to_numeric(factor, errors="coerce").fillna(runs.width / runs.base_width)
-    identities = [json.loads(s) if isinstance(s, str) else None for s in column("identity")]
+    # Members of a sweep over --lrs were each selected at its own lr: the lr is no setting of theirs.
+    tuned = column("lr_tuned", "").fillna("")
+    identities = [_without_lr(json.loads(s)) if isinstance(s, str) and t else json.loads(s) if isinstance(s, str)
+                  else None for s, t in zip(column("identity"), tuned)]
 
     apart = _Apart()
     setting = runs.dataset + " " + runs.model + runs.activation.map(lambda a: "" if a in ("", "relu") else f" {a}")
+    setting += tuned.map(lambda t: f", lr-tuned over {t}" if t else "")
     runs["setting"] = setting + apart.suffixes(setting, [None if i is None else _recipe(i) for i in identities])
     family = pd.Series([_family(r) for r in runs.itertuples()], index=runs.index, dtype=object)
     options = [None if i is None else {} if d else _method_options(i) for i, d in zip(identities, dense)]
@@ -59,6 +64,10 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
         warn(f"runs that differ in more than the seed are kept apart, not averaged; they differ in "
              f"{', '.join(sorted(apart.keys))}: {listing(apart.labels, 6, '; ')}")
     return runs
+
+
+def _without_lr(identity: dict) -> dict:
+    return {**identity, "optim": {k: v for k, v in identity.get("optim", {}).items() if k != "lr"}}
 
 
 def _family(r) -> str:
