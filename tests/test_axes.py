@@ -166,7 +166,7 @@ def test_a_sweep_of_other_budgets_under_the_same_name_is_refused(tmp_path):
     assert widen(*common, "--base-width", "4,8").exit_code == 0
     res = widen(*common, "--base-width", "4,6")
     assert res.exit_code == 2 and "base_width" in res.output
-    assert widen(*common, "--base-width", "4,8", "--widths", "8,16,32").exit_code == 0  # widths may grow
+    assert widen(*common, "--base-width", "4,8", "--widths", "8,16,24").exit_code == 0  # widths may grow
 
 
 def test_a_tuned_sweep_may_grow_its_lrs(tmp_path):
@@ -177,17 +177,20 @@ def test_a_tuned_sweep_may_grow_its_lrs(tmp_path):
     assert len([p for p in tmp_path.iterdir()]) == 1  # the same sweep folder
 
 
-@pytest.mark.parametrize("preset,members", [("fig7_mlp", 13), ("fig7_digits", 13)])
-def test_fig7_presets_plan_the_papers_tuned_sweep(tmp_path, preset, members):
+@pytest.mark.parametrize("preset,members,base,widths", [
+    ("fig7_mlp", 13, 8, [8, 32, 128, 216, 328, 512, 635]),
+    ("fig7_digits", 13, 16, [16, 24, 32, 48, 64, 88, 116]),  # a dense read-out caps width at budget / 10
+])
+def test_fig7_presets_plan_the_papers_tuned_sweep(tmp_path, preset, members, base, widths):
     res = widen("sweep-width", "--experiment", preset, "--dry-run", "--data-root", tmp_path / "no-data",
                 "--out", tmp_path, "--name", "f")
     assert res.exit_code == 0, res.output
     plan = pd.read_parquet(tmp_path / "f" / results.PLAN_FILE)
     assert len(plan) == members
-    assert sorted(plan[plan.method == "sparse"].width) == [8, 32, 128, 216, 328, 512, 635]
-    assert sorted(plan[plan.method == "dense"].width) == [32, 128, 216, 328, 512, 635]
+    assert sorted(plan[plan.method == "sparse"].width) == widths
+    assert sorted(plan[plan.method == "dense"].width) == widths[1:]
     inputs = 784 if preset == "fig7_mlp" else 64
-    assert set(plan[plan.method == "sparse"].n_weights) == {8 * (inputs + 10)}  # no biases
+    assert set(plan[plan.method == "sparse"].n_weights) == {base * (inputs + 10)}  # no biases
     assert "runs (13 members, 3 seeds, 7 learning rates)" in " ".join(res.output.split())
     run = load([f"+experiment={preset}", "dataset.root=x"])[1]
     assert (run.model.bias, run.model.parameterization, run.dataset.normalize) == (False, "ntk", "per-pixel")
