@@ -20,6 +20,8 @@ MASKS_FILE = "masks.pt"  # a sparse run's boolean masks
 METRICS_FILE = "metrics.parquet"  # a run's per-epoch rows
 CHECKPOINT_FILE = "checkpoint.pt"  # an unfinished run's end-of-epoch state
 MODEL_FILE = "model.pt"  # a finished run's weights
+WEIGHTS_AT_EPOCH_FILE = "weights-epoch{epoch}.pt"  # a dense run's weights at the end of an epoch (0: initial),
+# what magnitude-rewind members of its width go back to (weights_at_epoch names them)
 SUMMARY_FILE = "summary.parquet"  # a finished run's one row; its presence marks the run done
 CLAIM_FILE = "claim.json"  # who is training the run now (claims.py); gone when it stops
 ERROR_FILE = "error.txt"  # a failed sweep member's traceback
@@ -35,10 +37,14 @@ METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_
 # One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
 # distribution and within are the member's (None for dense); identity is json.dumps(run.identity(),
 # sort_keys=True), the whole experiment seed included, so a reader can tell which runs may be pooled.
+# Pruned runs (schema 2) add variant: method.prune (None for other methods), parent_run: the dense parent's
+# folder name, total_epochs: the training compute in epochs, the parent's plus this run's for a pruned
+# run, else `epochs`. They sit before the columns the report reads from the end (activation ... identity).
+PRUNING_COLUMNS = ["variant", "parent_run", "total_epochs"]
 SUMMARY_COLUMNS = [
     "dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
     "seed", "epochs", "status", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc",
-    "wall_seconds", "activation", "distribution", "within", "last_layer_connectivity", "identity",
+    "wall_seconds", *PRUNING_COLUMNS, "activation", "distribution", "within", "last_layer_connectivity", "identity",
 ]
 
 # A sweep's results.parquet: each member's summary plus the plan's view of it and its folder name;
@@ -49,7 +55,7 @@ RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "run", "error"]
 PLAN_COLUMNS = [
     "width", "widening_factor", "method", "distribution", "within", "last_layer_connectivity", "connectivity",
     "n_weights", "n_weights_dense", "budget", "deviation", "bottleneck_ratio",
-    "layers", "layer_sizes", "layer_kept", "layer_kept_fraction",
+    "layers", "layer_sizes", "layer_kept", "layer_kept_fraction", "variant",
 ]
 
 # kernel_distance.parquet: one row per width.
@@ -71,13 +77,17 @@ class Schema:
 # Every table kind. Tables written before kinds existed carry no metadata (see table_kind).
 TABLES = {
     "metrics": Schema(METRICS_COLUMNS, 1),
-    "summary": Schema(SUMMARY_COLUMNS, 1),
-    "results": Schema(RESULTS_COLUMNS, 1),
-    "plan": Schema(PLAN_COLUMNS, 1),
+    "summary": Schema(SUMMARY_COLUMNS, 2),
+    "results": Schema(RESULTS_COLUMNS, 2),
+    "plan": Schema(PLAN_COLUMNS, 2),
     "kernel": Schema(KERNEL_COLUMNS, 1),
 }
 KIND_KEY = b"widen.kind"
 VERSION_KEY = b"widen.schema_version"
+
+
+def weights_at_epoch(run_dir: Path, epoch: int) -> Path:
+    return Path(run_dir) / WEIGHTS_AT_EPOCH_FILE.format(epoch=epoch)
 
 
 def atomic_write(path: Path, write) -> None:
