@@ -258,3 +258,23 @@ def test_killing_a_pruned_member_during_fine_tuning_resumes(tmp_path):
     pd.testing.assert_frame_equal(metrics("cut"), metrics("whole"))
     assert len(metrics("cut")) == 12
     assert pd.read_parquet(tmp_path / "cut" / results.SUMMARY_FILE).total_epochs.iloc[0] == 3 + 12
+
+
+def test_report_draws_pruned_members_beside_sparse_ones(tmp_path):
+    from widen_cli.report.figures import figures
+    from widen_cli.report.load import load
+
+    for method, extra in (("sparse", []), ("pruned", ["method.prune=magnitude"])):
+        res = widen("sweep-width", *DIGITS, "--method", method, "--base-width", 16, "--widths", "16,32", "--out",
+                    tmp_path, "--name", method, *extra)
+        assert res.exit_code == 0, res.output
+    res = widen("report", tmp_path / "sparse", tmp_path / "pruned", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "report" / "budget_methods.png").exists()
+    plots = {p.name: p for p in figures(load([tmp_path / "sparse", tmp_path / "pruned"], lambda _: None))}
+    drawn = plots["budget_methods"].data
+    assert set(drawn.line) == {"sparse b=16", "pruned magnitude b=16", "dense b=16"}
+    pruned = pd.read_parquet(tmp_path / "pruned" / results.RESULTS_FILE).query("method == 'pruned'").iloc[0]
+    point = drawn[(drawn.line == "pruned magnitude b=16")].iloc[0]
+    assert (point.width, point.test_mean) == (32, 100 * pruned.best_test_acc)  # at its parent's width
+    assert "pruned magnitude b=16" in set(plots["test_acc_vs_width"].data.line)

@@ -25,10 +25,18 @@ def summary(console: Console, s: dict, run_dir: Path) -> None:
     for key in ("dataset", "model", "method", "width", "base_width", "n_weights", "connectivity", "epochs",
                 "status", "best_test_acc", "final_test_acc", "final_train_acc", "wall_seconds"):
         value = s.get(key, "finished") if key == "status" else s[key]  # older summaries have no status
+        if key == "method" and s.get("variant"):
+            value = f"{value} ({s['variant']}, parent {s['parent_run']}, {s['total_epochs']} epochs in all)"
         text = (f"{value:.2%}" if key.endswith("_acc") else f"{value:,}" if key.startswith("n_weights")
                 else f"{value:.1f} s" if key == "wall_seconds" else str(value))
         table.add_row(key, text)
     console.print(table)
+
+
+def _method(r) -> str:
+    """A table row's method, with its pruning variant."""
+    variant = getattr(r, "variant", None)
+    return f"{r.method} {variant}" if isinstance(variant, str) else r.method
 
 
 def plan(console: Console, plan, sweep_dir: Path) -> None:
@@ -37,8 +45,8 @@ def plan(console: Console, plan, sweep_dir: Path) -> None:
     table = _columns(f"[bold]plan: {sweep_dir}[/bold]", ("width", "factor", "method", "connectivity", "n_weights",
                                                         "n_weights_dense", "deviation", "bottleneck"))
     for r in plan.itertuples():
-        method = r.method + (f" (last layer {r.last_layer_connectivity:g})"
-                             if pd.notna(r.last_layer_connectivity) else "")
+        method = _method(r) + (f" (last layer {r.last_layer_connectivity:g})"
+                                if pd.notna(r.last_layer_connectivity) else "")
         table.add_row(str(r.width), f"{r.widening_factor:.2f}", method, f"{r.connectivity:.4f}",
                       f"{r.n_weights:,}", f"{r.n_weights_dense:,}", f"{r.deviation:+,}",
                       f"{r.bottleneck_ratio:.3f}" if pd.notna(r.bottleneck_ratio) else "")
@@ -78,7 +86,7 @@ def sweep_results(console: Console, df, sweep_dir: Path) -> None:
         return f"{x:.2%}" if x == x else "-"  # NaN: a failed run
 
     for r in df.sort_values(["method", "width", "seed"]).itertuples():
-        table.add_row(r.method, str(r.width), str(r.seed), f"{r.connectivity:.4f}", f"{r.n_weights:,}",
+        table.add_row(_method(r), str(r.width), str(r.seed), f"{r.connectivity:.4f}", f"{r.n_weights:,}",
                       r.status, pct(r.best_test_acc), pct(r.final_train_acc))
     console.print(table)
 

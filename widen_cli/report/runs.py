@@ -19,7 +19,7 @@ from typing import Callable
 import pandas as pd
 
 MEMBER_KEYS = ("seed", "width", "base_width", "method")  # identity keys a family's members differ in
-SHOWN_METHOD_KEYS = ("name", "distribution", "within", "last_layer_connectivity")  # already in family/line labels
+SHOWN_METHOD_KEYS = ("name", "distribution", "within", "last_layer_connectivity", "prune", "scope")  # in the labels
 
 
 def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
@@ -39,6 +39,8 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
     factor = runs["widening_factor"] if "widening_factor" in runs else pd.Series(math.nan, index=runs.index)
     runs["widening_factor"] = pd.to_numeric(factor, errors="coerce").fillna(runs.width / runs.base_width)
     identities = [json.loads(s) if isinstance(s, str) else None for s in column("identity")]
+    runs["variant"] = column("variant")
+    runs["scope"] = [(i or {}).get("method", {}).get("scope") for i in identities]
 
     apart = _Apart()
     setting = runs.dataset + " " + runs.model + runs.activation.map(lambda a: "" if a in ("", "relu") else f" {a}")
@@ -61,6 +63,8 @@ def _family(r) -> str:
     if r.method == "dense":
         return "dense"
     label = f"{r.method} b={r.base_width}"
+    if r.method == "pruned":  # structured, magnitude, magnitude-rewind; global magnitude said so
+        label = f"pruned {r.variant}{' global' if r.scope == 'global' else ''} b={r.base_width}"
     if r.method == "sparse" and r.distribution not in ("", "staggered"):
         label += f" {r.distribution}"
     if r.method == "sparse" and r.within == "io":
