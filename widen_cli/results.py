@@ -37,7 +37,7 @@ METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_
 # One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
 # distribution and within are the member's (None for dense); identity is json.dumps(run.identity(),
 # sort_keys=True), the whole experiment seed included, so a reader can tell which runs may be pooled.
-# Pruned runs (schema 2) add variant: method.prune (None for other methods), parent_run: the dense parent's
+# Pruned runs add variant: method.prune (None for other methods), parent_run: the dense parent's
 # folder name, total_epochs: the training compute in epochs, the parent's plus this run's for a pruned
 # run, else `epochs`. They sit before the columns the report reads from the end (activation ... identity).
 PRUNING_COLUMNS = ["variant", "parent_run", "total_epochs"]
@@ -77,9 +77,9 @@ class Schema:
 # Every table kind. Tables written before kinds existed carry no metadata (see table_kind).
 TABLES = {
     "metrics": Schema(METRICS_COLUMNS, 1),
-    "summary": Schema(SUMMARY_COLUMNS, 2),
-    "results": Schema(RESULTS_COLUMNS, 2),
-    "plan": Schema(PLAN_COLUMNS, 2),
+    "summary": Schema(SUMMARY_COLUMNS, 1),
+    "results": Schema(RESULTS_COLUMNS, 1),
+    "plan": Schema(PLAN_COLUMNS, 1),
     "kernel": Schema(KERNEL_COLUMNS, 1),
 }
 KIND_KEY = b"widen.kind"
