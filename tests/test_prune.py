@@ -3,50 +3,24 @@ weights, structured ResNet pruning with consistent residual shapes, exact rewind
 members that share it, and kill/resume during fine-tuning."""
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
+from test_reliability import ENV, WIDEN, one_thread, start, widen  # noqa: F401
 
 from widen_cli import budget, checkpoint, config, prune, results
 from widen_cli.budget import Member
-from widen_cli.cli import app
 from widen_cli.jobs import make_job, parent_run
 from widen_cli.models import InputSpec, build_model, count_weights, weight_layers
 from widen_cli.models.mlp import MLP
 
-runner = CliRunner()
-BIN = Path(sys.executable).parent
-WIDEN = shutil.which("widen", path=str(BIN)) or "widen"
-REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "WIDEN_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+# Real `widen` subprocesses at one CPU thread (so resumed and whole runs agree bit for bit), as the
+# reliability tests run them; one_thread is their autouse fixture, active here too.
 DIGITS = ["--dataset", "digits", "--model", "mlp", "--epochs", 2]
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.setenv("WIDEN_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def start(*args) -> subprocess.Popen:
-    return subprocess.Popen([WIDEN, *map(str, args)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
 
 
 # ---------------------------------------------------------------- maths on hand-made weights
@@ -278,3 +252,15 @@ def test_report_draws_pruned_members_beside_sparse_ones(tmp_path):
     point = drawn[(drawn.line == "pruned magnitude b=16")].iloc[0]
     assert (point.width, point.test_mean) == (32, 100 * pruned.best_test_acc)  # at its parent's width
     assert "pruned magnitude b=16" in set(plots["test_acc_vs_width"].data.line)
+
+
+def test_a_structured_resnet_member_trains_end_to_end(tmp_path):
+    res = widen("train", "--dataset", "synthetic", "--model", "resnet18", "--method", "pruned", "--width", 4,
+                "--base-width", 2, "--epochs", 1, "dataset.image_size=8", "dataset.train_size=32",
+                "dataset.test_size=16", "optim.batch_size=16", "method.prune=structured", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    member = next(d for d in tmp_path.iterdir() if "-pruned-" in d.name)
+    _, run = config.load(["dataset=synthetic", "model=resnet18", "width=2", "dataset.image_size=8"])
+    model = build_model(run.model, 2, _spec(run))
+    model.load_state_dict(torch.load(member / results.MODEL_FILE, weights_only=True))  # the base model's shapes
+    assert count_weights(model) == pd.read_parquet(member / results.SUMMARY_FILE).n_weights.iloc[0]
