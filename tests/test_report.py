@@ -50,7 +50,7 @@ def write_sweep(folder, rows, dataset="digits", method="sparse", base_width=8, m
         within=plan.within, last_layer_connectivity=plan.last_layer_connectivity, connectivity=plan.connectivity,
         n_weights=plan.n_weights, n_weights_dense=plan.n_weights_dense, budget=mlp_weights(base_width), deviation=0,
         bottleneck_ratio=None, layers=[["layers.0", "layers.1"]] * len(plan), layer_sizes=sizes, layer_kept=kept,
-        layer_kept_fraction=[[min(1.0, c * 0.9), min(1.0, c * 1.8)] for c in plan.connectivity])),
+        layer_kept_fraction=[[min(1.0, c * 0.9), min(1.0, c * 1.8)] for c in plan.connectivity], variant=None)),
         folder / "plan.parquet", "plan")
     return df
 
@@ -85,7 +85,8 @@ def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weig
                                                                        llc=llc).method.distribution,
                 within=None if method == "dense" else "all", last_layer_connectivity=llc,
                 identity=identity(dataset, method, width, base_width, seed, llc=llc, epochs=epochs),
-                widening_factor=width / base_width, run="", error=None, budget=n)
+                widening_factor=width / base_width, run="", error=None, budget=n, variant=None, parent_run=None,
+                total_epochs=epochs)
 
 
 @pytest.fixture(scope="module")

@@ -162,7 +162,7 @@ def test_train_one_sparse_member_directly(tmp_path):
      "method.last_layer_connectivity must be in (0, 1], got 1.5"),
     (("--base-width", 18, "--widths", "18,abc"), "--widths takes comma-separated ints"),
     (("--base-width", 18, "--launcher", "slurm"), "unknown launcher 'slurm'; valid: local, pool, submitit"),
-    (("--base-width", 18, "--method", "pruned"), "unknown method 'pruned'"),
+    (("--base-width", 18, "--method", "lottery"), "unknown method 'lottery'"),
     (("--base-width", 0,), "width must be an integer >= 1, got 0"),
     (("--base-width", 18, "--connectivity-floor", 0), "--connectivity-floor must be in (0, 1], got 0.0"),
 ])

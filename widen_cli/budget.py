@@ -195,6 +195,7 @@ class Member:
     inner: list[int] | None = None  # non-linear bottleneck
     ranks: dict[str, int] | None = None  # linear bottleneck
     bottleneck_ratio: float | None = None
+    variant: str | None = None  # pruned: method.prune
 
     @property
     def connectivity(self) -> float:
@@ -249,12 +250,35 @@ def _plan(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method
                       kept={n: numel(s) for n, s in dense.items()})
     if name == "sparse":
         return sparse_member(cfg, spec, width, budget, method, base_width)
+    if name == "pruned":
+        return _plan_pruned(cfg, spec, base_width, method, common, dense)
     solved = solve_bottleneck(cfg, width, spec, name, budget)
     if solved is None:
         raise Infeasible(f"width {width} needs a bottleneck below 1 to hold {budget:,} weights")
     ratio, shapes, inner, ranks = solved
     return Member(**common, n_weights=count(shapes), layers=shapes, kept={n: numel(s) for n, s in shapes.items()},
                   inner=inner, ranks=ranks, bottleneck_ratio=ratio)
+
+
+def _plan_pruned(cfg: ModelConfig, spec: InputSpec, base_width: int, method: MethodConfig, common: dict,
+                 dense: dict) -> Member:
+    """A pruned member. structured: every layer keeps its base-width share of units, so the pruned model has
+    the base model's shapes and exactly the budget. magnitude: the dense shapes with the budget's weights
+    kept, per layer as the sparse family's (scope layer) or decided by the weights (scope global: `kept`
+    is empty until pruning)."""
+    variant = dict(variant=method.prune)
+    if method.prune == "structured":
+        shapes = weight_shapes(cfg, base_width, spec)
+        return Member(**common, n_weights=count(shapes), layers=shapes, kept={n: numel(s) for n, s in shapes.items()},
+                      **variant)
+    kept = {}
+    if method.scope == "layer":
+        try:
+            kept = distribute(dense, common["budget"], method)
+        except ValueError as e:
+            raise Infeasible(f"width {common['width']} cannot keep {common['budget']:,} weights: {e}") from None
+    return Member(**common, n_weights=common["budget"], distribution=method.distribution if kept else None,
+                  layers=dense, kept=kept, **variant)
 
 
 def plan_member(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method: MethodConfig) -> Member:

@@ -152,7 +152,9 @@ def train(
     model: Annotated[Optional[str], _opt("mlp or resnet18. Default: by dataset, mlp for mnist, digits and "
                                          "synthetic, resnet18 for the image datasets.")] = None,
     method: Annotated[Optional[str], _opt("dense (default), or how a member wider than --base-width keeps its "
-                                          "budget: sparse, linear-bottleneck, nonlinear-bottleneck.")] = None,
+                                          "budget: sparse, linear-bottleneck, nonlinear-bottleneck, pruned "
+                                          "(method.prune=structured|magnitude|magnitude-rewind; trains or reuses "
+                                          "the dense run at --width first).")] = None,
     width: Annotated[Optional[int], _opt("MLP: hidden units; ResNet-18: output channels of the first conv "
                                          "(stages at 1:2:4:8).")] = None,
     base_width: BaseWidth = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
@@ -203,7 +205,7 @@ def sweep_width(
     model: Annotated[Optional[str], _opt("mlp or resnet18. Default (without --experiment): by dataset, as for "
                                          "train: mlp for mnist, digits and synthetic, resnet18 otherwise.")] = None,
     method: Annotated[Optional[str], _opt("sparse (default without --experiment), linear-bottleneck, "
-                                          "nonlinear-bottleneck or dense.")] = None,
+                                          "nonlinear-bottleneck, pruned (with its dense parents) or dense.")] = None,
     methods: Annotated[Optional[str], _opt("Several methods over the same budgets, e.g. sparse,linear-bottleneck "
                                            "(each its conf/method/ file; shared dense members run once).")] = None,
     base_width: Annotated[Optional[str], _opt("Width of the dense baseline whose weight count is the budget; "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import MISSING, asdict, dataclass, fields, replace
@@ -70,6 +71,19 @@ class MethodConfig:
     within: str = "all"  # sparse: all | io
     last_layer_connectivity: float | None = None  # sparse: fix the classifier's connectivity
     rescale_init: bool = True  # sparse: rescale initial weights for the reduced fan-in
+    # pruned (train the dense model at the member's width, prune it to the budget, fine-tune):
+    prune: str = "magnitude"  # structured | magnitude | magnitude-rewind
+    scope: str = "layer"  # magnitude: layer (the sparse family's per-layer counts) | global (largest |w| overall)
+    rewind_epoch: int = 0  # magnitude-rewind: the parent's epoch whose weights the kept ones go back to
+    finetune_epochs: int | None = None  # null: the recipe's epochs for rewind, FINETUNE_FRACTION of them otherwise
+
+
+# The options of the pruned method: left out of every other run's identity, so that folders named
+# before they existed keep their names.
+PRUNE_OPTIONS = ("prune", "scope", "rewind_epoch", "finetune_epochs")
+PRUNE_VARIANTS = ("structured", "magnitude", "magnitude-rewind")
+FINETUNE_FRACTION = 0.25  # structured and magnitude fine-tune for a quarter of the recipe's epochs (rounded up)
+DENSE = MethodConfig(name="dense")  # dense runs' method, without any family option (the folders of plain runs)
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,9 @@ class RunConfig:
             d.pop("precision")
         if d["model"]["init"] in (None, "torchvision"):
             d["model"].pop("init")
+        if d["method"]["name"] != "pruned":
+            for k in PRUNE_OPTIONS:
+                d["method"].pop(k)
         for k in ("root", "download", "workers", "skip_bad_images"):
             d["dataset"].pop(k)
         for k, default in DATASET_DEFAULTS.items():  # added later: runs from before keep their folders
@@ -135,6 +152,15 @@ class RunConfig:
         for k in ("width", "seed"):
             ident.pop(k)
         return ident
+
+    def finetune_epochs(self) -> int:
+        """A pruned run's epochs after pruning: method.finetune_epochs, else the whole recipe for
+        magnitude-rewind (it retrains) and FINETUNE_FRACTION of it for the others (they fine-tune)."""
+        if self.method.finetune_epochs is not None:
+            return self.method.finetune_epochs
+        if self.method.prune == "magnitude-rewind":
+            return self.optim.epochs
+        return max(1, math.ceil(FINETUNE_FRACTION * self.optim.epochs))
 
     def run_name(self) -> str:
         if self.name:
@@ -290,7 +316,8 @@ def overrides_from_options(experiment: str | None, options: dict, extra: list[st
 MINIMUM = {"width": 1, "base_width": 1, "seed": 0, "optim.epochs": 1, "optim.batch_size": 1, "dataset.subset": 1,
            "dataset.image_size": 1, "dataset.channels": 1, "dataset.num_classes": 1, "dataset.train_size": 1,
            "dataset.test_size": 1, "dataset.data_seed": 0, "dataset.workers": 0, "model.hidden_layers": 1,
-           "sweep.seeds": 0, "sweep.widths": 1, "sweep.base_widths": 1}
+           "method.rewind_epoch": 0, "method.finetune_epochs": 1, "sweep.seeds": 0, "sweep.widths": 1,
+           "sweep.base_widths": 1}
 KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "None": "null"}
 
 
@@ -409,6 +436,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     if llc is not None and not 0 < llc <= 1:
         raise UserError(f"method.last_layer_connectivity must be in (0, 1], got {llc}")
     _fraction("dataset.val_fraction", run.dataset.val_fraction, allow_none=True)
+    _check_pruning(run)
     if not run.optim.lr > 0:
         raise UserError(f"optim.lr must be > 0, got {run.optim.lr}")
     if run.device not in ("auto", "cpu") and not run.device.startswith("cuda"):
@@ -417,14 +445,30 @@ def validate(cfg: DictConfig) -> RunConfig:
 
 
 def resolve_distribution(run: RunConfig) -> RunConfig:
-    """method.distribution null -> the model's default (sparse; the other methods keep staggered), then
+    """method.distribution null -> the model's default (sparse and pruned; the others keep staggered), then
     dense-last beside a fixed last layer -> staggered (budget.fix_last_layer). validate does it, and so
     does reading a stored sweep.yaml (the composed config, where null stays null)."""
     method = run.method
     if method.distribution is None:
-        method = replace(method, distribution=default_distribution(run.model.name) if method.name == "sparse"
+        method = replace(method, distribution=default_distribution(run.model.name) if method.name in ("sparse", "pruned")
                          else "staggered")
     return replace(run, method=fix_last_layer(method, method.last_layer_connectivity))
+
+
+def _check_pruning(run: RunConfig) -> None:
+    m = run.method
+    if m.prune not in PRUNE_VARIANTS:
+        raise UserError(f"method.prune must be one of {', '.join(PRUNE_VARIANTS)}, got {m.prune!r}")
+    if m.scope not in ("layer", "global"):
+        raise UserError(f"method.scope must be one of layer, global, got {m.scope!r}")
+    if m.name == "pruned" and m.prune == "structured" and m.scope == "global":
+        raise UserError("method.scope global is for magnitude pruning; structured pruning keeps the base "
+                        "model's units in every layer (scope layer)")
+    if not isinstance(m.rewind_epoch, int) or not 0 <= m.rewind_epoch <= run.optim.epochs:
+        raise UserError(f"method.rewind_epoch must be an integer from 0 to optim.epochs ({run.optim.epochs}), "
+                        f"got {m.rewind_epoch!r}")
+    if m.finetune_epochs is not None and m.finetune_epochs < 1:
+        raise UserError(f"method.finetune_epochs must be >= 1 or null, got {m.finetune_epochs}")
 
 
 def sweep_config(cfg: DictConfig) -> SweepConfig:

@@ -22,8 +22,9 @@ CPU_WARN_FLOPS = 1e15  # ~a day or more on a few CPU cores
 
 def forward_macs(cfg: ModelConfig, spec: InputSpec, member: Member) -> int:
     """Multiply-adds of one image's forward pass through `member`'s (dense-equivalent) model."""
+    width = member.base_width if member.variant == "structured" else member.width  # pruned to the base shapes
     with torch.device("meta"):
-        model = build_model(cfg, member.width, spec, inner=member.inner, ranks=member.ranks)
+        model = build_model(cfg, width, spec, inner=member.inner, ranks=member.ranks)
     macs = 0
 
     def count(layer, _inputs, out):

@@ -25,10 +25,18 @@ def summary(console: Console, s: dict, run_dir: Path) -> None:
     for key in ("dataset", "model", "method", "width", "base_width", "n_weights", "connectivity", "epochs",
                 "status", "best_test_acc", "final_test_acc", "final_train_acc", "wall_seconds"):
         value = s.get(key, "finished") if key == "status" else s[key]  # older summaries have no status
+        if key == "method" and s.get("variant"):
+            value = f"{value} ({s['variant']}, parent {s['parent_run']}, {s['total_epochs']} epochs in all)"
         text = (f"{value:.2%}" if key.endswith("_acc") else f"{value:,}" if key.startswith("n_weights")
                 else f"{value:.1f} s" if key == "wall_seconds" else str(value))
         table.add_row(key, text)
     console.print(table)
+
+
+def _method(r) -> str:
+    """A table row's method, with its pruning variant."""
+    variant = getattr(r, "variant", None)
+    return f"{r.method} {variant}" if isinstance(variant, str) else r.method
 
 
 def plan(console: Console, plan, sweep_dir: Path) -> None:
@@ -39,8 +47,8 @@ def plan(console: Console, plan, sweep_dir: Path) -> None:
                                                         "n_weights", "n_weights_dense", "deviation", "bottleneck")
                      [0 if budgets else 1:])
     for r in plan.itertuples():
-        method = r.method + (f" (last layer {r.last_layer_connectivity:g})"
-                             if pd.notna(r.last_layer_connectivity) else "")
+        method = _method(r) + (f" (last layer {r.last_layer_connectivity:g})"
+                                if pd.notna(r.last_layer_connectivity) else "")
         table.add_row(*([str(r.base_width)] if budgets else []), str(r.width), f"{r.widening_factor:.2f}", method,
                       f"{r.connectivity:.4f}",
                       f"{r.n_weights:,}", f"{r.n_weights_dense:,}", f"{r.deviation:+,}",
@@ -85,7 +93,7 @@ def sweep_results(console: Console, df, sweep_dir: Path) -> None:
 
     for r in df.sort_values(["method", "base_width", "width", "seed", "lr"]).itertuples():
         lr = f"{r.lr:g}" + ("*" if tuned and r.selected else "")
-        table.add_row(r.method, str(r.base_width), str(r.width), str(r.seed), lr, f"{r.connectivity:.4f}",
+        table.add_row(_method(r), str(r.base_width), str(r.width), str(r.seed), lr, f"{r.connectivity:.4f}",
                       f"{r.n_weights:,}", r.status, pct(r.best_test_acc), pct(r.final_train_acc), pct(r.val_acc))
     console.print(table)
     if tuned:

@@ -36,7 +36,7 @@ from widen_cli.lifecycle import EpochTotals, RunResult
 from widen_cli.models import InputSpec, build_model
 from widen_cli.models.mlp import MLP, NTKLinear
 from widen_cli.sparsity import sparsify
-from widen_cli.train import Totals, load_run_data, make_optimizer, run_training, train_run
+from widen_cli.train import Totals, keep_weights, load_run_data, make_optimizer, run_training, train_run
 
 BATCHED_METHODS = ("sparse", "dense")
 CPU_EVAL_CHUNK = 256
@@ -350,8 +350,9 @@ def train_family(jobs: list[Job], console: Console | None = None) -> list[RunRes
 def _train_batch(runs: list[lifecycle.Run]) -> list[RunResult]:
     jobs = [r.job for r in runs]
     stack = build([j.run for j in jobs], [j.member for j in jobs])
-    for run, masks in zip(runs, stack.masks):
+    for i, (run, masks) in enumerate(zip(runs, stack.masks)):
         run.save_masks(masks)
+        keep_weights(run, _member_model(stack, i, jobs[i].run), 0)
     model = stack.model
     opt, sched = make_optimizer(model, jobs[0].run.optim)
 

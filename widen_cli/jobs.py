@@ -5,11 +5,11 @@ config; pool and submitit workers receive the job itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from widen_cli.budget import Member, plan_member
-from widen_cli.config import RunConfig
+from widen_cli.config import DENSE, OptimConfig, RunConfig
 from widen_cli.data import spec_from_config
 
 
@@ -17,12 +17,40 @@ from widen_cli.data import spec_from_config
 class Job:
     run: RunConfig  # validated; its width, base_width, seed and method are this member's
     member: Member  # the planned member: shapes, kept weights, bottleneck sizes
+    keep_weights: tuple[int, ...] = ()  # dense runs: epochs whose weights to keep (magnitude-rewind targets)
 
     @property
     def run_dir(self) -> Path:
         return self.run.run_dir
 
+    @property
+    def epochs(self) -> int:
+        """Epochs this run trains: the recipe's, or a pruned run's epochs after pruning."""
+        return self.run.finetune_epochs() if self.run.method.name == "pruned" else self.run.optim.epochs
+
+    @property
+    def optim(self) -> OptimConfig:
+        """The recipe this run trains with; a pruned run's fine-tuning gets it compressed into its epochs
+        (milestones scaled), so a fine-tune of the full length is the recipe itself."""
+        optim = self.run.optim
+        if self.epochs == optim.epochs:
+            return optim
+        scale = self.epochs / optim.epochs
+        return replace(optim, epochs=self.epochs, milestones=tuple(max(1, round(m * scale)) for m in optim.milestones))
+
 
 def make_job(run: RunConfig) -> Job:
     """Plan `run`'s member (an impossible one is a UserError before any data is read or folder made)."""
     return Job(run, plan_member(run.model, spec_from_config(run.dataset), run.base_width, run.width, run.method))
+
+
+def parent_run(run: RunConfig) -> RunConfig:
+    """A pruned run's parent: the dense run at its width (same data, recipe, seed and output folder), the
+    very run a sweep's dense member at that width is."""
+    return replace(run, method=DENSE, name=None)
+
+
+def parent_job(run: RunConfig) -> Job:
+    """The parent's job; it keeps its weights at the epoch a magnitude-rewind run goes back to."""
+    keep = (run.method.rewind_epoch,) if run.method.prune == "magnitude-rewind" else ()
+    return Job(parent_run(run), make_job(parent_run(run)).member, keep)

@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from widen_cli import checkpoint, claims, distributed, results
 from widen_cli.config import RunConfig, resolve_distribution, to_yaml
 from widen_cli.errors import Interrupted, UserError
-from widen_cli.jobs import Job
+from widen_cli.jobs import Job, parent_run
 
 POLL_SECONDS = 1.0  # how often a run claimed elsewhere is checked while waiting for it
 
@@ -229,7 +229,7 @@ class Run:
 
     def announce(self) -> None:
         """One line as training starts (what a log of several processes is checked against)."""
-        epochs = self.job.run.optim.epochs
+        epochs = self.job.epochs
         self.console.print(f"resuming {self.dir} after epoch {self.saved} of {epochs}" if self.state is not None
                            else f"training {self.dir} ({epochs} epochs)", highlight=False, soft_wrap=True)
 
@@ -276,14 +276,17 @@ class Run:
 
 def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: float) -> dict:
     run, member = job.run, job.member
+    pruned = run.method.name == "pruned"
     return dict(
         dataset=run.dataset.name, model=run.model.name, method=run.method.name, width=run.width,
         base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
         connectivity=member.connectivity, seed=run.seed, epochs=len(metrics), status=status,
         best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
         best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
-        wall_seconds=wall_seconds, activation=run.model.activation, distribution=member.distribution,
-        within=member.within,
+        wall_seconds=wall_seconds, variant=run.method.prune if pruned else None,
+        parent_run=parent_run(run).run_name() if pruned else None,
+        total_epochs=len(metrics) + (run.optim.epochs if pruned else 0), activation=run.model.activation,
+        distribution=member.distribution, within=member.within,
         last_layer_connectivity=run.method.last_layer_connectivity if run.method.name == "sparse" else None,
         identity=json.dumps(run.identity(), sort_keys=True), budget=member.budget,
         val_acc=_last(metrics, "val_acc"),
@@ -309,7 +312,7 @@ def drive(runs: list[Run], title: str, step: Callable[[int, Progress], tuple[flo
     of them and returns the learning rate and each run's totals; snapshot(i) is run i's checkpoint
     state and model_of(i) its trained model. Times (seconds, wall_seconds) are the batch's divided
     by its number of runs. A run that diverges finishes there; the others go on."""
-    first, epochs = runs[0].first, runs[0].job.run.optim.epochs
+    first, epochs = runs[0].first, runs[0].job.epochs
     assert all(r.first == first for r in runs), "runs driven together start at the same epoch"
     n, out = len(runs), [None] * len(runs)
     for run in runs:
@@ -370,7 +373,7 @@ def interrupted(runs: list[Run]) -> str:
     again = "run the same command again to resume"
     if not runs:
         return f"interrupted; {again}"
-    epochs = runs[0].job.run.optim.epochs
+    epochs = runs[0].job.epochs
     if len(runs) == 1:
         run = runs[0]
         if not run.saved:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from widen_cli import budget, config, results
-from widen_cli.config import MethodConfig, RunConfig, SweepConfig
+from widen_cli.config import RunConfig, SweepConfig
 from widen_cli.errors import UserError
 from widen_cli.jobs import Job
 
@@ -15,7 +15,7 @@ from widen_cli.jobs import Job
 SWEEP_DEFAULTS = {"method": "sparse"}
 # Dense members: exactly what composing method=dense gives, without the family's method options (so
 # their folders are those of plain dense runs).
-DENSE = MethodConfig(name="dense")
+DENSE = config.DENSE
 
 
 def family_run(cfg, base_width: int | None) -> RunConfig:
@@ -56,6 +56,8 @@ def plan_family(run: RunConfig, spec, widths: list[int], dense_wide: bool,
 
     The sparse and non-linear bottleneck members at the base width are the dense baseline itself; the
     linear bottleneck's is its full-rank factorisation, so the unmodified dense baseline is added too.
+    Pruned members (wider than the base) need their dense parents: the dense baseline and the dense
+    models at every wider width are planned whatever dense_wide says, before them.
     With several last-layer connectivities (the Figure 4 grid), impossible combinations are left out.
     Each member comes with its last-layer connectivity (None for dense members).
     """
@@ -70,6 +72,9 @@ def plan_family(run: RunConfig, spec, widths: list[int], dense_wide: bool,
                             method.last_layer_connectivity))
     if run.method.name == "dense":
         return members
+    if run.method.name == "pruned":  # parents first (the local launcher runs jobs in order), always planned
+        pruned = [(m, None) for m, _ in members if m.width > run.base_width]
+        return [(budget.plan_member(run.model, spec, run.base_width, w, DENSE), None) for w in widths] + pruned
     dense_widths = [w for w in widths if w > run.base_width] if dense_wide else []
     if run.method.name == "linear-bottleneck":
         dense_widths = [run.base_width] + dense_widths
@@ -179,12 +184,16 @@ class SweepPlan:
         return list(dict.fromkeys(self.settings.lrs)) if self.settings.lrs else [None]
 
     def jobs(self) -> list[Job]:
-        """One job per member, learning rate and seed; every seed of a member shares its plan."""
+        """One job per member, learning rate and seed; every seed of a member shares its plan. Dense runs
+        that parent magnitude-rewind members keep their weights at the rewind epochs."""
+        rewind = tuple(sorted({f.run.method.rewind_epoch for f in self.families
+                               if f.run.method.name == "pruned" and f.run.method.prune == "magnitude-rewind"}))
         jobs = {}
         for run, m, llc in self.entries:
             for lr in self.lrs:
                 for seed in self.settings.seeds:
-                    job = Job(member_run(run, m, llc, seed, self.sweep_dir, lr), m)
+                    job = Job(member_run(run, m, llc, seed, self.sweep_dir, lr), m,
+                              rewind if m.method == "dense" else ())
                     jobs.setdefault(job.run_dir, job)
         return list(jobs.values())
 
@@ -198,16 +207,15 @@ class SweepPlan:
         from widen_cli.data import spec_from_config
         from widen_cli.hardware import resolve_device
 
-        run, members = self.run, self.members
-        repeats = len(self.settings.seeds) * len(self.lrs)
+        run, jobs = self.run, self.jobs()
         images = cost.train_images(run.dataset)
         flops = None
         if images is not None:
             spec = spec_from_config(run.dataset)
-            macs = sum(cost.forward_macs(run.model, spec, m) for m, _ in members)
-            flops = cost.training_flops(macs, images, run.optim.epochs) * repeats
-        return dict(members=len(members), seeds=len(self.settings.seeds), lrs=len(self.lrs),
-                    runs=len(members) * repeats, epochs=len(members) * repeats * run.optim.epochs, flops=flops,
+            flops = sum(cost.training_flops(cost.forward_macs(run.model, spec, j.member), images, j.epochs)
+                        for j in jobs)
+        return dict(members=len(self.members), seeds=len(self.settings.seeds), lrs=len(self.lrs),
+                    runs=len(jobs), epochs=sum(j.epochs for j in jobs), flops=flops,
                     cpu=resolve_device(run.device).type == "cpu")
 
     def table(self):
@@ -216,13 +224,14 @@ class SweepPlan:
         rows = []
         for m, llc in self.members:
             sizes = [budget.numel(s) for s in m.layers.values()]
-            kept = [m.kept[n] for n in m.layers]
+            kept = [m.kept.get(n) for n in m.layers]  # none yet: global magnitude pruning decides them
             rows.append(dict(
                 width=m.width, widening_factor=m.widening_factor, method=m.method, distribution=m.distribution,
                 within=m.within, last_layer_connectivity=llc, connectivity=m.connectivity,
                 n_weights=m.n_weights, n_weights_dense=m.n_weights_dense, budget=m.budget, deviation=m.deviation,
                 bottleneck_ratio=m.bottleneck_ratio, layers=list(m.layers), layer_sizes=sizes, layer_kept=kept,
-                layer_kept_fraction=[k / s for k, s in zip(kept, sizes)], base_width=m.base_width,
+                layer_kept_fraction=[None if k is None else k / s for k, s in zip(kept, sizes)],
+                base_width=m.base_width, variant=m.variant,
             ))
         return pd.DataFrame(rows, columns=results.PLAN_COLUMNS)
 

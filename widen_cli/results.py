@@ -20,6 +20,8 @@ MASKS_FILE = "masks.pt"  # a sparse run's boolean masks
 METRICS_FILE = "metrics.parquet"  # a run's per-epoch rows
 CHECKPOINT_FILE = "checkpoint.pt"  # an unfinished run's end-of-epoch state
 MODEL_FILE = "model.pt"  # a finished run's weights
+WEIGHTS_AT_EPOCH_FILE = "weights-epoch{epoch}.pt"  # a dense run's weights at the end of an epoch (0: initial),
+# what magnitude-rewind members of its width go back to (weights_at_epoch names them)
 SUMMARY_FILE = "summary.parquet"  # a finished run's one row; its presence marks the run done
 CLAIM_FILE = "claim.json"  # who is training the run now (claims.py); gone when it stops
 ERROR_FILE = "error.txt"  # a failed sweep member's traceback
@@ -38,13 +40,17 @@ METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_
 # distribution and within are the member's (None for dense); identity is json.dumps(run.identity(),
 # sort_keys=True), the whole experiment seed included, so a reader can tell which runs may be pooled.
 # budget is the weight count the member's family holds, N(base) (a dense model's own count): with
-# dataset and distribution it is what kernel-distance tables are joined on.
+# dataset and distribution it is what kernel-distance tables are joined on. val_acc: the last epoch's
+# accuracy on the held-out part of the training split (dataset.val_fraction). Pruned runs add variant:
+# method.prune (None for other methods), parent_run: the dense parent's folder name, total_epochs: the
+# training compute in epochs, the parent's plus this run's for a pruned run, else `epochs`.
+PRUNING_COLUMNS = ["variant", "parent_run", "total_epochs"]
 SUMMARY_COLUMNS = [
     "dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
     "seed", "epochs", "status", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc",
     "wall_seconds", "activation", "distribution", "within", "last_layer_connectivity", "identity",
-    "budget", "val_acc",
-]  # val_acc: the last epoch's accuracy on the held-out part of the training split (dataset.val_fraction)
+    "budget", "val_acc", *PRUNING_COLUMNS,
+]
 
 # A sweep's results.parquet: each member's summary plus the plan's view of it and its folder name;
 # status `failed` and the error for members that crashed. lr: the run's optim.lr; selected: the one row of
@@ -57,6 +63,7 @@ PLAN_COLUMNS = [
     "n_weights", "n_weights_dense", "budget", "deviation", "bottleneck_ratio",
     "layers", "layer_sizes", "layer_kept", "layer_kept_fraction",
     "base_width",  # the member's family (a sweep may hold several budgets)
+    "variant",  # pruned members: method.prune
 ]
 
 # kernel_distance.parquet: one row per width. dataset (null for Gaussian inputs), budget and distribution
@@ -90,6 +97,10 @@ TABLES = {
 }
 KIND_KEY = b"widen.kind"
 VERSION_KEY = b"widen.schema_version"
+
+
+def weights_at_epoch(run_dir: Path, epoch: int) -> Path:
+    return Path(run_dir) / WEIGHTS_AT_EPOCH_FILE.format(epoch=epoch)
 
 
 def atomic_write(path: Path, write) -> None:

@@ -18,7 +18,7 @@ import submitit.helpers
 from widen_cli import checkpoint, results
 from widen_cli.config import SweepConfig
 from widen_cli.errors import UserError
-from widen_cli.jobs import Job
+from widen_cli.jobs import Job, parent_run
 
 
 def run_member(job: Job, threads: int | None = None, restart: bool = False) -> str:
@@ -71,7 +71,8 @@ def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, 
     from widen_cli.train import run_training
 
     def key(job: Job):
-        if not s.batch_members or (not restart and (job.run_dir / checkpoint.FILENAME).exists()):
+        if not s.batch_members or (not restart and (job.run_dir / checkpoint.FILENAME).exists()) \
+                or any(job.keep_weights):  # weights kept after an epoch: a single run's loop does that
             return None
         return family.batch_key(job.run)
 
@@ -290,6 +291,10 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
                        connectivity=m.connectivity, seed=job.run.seed,
                        epochs=len(results.read_table(metrics)) if metrics.exists() else 0, status="failed",
                        error=(errors or {}).get(job.run_dir, "did not finish (no summary.parquet)"))
+        pruned = job.member.method == "pruned"  # the pruning columns, for failed rows and older summaries
+        row.setdefault("variant", job.member.variant)
+        row.setdefault("parent_run", parent_run(job.run).run_name() if pruned else None)
+        row.setdefault("total_epochs", None if pruned else row["epochs"])
         row.update(widening_factor=job.member.widening_factor, distribution=job.member.distribution,
                    budget=job.member.budget, last_layer_connectivity=job.run.method.last_layer_connectivity,
                    run=job.run_dir.name, lr=job.run.optim.lr)

@@ -4,13 +4,14 @@ DDP (distributed.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
 
-from widen_cli import checkpoint, distributed, hardware, lifecycle
+from widen_cli import checkpoint, distributed, hardware, jobs, lifecycle, prune, results
 from widen_cli.config import OptimConfig, RunConfig
 from widen_cli.data import load_data, spec_from_config
 from widen_cli.errors import UserError
@@ -110,23 +111,40 @@ def run_training(job: Job, console: Console | None = None, restart: bool = False
     if isinstance(opened, RunResult):
         return opened
     with opened as run:
-        return train_run(run)
+        parent = None
+        if job.run.method.name == "pruned":  # its dense parent first: read back, waited for, or trained here
+            parent_job = jobs.parent_job(job.run)
+            parent = (parent_job.run_dir, run_training(parent_job, run.console).summary.get("status", "finished"))
+        return train_run(run, parent)
 
 
-def train_run(run: lifecycle.Run) -> RunResult:
-    """Train the opened `run` from its checkpoint, if any. Under torchrun every rank trains its slice
-    of each batch (DDP); the run (lifecycle.py) writes and prints on rank 0 only."""
+def train_run(run: lifecycle.Run, parent: tuple[Path, str] | None = None) -> RunResult:
+    """Train the opened `run` from its checkpoint, if any (a pruned run: from its parent's folder and
+    status). Under torchrun every rank trains its slice of each batch (DDP); the run (lifecycle.py)
+    writes and prints on rank 0 only."""
     ctx = distributed.from_env()
     device = resolve_device(distributed.device_for(ctx, run.job.run.device))
     hardware.setup(device, (run.state or {}).get("threads"))
     distributed.init(ctx, device, run.job.run.optim.batch_size)
     try:
-        return _train(run, ctx, device)
+        return _train(run, ctx, device, parent)
     finally:
         distributed.close(ctx)
 
 
-def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device) -> RunResult:
+def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int) -> None:
+    """A dense run keeps its initial weights (epoch 0) and those of the epochs its job asks for: what
+    magnitude-rewind members pruned from it go back to."""
+    job = run.job
+    if not run.main or job.run.method.name != "dense" or (epoch == 0 and run.state is not None):
+        return
+    if epoch == 0 or epoch in job.keep_weights:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        results.atomic_write(results.weights_at_epoch(run.dir, epoch), lambda tmp: torch.save(state, tmp))
+
+
+def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device,
+           parent: tuple[Path, str] | None) -> RunResult:
     run, member, state = opened.job.run, opened.job.member, opened.state
     torch.manual_seed(run.seed)
     train_loader, test_loader, spec = load_run_data(run, device, run.seed)
@@ -134,18 +152,27 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
     for loader in (train_loader, test_loader, val_loader):
         if loader is not None:
             loader.shard(ctx.rank, ctx.world)
-    model = build_model(run.model, run.width, spec, inner=member.inner, ranks=member.ranks).to(device)
+    if parent is None:
+        model, kept = build_model(run.model, run.width, spec, inner=member.inner, ranks=member.ranks), None
+    else:
+        model, kept = prune.pruned_model(run, member, spec, *parent)
+    model = model.to(device)
     model = model.to(memory_format=hardware.memory_format(model, device))  # before the masks copy its layout
     built = {n: tuple(m.weight.shape) for n, m in weight_layers(model).items()}
     assert built == member.layers, f"plan and model disagree: {member.layers} vs {built}"
     masks = None
     if run.method.name == "sparse":
         masks = sparsify(model, member, run.seed, run.method.rescale_init)
+    elif kept is not None:  # a magnitude-pruned member's mask, fixed from here on
+        masks = Masks(model, kept)
+        masks.apply_()
+    if masks is not None:
         if state is not None and state["masks"] is not None:
             masks = Masks(model, state["masks"])  # go on with exactly the masks the run started with
         distributed.check_identical(ctx, masks.state(), "masks")
         opened.save_masks(masks)
-    opt, sched = make_optimizer(model, run.optim)
+    keep_weights(opened, model, 0)
+    opt, sched = make_optimizer(model, opened.job.optim)
     if state is not None:
         checkpoint.restore(state, model, opt, sched)
     # What forward passes go through (DDP, bf16 autocast, compile); `model` stays the plain module the
@@ -157,6 +184,7 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
         train_loader.set_epoch(epoch)
         lr = opt.param_groups[0]["lr"]
         tr = all_ranks(ctx, device, train_epoch(net, train_loader, opt, masks, progress))
+        keep_weights(opened, model, epoch)
         te = all_ranks(ctx, device, evaluate(evaluator, test_loader))
         va = all_ranks(ctx, device, evaluate(evaluator, val_loader)) if val_loader is not None else None
         sched.step()

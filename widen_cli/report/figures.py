@@ -17,6 +17,7 @@ from widen_cli.report.overlay import kernel_keys, kernel_overlay, tracking
 from widen_cli.report.runs import count, mean_sem
 
 BOTTLENECKS = ("linear-bottleneck", "nonlinear-bottleneck")
+WIDENED = ("sparse", "pruned")  # families that keep the budget at every width by removing weights
 
 
 @dataclass
@@ -73,19 +74,24 @@ def _by_budget(lines: pd.DataFrame):
 
 # ---------------------------------------------------------------- figures (each returns None without its data)
 
+def _family_style(line: str) -> dict:
+    """Pruned families dotted with triangles, beside the solid sparse ones."""
+    return dict(marker="^", ls=":") if line.startswith("pruned") else dict(marker="o")
+
+
 def fig_acc_vs_width(runs: pd.DataFrame, value: str = "test") -> Plot | None:
-    settings = sorted(runs[runs.method == "sparse"].setting.unique())
+    settings = sorted(runs[runs.method.isin(WIDENED)].setting.unique())
     if not settings:
         return None
     fig, axes = _panels(len(settings))
     data = []
     for ax, setting in zip(axes, settings):
         here = runs[runs.setting == setting]
-        lines = mean_sem(here[here.method == "sparse"], ["line", "width"])
+        lines = mean_sem(here[here.method.isin(WIDENED)], ["line", "width"])
         dense = mean_sem(here[here.dense_model], ["width"]).assign(line="dense")
         for i, line, d in _by_budget(lines):
-            _errorbar(ax, d.width, d, value, color=f"C{i}", marker="o",
-                      label=f"{line}: {count(d.n_weights.median())} weights")
+            _errorbar(ax, d.width, d, value, color=f"C{i}", label=f"{line}: {count(d.n_weights.median())} weights",
+                      **_family_style(line))
         if len(dense):
             _errorbar(ax, dense.width, dense, value, color="k", ls="--", marker="s", mfc="none",
                       label="dense (weights grow with width)")
@@ -96,12 +102,45 @@ def fig_acc_vs_width(runs: pd.DataFrame, value: str = "test") -> Plot | None:
         data.append(pd.concat([lines, dense]).assign(setting=setting))
     if value == "test":
         return Plot("test_acc_vs_width", "Test accuracy vs width (Figures 1 and 5)",
-                    "Best test accuracy of every sparse family (solid, one line per weight budget) and of dense "
-                    "models whose weight count grows with width (dashed). Mean over seeds, error bars: standard "
-                    "error.", fig, _front(pd.concat(data), "setting", "line"))
+                    "Best test accuracy of every sparse family (solid, one line per weight budget), of pruned "
+                    "families (dotted triangles: dense at that width, pruned to the budget) and of dense models "
+                    "whose weight count grows with width (dashed). Mean over seeds, error bars: standard error.", fig, _front(pd.concat(data), "setting", "line"))
     return Plot("train_acc_vs_width", "Train accuracy vs width (Figure 13)",
                 "Final training accuracy of the same runs, drawn the same way.", fig,
                 _front(pd.concat(data), "setting", "line"))
+
+
+def fig_budget_methods(runs: pd.DataFrame) -> Plot | None:
+    """One panel per setting and budget with pruned members: accuracy against the width the model had while
+    it was trained (sparse: its width; pruned: its parent's), one line per method, the dense baseline at
+    the base width as a dashed line."""
+    pruned = runs[runs.method == "pruned"]
+    panels = sorted(pruned.groupby(["setting", "base_width"]).groups)
+    if not panels:
+        return None
+    fig, axes = _panels(len(panels))
+    data = []
+    for ax, (setting, base_width) in zip(axes, panels):
+        here = runs[(runs.setting == setting) & (runs.base_width == base_width)]
+        lines = mean_sem(here[here.method.isin(WIDENED)], ["line", "width"])
+        base = mean_sem(runs[(runs.setting == setting) & runs.dense_model & (runs.width == base_width)], ["width"])
+        for i, line in enumerate(sorted(lines.line.unique())):
+            d = lines[lines.line == line]
+            _errorbar(ax, d.width, d, "test", color=f"C{i}", label=line, **_family_style(line))
+        base = base.assign(line=f"dense b={base_width}")
+        if len(base):
+            ax.axhline(base.test_mean.iloc[0], color="k", ls="--", lw=1, label=base.line.iloc[0])
+        _log_axis(ax, pd.concat([lines.width, base.width]), "width during training")
+        ax.set_ylabel("best test accuracy (%)")
+        ax.set_title(f"{setting}, {count(here.n_weights.median())} weights", fontsize=10)
+        ax.legend(fontsize=7)
+        data += [d.assign(setting=setting, base_width=base_width) for d in (lines, base) if len(d)]
+    return Plot("budget_methods", "Width during training at a fixed budget",
+                "Best test accuracy of models that all end with the base width's weight count, against the width "
+                "they were trained at: sparse members (a random static mask at that width), pruned members "
+                "(a dense model of that width trained, pruned to the budget and fine-tuned or rewound), and the "
+                "dense baseline (dashed). Mean over seeds, error bars: standard error.", fig,
+                _front(pd.concat(data, ignore_index=True), "setting", "base_width", "line"))
 
 
 def fig_acc_vs_connectivity(runs: pd.DataFrame) -> Plot | None:
@@ -367,7 +406,8 @@ def _front(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
 
 def figures(res: Results) -> list[Plot]:
     runs = res.runs
-    made = [fig_acc_vs_width(runs, "test"), fig_acc_vs_width(runs, "train"), fig_acc_vs_connectivity(runs),
-            fig_improvement_fraction(runs), fig_widening_gain(runs), fig_bottleneck(runs), fig_mlp_grid(runs),
+    made = [fig_acc_vs_width(runs, "test"), fig_acc_vs_width(runs, "train"), fig_budget_methods(runs),
+            fig_acc_vs_connectivity(runs), fig_improvement_fraction(runs), fig_widening_gain(runs),
+            fig_bottleneck(runs), fig_mlp_grid(runs),
             fig_kernel_distance(res.kernels, runs), fig_layer_kept(res.plans)]
     return [p for p in made if p is not None]

@@ -22,7 +22,7 @@ import pandas as pd
 from widen_cli.budget import default_distribution
 
 MEMBER_KEYS = ("seed", "width", "base_width", "method")  # identity keys a family's members differ in
-SHOWN_METHOD_KEYS = ("name", "distribution", "within", "last_layer_connectivity")  # already in family/line labels
+SHOWN_METHOD_KEYS = ("name", "distribution", "within", "last_layer_connectivity", "prune", "scope")  # in the labels
 
 
 def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
@@ -47,6 +47,8 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
     tuned = column("lr_tuned", "").fillna("")
     identities = [_without_lr(json.loads(s)) if isinstance(s, str) and t else json.loads(s) if isinstance(s, str)
                   else None for s, t in zip(column("identity"), tuned)]
+    runs["variant"] = column("variant")
+    runs["scope"] = [(i or {}).get("method", {}).get("scope") for i in identities]
 
     apart = _Apart()
     setting = runs.dataset + " " + runs.model + runs.activation.map(lambda a: "" if a in ("", "relu") else f" {a}")
@@ -74,6 +76,8 @@ def _family(r) -> str:
     if r.method == "dense":
         return "dense"
     label = f"{r.method} b={r.base_width}"
+    if r.method == "pruned":  # structured, magnitude, magnitude-rewind; global magnitude said so
+        label = f"pruned {r.variant}{' global' if r.scope == 'global' else ''} b={r.base_width}"
     if r.method == "sparse" and r.distribution not in ("", _default_distribution(r)):
         label += f" {r.distribution}"
     if r.method == "sparse" and r.within == "io":
