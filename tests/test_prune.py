@@ -202,6 +202,27 @@ def test_two_pruned_members_sharing_a_parent_train_it_once(tmp_path):
     assert {s.parent_run for s in summaries} == {parents[0].name}
 
 
+def test_a_sweep_of_sparse_and_three_pruned_variants_trains_each_dense_parent_once(tmp_path):
+    """--methods sparse,pruned,pruned-structured,pruned-rewind: one plan, the dense members shared by every
+    variant (they are the sparse family's dense-wide members too), each trained once, before its children."""
+    res = widen("sweep-width", "--dataset", "digits", "--base-width", 8, "--widths", "8,16", "--epochs", 2,
+                "--methods", "sparse,pruned,pruned-structured,pruned-rewind", "--out", tmp_path, "--name", "m")
+    assert res.exit_code == 0, res.output
+    table = pd.read_parquet(tmp_path / "m" / results.RESULTS_FILE)
+    dense = table[table.method == "dense"]
+    assert sorted(dense.width) == [8, 16]  # one run per width, not one per method
+    for parent in dense.itertuples():
+        assert res.output.count(f"training {tmp_path / 'm' / parent.run} (") == 1
+        assert len(pd.read_parquet(tmp_path / "m" / parent.run / results.METRICS_FILE)) == 2
+    pruned = table[table.method == "pruned"]
+    assert sorted(pruned.variant) == ["magnitude", "magnitude-rewind", "structured"]
+    assert set(pruned.parent_run) == set(dense[dense.width == 16].run)
+    assert (pruned.n_weights == 8 * (64 + 10)).all() and set(table[table.method == "sparse"].width) == {8, 16}
+    again = widen("sweep-width", "--dataset", "digits", "--base-width", 8, "--widths", "8,16", "--epochs", 2,
+                  "--methods", "sparse,pruned,pruned-structured,pruned-rewind", "--out", tmp_path, "--name", "m")
+    assert again.exit_code == 0 and "running 0" in again.output
+
+
 SLOW = ["train", "--dataset", "synthetic", "--model", "mlp", "--method", "pruned", "--width", 512, "--base-width",
         128, "--epochs", 3, "dataset.train_size=4096", "dataset.test_size=256", "dataset.image_size=16",
         "optim.batch_size=64", "optim.lr=0.02", "method.finetune_epochs=12"]

@@ -165,7 +165,8 @@ class RunConfig:
     def run_name(self) -> str:
         if self.name:
             return self.name
-        return folder_name(f"{self.dataset.name}-{self.model.name}-{self.method.name}-w{self.width}-s{self.seed}",
+        method = self.method.name + (f"-{self.method.prune}" if self.method.name == "pruned" else "")
+        return folder_name(f"{self.dataset.name}-{self.model.name}-{method}-w{self.width}-s{self.seed}",
                            self.identity())
 
     @property
