@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from widen_cli import config
+from widen_cli import config, validation
 from widen_cli.budget import (
     DISTRIBUTIONS, Member, count, default_widths, distribute, erk, family_budget,
     max_width, numel, plan_member, solve_bottleneck, staggered, uniform,
@@ -351,7 +351,7 @@ def _preset(path):
     """The preset's family made sparse with `within: io`: its config, input spec and widths (the preset's
     own, else the sweep's default ones); no data is read."""
     composed = config.compose_config([f"+experiment={path.stem}", "method=sparse", "method.within=io"])
-    cfg = config.validate(composed)
+    cfg = validation.validate(composed)
     spec = spec_from_config(cfg.dataset)
     widths = OmegaConf.select(composed, "sweep.widths") or default_widths(cfg.model, spec, cfg.base_width,
                                                                           cfg.method, 0.01)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from widen_cli import config
+from widen_cli import config, validation
 from widen_cli.cli import app
 from widen_cli.config import CONFIG_PATH_ENV, RunConfig, SweepConfig
 
@@ -26,8 +26,8 @@ def widen(*args):
 def leaf_keys(cls, prefix=""):
     """(dotted key, annotation) of every value a config dataclass holds, found from its fields."""
     for f in dataclasses.fields(cls):
-        if f.type in config.NESTED:
-            yield from leaf_keys(config.NESTED[f.type], f"{prefix}{f.name}.")
+        if f.type in validation.NESTED:
+            yield from leaf_keys(validation.NESTED[f.type], f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", f.type
 

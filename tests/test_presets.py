@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from widen_cli import config, plan
+from widen_cli import config, plan, validation
 
 PRESETS = sorted(p.stem for p in (config.CONF_DIR / "experiment").glob("*.yaml"))
 FIGURES = [p for p in PRESETS if not p.startswith(("smoke", "fig7"))]  # fig7_*: Figure 7's own (lr-tuned) presets
@@ -15,7 +15,7 @@ CIFAR100_WEIGHTS = {8: 180_952, 12: 402_180, 18: 897_462, 40: 4_391_480, 64: 11_
 
 def composed(preset: str):
     cfg = config.compose_config([f"+experiment={preset}"])
-    return cfg, config.sweep_config(cfg)
+    return cfg, validation.sweep_config(cfg)
 
 
 def budgets(preset: str) -> list[int]:

@@ -5,7 +5,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from widen_cli.budget import DISTRIBUTIONS
-from widen_cli.config import CONF_DIR, DatasetConfig, compose_config, folder_name, validate
+from widen_cli.config import CONF_DIR, DatasetConfig, compose_config, folder_name
+from widen_cli.validation import validate
 from widen_cli.errors import UserError
 
 KERNEL_DEFAULTS_FILE = CONF_DIR / "kernel.yaml"

@@ -32,7 +32,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from widen_cli import checkpoint, claims, distributed, results
-from widen_cli.config import RunConfig, resolve_distribution, to_yaml
+from widen_cli.config import RunConfig, to_yaml
+from widen_cli.validation import resolve_distribution
 from widen_cli.errors import Interrupted, UserError
 from widen_cli.jobs import Job, parent_run
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from widen_cli import budget, config, results
-from widen_cli.config import RunConfig, SweepConfig
+from widen_cli import budget, config, results, validation
+from widen_cli.config import MethodConfig, RunConfig, SweepConfig
 from widen_cli.errors import UserError
 from widen_cli.jobs import Job
 
@@ -23,7 +23,7 @@ def family_run(cfg, base_width: int | None) -> RunConfig:
     else its width; the base run is the member at that width."""
     base = next((b for b in (base_width, cfg.base_width, cfg.width) if b is not None), None)
     cfg.width = cfg.base_width = base
-    return config.validate(cfg)
+    return validation.validate(cfg)
 
 
 def settings(cfg, **given) -> SweepConfig:
@@ -33,7 +33,7 @@ def settings(cfg, **given) -> SweepConfig:
     data = OmegaConf.to_container(cfg.sweep, resolve=True)
     data.update({k: list(v) if isinstance(v, (list, tuple)) else v for k, v in given.items() if v is not None})
     cfg = OmegaConf.create({"sweep": data})
-    return config.sweep_config(cfg)
+    return validation.sweep_config(cfg)
 
 
 def widths(run: RunConfig, spec, s: SweepConfig) -> list[int]:
