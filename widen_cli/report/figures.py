@@ -355,7 +355,8 @@ def fig_kernel_distance(kernels: dict[str, pd.DataFrame], runs: pd.DataFrame) ->
             for i, (line, err) in enumerate(lines.dropna(subset=["test_error_mean"]).groupby("line")):
                 s = stats[(stats.table == name) & (stats.line == line)].iloc[0]
                 _errorbar(twin, err.width, err, "test_error", color=f"C{6 + i}", marker="x",
-                          label=f"test error, {line} (min at {s.width_min_test_error:g})\nvs empirical: Spearman "
+                          label=f"test error, {s.setting}: {line} (min at {s.width_min_test_error:g})"
+                                f"\nvs empirical: Spearman "
                                 f"{s.spearman_empirical:.2f}, Pearson (log) {s.pearson_log_empirical:.2f}")
             twin.set_ylabel("test error of trained models (%)", color="tab:pink")
             extra = twin.get_legend_handles_labels()
