@@ -166,7 +166,7 @@ def test_interrupted_family_names_the_epochs_each_member_saved(tmp_path):
         assert time.monotonic() < deadline, "no checkpoints appeared"
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
     saved: dict[int, list[str]] = {}
     for path in sorted((tmp_path / "fam").glob("*/" + checkpoint.FILENAME)):
