@@ -19,6 +19,8 @@ import torch
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
+from test_reliability import start  # Ctrl-C must reach these subprocesses however the suite was started
+
 from widen_cli import checkpoint, config, results
 from widen_cli.cli import app
 
@@ -33,11 +35,6 @@ SMALL = ["train", "--dataset", "digits", "--model", "mlp", "--width", 16, "--epo
 
 def widen(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def start(*args) -> subprocess.Popen:
-    return subprocess.Popen([WIDEN, *map(str, args)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
 
 
 def one_error_line(res, *needles):

@@ -45,9 +45,16 @@ def widen(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def _interruptible() -> None:
+    """In the child before exec: a test suite started in the background (`make test &`, some CI runners)
+    has SIGINT ignored, children inherit that and Python then keeps it ignored, so Ctrl-C tests would
+    wait for a run that never sees the signal. Restore the default, as in a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args) -> subprocess.Popen:
     return subprocess.Popen([WIDEN, *map(str, args)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_interruptible)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
