@@ -97,6 +97,11 @@ class OptimConfig:
     gamma: float = 0.1
 
 
+def without_lr(identity: dict) -> dict:
+    """An identity without its learning rate: what the runs of one member share across a sweep's --lrs."""
+    return {**identity, "optim": {k: v for k, v in identity.get("optim", {}).items() if k != "lr"}}
+
+
 def folder_name(readable: str, identity: dict) -> str:
     """The one way run, sweep and kernel folders are named: readable parts plus a short hash of the
     identity, so the same experiment always finds the same folder."""

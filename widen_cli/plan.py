@@ -140,9 +140,7 @@ def sweep_identity(families: list[Family], s: SweepConfig) -> dict:
         ident["base_width"] = budgets
     if len(methods) > 1:
         ident["method"] = [r.family_identity()["method"] for r in runs if r.base_width == runs[0].base_width]
-    if s.lrs:
-        ident["optim"].pop("lr")
-    return ident
+    return config.without_lr(ident) if s.lrs else ident
 
 
 def sweep_name(families: list[Family], s: SweepConfig) -> str:

@@ -314,9 +314,9 @@ def _untuned(job: Job) -> str:
     """A run's identity without its learning rate: the runs of one member and seed over --lrs share it."""
     import json
 
-    ident = job.run.identity()
-    ident["optim"].pop("lr")
-    return json.dumps(ident, sort_keys=True)
+    from widen_cli.config import without_lr
+
+    return json.dumps(without_lr(job.run.identity()), sort_keys=True)
 
 
 def select(df: pd.DataFrame, members: list[str], select_on: str) -> pd.Series:

@@ -20,6 +20,7 @@ from typing import Callable
 import pandas as pd
 
 from widen_cli.budget import default_distribution
+from widen_cli.config import without_lr
 
 MEMBER_KEYS = ("seed", "width", "base_width", "method")  # identity keys a family's members differ in
 SHOWN_METHOD_KEYS = ("name", "distribution", "within", "last_layer_connectivity", "prune", "scope")  # in the labels
@@ -45,7 +46,7 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
     runs["widening_factor"] = pd.to_numeric(factor, errors="coerce").fillna(runs.width / runs.base_width)
     # Members of a sweep over --lrs were each selected at its own lr: the lr is no setting of theirs.
     tuned = column("lr_tuned", "").fillna("")
-    identities = [_without_lr(json.loads(s)) if isinstance(s, str) and t else json.loads(s) if isinstance(s, str)
+    identities = [without_lr(json.loads(s)) if isinstance(s, str) and t else json.loads(s) if isinstance(s, str)
                   else None for s, t in zip(column("identity"), tuned)]
     runs["variant"] = column("variant")
     runs["scope"] = [(i or {}).get("method", {}).get("scope") for i in identities]
@@ -66,10 +67,6 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
         warn(f"runs that differ in more than the seed are kept apart, not averaged; they differ in "
              f"{', '.join(sorted(apart.keys))}: {listing(apart.labels, 6, '; ')}")
     return runs
-
-
-def _without_lr(identity: dict) -> dict:
-    return {**identity, "optim": {k: v for k, v in identity.get("optim", {}).items() if k != "lr"}}
 
 
 def _family(r) -> str:
