@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/widen: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip setuptools
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(BIN)/widen
 

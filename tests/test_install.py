@@ -22,55 +22,90 @@ WIDEN = shutil.which("widen", path=str(BIN)) or "widen"
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 # Subprocesses import this checkout (not whatever `widen` the environment has installed).
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+# Without this checkout on the path: what a user's shell has.
+CLEAN = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def run(cmd, env=ENV, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+def site_packages(python: Path | str) -> Path:
+    out = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    assert out.returncode == 0, out.stderr
+    return Path(out.stdout.strip())
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """The wheel built from this checkout, installed (without its dependencies, which this environment
-    has) into a folder outside the repository. The build reads a copy of the sources, so it leaves no
-    build/ or egg-info behind in the checkout."""
+    """The wheel built from this checkout and pip-installed into a fresh venv outside the repository,
+    the way `pip install .` or pipx installs it (no editable install). The venv reaches the test
+    environment's dependencies (torch alone is about 5 GB) through path entries appended after its own
+    site-packages; the test environment's .pth files are not processed from there, so its editable
+    install of this checkout is not seen. The build reads a copy of the sources, so it leaves no build/
+    or egg-info behind in the checkout."""
     tmp = tmp_path_factory.mktemp("install")
     src = tmp / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(REPO / name, src / name)
     for name in ("widen_cli", "conf"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    # Build isolation would download setuptools; the one in this environment builds the same wheel.
-    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    # Build isolation would download setuptools; one here that builds wheels itself builds the same wheel.
+    isolation = ["--no-build-isolation"] if _setuptools_builds_wheels() else []
     built = run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", *isolation, "-w", tmp / "dist"])
     assert built.returncode == 0, built.stdout + built.stderr
     wheel, = (tmp / "dist").glob("widen_cli-*.whl")
-    done = run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", tmp / "site", wheel])
+    venv = tmp / "venv"
+    made = run([sys.executable, "-m", "venv", "--without-pip", venv])
+    assert made.returncode == 0, made.stderr
+    done = run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",
+                wheel], env=CLEAN)
     assert done.returncode == 0, done.stdout + done.stderr
+    # Only now, so that pip does not take the test environment's widen_cli for this one.
+    (site_packages(venv / "bin" / "python") / "deps.pth").write_text(
+        "".join(f"{p}\n" for p in sys.path if Path(p).name in ("site-packages", "dist-packages")))
     return tmp
 
 
-def test_the_wheel_trains_on_digits_from_another_folder(installed):
-    site, elsewhere = installed / "site", installed / "elsewhere"
+def _setuptools_builds_wheels() -> bool:
+    """setuptools >= 70.1 builds wheels without the separate `wheel` package."""
+    if importlib.util.find_spec("setuptools") is None:
+        return False
+    import setuptools
+    return tuple(int(p) for p in setuptools.__version__.split(".")[:2]) >= (70, 1)
+
+
+def test_the_wheel_runs_every_command_from_another_folder(installed):
+    venv, elsewhere, out = installed / "venv", installed / "elsewhere", installed / "runs"
     elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(site)}  # the installed copy only, not this checkout
-    where = run([sys.executable, "-c", "import widen_cli, widen_cli.config as c; print(widen_cli.__file__); "
-                 "print(c.CONF_DIR)"], env=env, cwd=elsewhere)
+    env = CLEAN  # the installed copy only
+    python, widen = venv / "bin" / "python", venv / "bin" / "widen"
+    where = run([python, "-c", "import widen_cli, widen_cli.report, widen_cli.config as c; "
+                 "print(widen_cli.__file__); print(c.CONF_DIR)"], env=env, cwd=elsewhere)
     assert where.returncode == 0, where.stderr
     module, conf = map(Path, where.stdout.split())
-    assert module.is_relative_to(site) and not module.is_relative_to(REPO)
-    assert conf == site / "widen_cli" / "conf" and (conf / "dataset" / "digits.yaml").is_file()
+    assert module.is_relative_to(venv) and not module.is_relative_to(REPO)
+    assert conf == module.parent / "conf" and (conf / "dataset" / "digits.yaml").is_file()
 
-    res = run([sys.executable, "-m", "widen_cli", "train", "--dataset", "digits", "--epochs", 1, "--width", 8,
-               "--out", installed / "runs"], env=env, cwd=elsewhere)
-    assert res.returncode == 0, res.stdout + res.stderr
-    summary, = (installed / "runs").glob("*/summary.parquet")
+    def ok(*args):
+        res = run([widen, *args], env=env, cwd=elsewhere)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res
+
+    ok("train", "--dataset", "digits", "--epochs", 1, "--width", 8, "--out", out)
+    summary, = out.glob("*/summary.parquet")
     row = pd.read_parquet(summary).iloc[0]
     assert (row.dataset, row.width, row.epochs, row.status) == ("digits", 8, 1, "finished")
+    ok("sweep-width", "--experiment", "smoke_sweep", "--epochs", 1, "--name", "smoke", "--out", out)
+    assert set(pd.read_parquet(out / "smoke" / "results.parquet").status) == {"finished"}
+    ok("kernel-distance", "--widths", "8,16", "--pairs", 20, "--inits", 2, "--name", "kd", "--out", out)
+    assert (out / "kd" / "kernel_distance.parquet").is_file()
+    ok("report", out / "smoke", out / "kd", "--out", installed / "report")
+    assert (installed / "report" / "table.csv").is_file()
     assert list(elsewhere.iterdir()) == []  # nothing written to the working directory
-    # The console script pip wrote runs the installed copy too.
-    version = run([site / "bin" / "widen", "--version"], env=env, cwd=elsewhere)
-    assert version.returncode == 0 and version.stdout.strip() == f"widen {VERSION}", version.stderr
+    version = ok("--version")
+    assert version.stdout.strip() == f"widen {VERSION}"
 
 
 def test_version():
