@@ -330,6 +330,8 @@ def test_killed_batched_family_resumes_batched_as_if_never_interrupted(tmp_path,
     shutil.copy(tmp_path / "behind.pt", behind)
     checkpoints()[-1].unlink()
     ahead = max(saved_epoch(p) for p in checkpoints())
+    saved = {p.parent.name: saved_epoch(p) for p in checkpoints()}
+    shutil.copytree(cut, tmp_path / "alone")
 
     resumed = widen(*sweep, "--name", "cut")
     assert resumed.exit_code == 0, resumed.output
@@ -345,3 +347,12 @@ def test_killed_batched_family_resumes_batched_as_if_never_interrupted(tmp_path,
         a, b = (torch.load(d / run / "model.pt", weights_only=True) for d in (cut, tmp_path / "whole"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert not (cut / run / checkpoint.FILENAME).exists()
+
+    # Without batching (sweep.batch_members=false, as with `widen train`) the same checkpoints resume alone.
+    alone = widen(*sweep, "--name", "alone", "sweep.batch_members=false")
+    assert alone.exit_code == 0, alone.output
+    assert "stacked model" not in alone.output and f"resuming {tmp_path / 'alone' / behind.parent.name} " in alone.output
+    for run, epoch in saved.items():
+        rows = metrics(tmp_path / "alone" / run)
+        assert rows.epoch.tolist() == list(range(1, 31))
+        pd.testing.assert_frame_equal(rows[:epoch], metrics(tmp_path / "whole" / run)[:epoch], check_exact=True)
