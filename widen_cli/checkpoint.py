@@ -21,9 +21,11 @@ FORMAT = "widen-checkpoint/1"
 
 
 def save(path: Path, *, identity: dict, epoch: int, rows: list[dict], elapsed: float, model: torch.nn.Module,
-         optimizer, scheduler, masks: dict[str, torch.Tensor] | None) -> None:
+         optimizer, scheduler, masks: dict[str, torch.Tensor] | None, batched: bool = False) -> None:
+    """`batched`: a batched family's stacked model wrote it (the member resumes in one again, family.py)."""
     state = dict(
         format=FORMAT, identity=json.dumps(identity, sort_keys=True), epoch=epoch, rows=rows, elapsed=elapsed,
+        batched=batched,
         model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
         masks=masks, threads=torch.get_num_threads(), rng=dict(torch=torch.get_rng_state(),
                               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),

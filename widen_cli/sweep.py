@@ -66,19 +66,19 @@ def _record_failure(job: Job, error: BaseException) -> None:
 
 def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
     """One after another in this process. MLP members that can share a stacked model train together
-    (widen_cli/family.py) unless sweep.batch_members is false; one with a checkpoint resumes alone."""
+    (widen_cli/family.py) unless sweep.batch_members is false; interrupted ones resume as they trained
+    (family.train_family)."""
     from widen_cli import family
     from widen_cli.train import run_training
 
     def key(job: Job):
-        if not s.batch_members or (not restart and (job.run_dir / checkpoint.FILENAME).exists()) \
-                or any(job.keep_weights):  # weights kept after an epoch: a single run's loop does that
+        if not s.batch_members or any(job.keep_weights):  # weights kept after an epoch: a single run's loop
             return None
         return family.batch_key(job.run)
 
     for batch in family.group(todo, key):
         try:
-            if len(batch) == 1:
+            if key(batch[0]) is None:
                 run_training(batch[0], console, restart=restart)
             else:
                 if restart:
