@@ -25,6 +25,7 @@ WEIGHTS_AT_EPOCH_FILE = "weights-epoch{epoch}.pt"  # a dense run's weights at th
 SUMMARY_FILE = "summary.parquet"  # a finished run's one row; its presence marks the run done
 CLAIM_FILE = "claim.json"  # who is training the run now (claims.py); gone when it stops
 ERROR_FILE = "error.txt"  # a failed sweep member's traceback
+LOG_FILE = "log.txt"  # a pool or submitit sweep member's per-epoch lines (epochlog.py), appended
 PLAN_FILE = "plan.parquet"  # a sweep's planned members
 SWEEP_FILE = "sweep.yaml"  # a sweep's resolved config
 RESULTS_FILE = "results.parquet"  # a sweep's gathered rows
