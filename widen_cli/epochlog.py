@@ -6,14 +6,12 @@ when stdout is not a terminal every epoch also prints one greppable line there:
     epoch 3/20  train_loss 0.4100  train_acc 0.8800  test_loss 0.4500  test_acc 0.8600  2.10 s/epoch  eta 00:00:36
 
 (val_loss and val_acc follow test_acc where the run holds data out; runs trained together as one batch
-add `run <folder>`). An epoch that runs longer than $WIDEN_LOG_SECONDS (default 300) gets a line each
-time that passes, `epoch 3/300  batch 120/390  612 s so far`. Sweep members run by the pool and
-submitit launchers write their lines to their own run folder instead (results.LOG_FILE), after a line
-saying where they start.
+add `run <folder>`). An epoch longer than HEARTBEAT_SECONDS gets a line each time they pass,
+`epoch 3/300  batch 120/390  612 s so far`. Sweep members run by the pool and submitit launchers write
+their lines to their own run folder instead (results.LOG_FILE), after a line saying where they start.
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -21,10 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from widen_cli import results
-from widen_cli.errors import UserError
 
-SECONDS_ENV = "WIDEN_LOG_SECONDS"
-HEARTBEAT_SECONDS = 300.0
+HEARTBEAT_SECONDS = 300.0  # an epoch longer than this gets a line each time it passes
 
 _to_run_folders = False  # set in a pool or submitit member's process (member_logs)
 
@@ -38,19 +34,6 @@ def member_logs():
         yield
     finally:
         _to_run_folders = before
-
-
-def heartbeat_seconds() -> float:
-    value = os.environ.get(SECONDS_ENV, "").strip()
-    if not value:
-        return HEARTBEAT_SECONDS
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        raise UserError(f"{SECONDS_ENV} must be a positive number of seconds, got {value!r}")
-    return seconds
 
 
 def clock(seconds: float) -> str:
@@ -72,7 +55,7 @@ class EpochLog:
     """The log lines of the runs one epoch loop drives (lifecycle.drive): to stdout when it is not a
     terminal, to each run's own log file in a member process, else nowhere. Only rank 0 writes."""
 
-    def __init__(self, runs: list, first: int, epochs: int, progress=None):
+    def __init__(self, runs: list, first: int, epochs: int, progress=None, heartbeat: float = HEARTBEAT_SECONDS):
         self.epochs, self.progress = epochs, progress
         self.epoch_task = None  # the progress bar's task of the epochs (its other one is an epoch's batches)
         runs = [r for r in runs if r.main]
@@ -86,8 +69,7 @@ class EpochLog:
         self.stop = threading.Event()
         self.thread = None
         if self.sinks:
-            interval = heartbeat_seconds()
-            self.thread = threading.Thread(target=self._heartbeat, args=(interval,), daemon=True)
+            self.thread = threading.Thread(target=self._heartbeat, args=(heartbeat,), daemon=True)
             self.thread.start()
 
     def __enter__(self) -> EpochLog:
@@ -96,8 +78,8 @@ class EpochLog:
     def __exit__(self, *exc) -> None:
         self.stop.set()
 
-    def _write(self, run_dir: Path, line: str) -> None:
-        if self.named:
+    def _write(self, run_dir: Path, line: str, named: bool = True) -> None:
+        if self.named and named:
             line = f"{line}  run {run_dir.name}"
         path = self.sinks[run_dir]
         with self.lock:
@@ -114,9 +96,12 @@ class EpochLog:
     def start(self, run) -> None:
         """A member's log file starts each session with where it starts (the console says it elsewhere)."""
         if _to_run_folders and run.dir in self.sinks:
-            when = time.strftime("%Y-%m-%d %H:%M:%S")
-            self._write(run.dir, f"{when} resuming {run.dir} after epoch {run.saved} of {self.epochs}"
-                        if run.state is not None else f"{when} training {run.dir} ({self.epochs} epochs)")
+            import torch
+
+            when, threads = time.strftime("%Y-%m-%d %H:%M:%S"), torch.get_num_threads()
+            how = f"{threads} CPU thread{'s' if threads > 1 else ''}"
+            self._write(run.dir, f"{when} resuming {run.dir} after epoch {run.saved} of {self.epochs} ({how})"
+                        if run.state is not None else f"{when} training {run.dir} ({self.epochs} epochs, {how})")
 
     def begin(self, epoch: int) -> None:
         self.epoch, self.started = epoch, time.perf_counter()
@@ -141,8 +126,8 @@ class EpochLog:
             batches = self._batches()
             line = "  ".join([f"epoch {epoch}/{self.epochs}", *([batches] if batches else []),
                               f"{so_far:.0f} s so far"])
-            for run_dir in list(self.sinks):
-                self._write(run_dir, line)
+            for run_dir in list(self.sinks) if _to_run_folders else list(self.sinks)[:1]:
+                self._write(run_dir, line, named=False)  # on stdout: once for the runs trained together
 
     def _batches(self) -> str | None:
         """`batch i/n` from the inner progress bar of the epoch, when it has one."""
