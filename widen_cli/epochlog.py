@@ -55,7 +55,7 @@ class EpochLog:
     """The log lines of the runs one epoch loop drives (lifecycle.drive): to stdout when it is not a
     terminal, to each run's own log file in a member process, else nowhere. Only rank 0 writes."""
 
-    def __init__(self, runs: list, first: int, epochs: int, progress=None, heartbeat: float = HEARTBEAT_SECONDS):
+    def __init__(self, runs: list, epochs: int, progress=None, heartbeat: float = HEARTBEAT_SECONDS):
         self.epochs, self.progress = epochs, progress
         self.epoch_task = None  # the progress bar's task of the epochs (its other one is an epoch's batches)
         runs = [r for r in runs if r.main]
@@ -65,7 +65,7 @@ class EpochLog:
             self.sinks = {r.dir: None for r in runs} if runs and not sys.stdout.isatty() else {}
         self.named = len(runs) > 1 and not _to_run_folders  # lines of several runs share stdout
         self.lock = threading.Lock()
-        self.epoch, self.started, self.done, self.spent = first, time.perf_counter(), 0, 0.0
+        self.epoch, self.started, self.done, self.spent = None, 0.0, 0, 0.0  # epoch: the one in progress
         self.stop = threading.Event()
         self.thread = None
         if self.sinks:
@@ -104,7 +104,8 @@ class EpochLog:
                         if run.state is not None else f"{when} training {run.dir} ({self.epochs} epochs, {how})")
 
     def begin(self, epoch: int) -> None:
-        self.epoch, self.started = epoch, time.perf_counter()
+        self.started = time.perf_counter()
+        self.epoch = epoch  # after `started`: the heartbeat thread reads them in the other order
 
     def end(self, run, epoch: int, totals) -> None:
         """Run `run`'s line for `epoch`; call once per run, then ended() once per epoch."""
@@ -116,12 +117,13 @@ class EpochLog:
     def ended(self) -> None:
         self.spent += time.perf_counter() - self.started
         self.done += 1
+        self.epoch = None
 
     def _heartbeat(self, interval: float) -> None:
         while not self.stop.wait(interval):
             epoch, started = self.epoch, self.started
             so_far = time.perf_counter() - started
-            if so_far < interval:
+            if epoch is None or so_far < interval:
                 continue
             batches = self._batches()
             line = "  ".join([f"epoch {epoch}/{self.epochs}", *([batches] if batches else []),

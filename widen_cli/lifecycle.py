@@ -325,7 +325,7 @@ def drive(runs: list[Run], title: str, step: Callable[[int, Progress], tuple[flo
 
     try:
         with Progress(*COLUMNS, console=runs[0].console, transient=False) as progress, \
-                epochlog.EpochLog(runs, first, epochs, progress) as log:
+                epochlog.EpochLog(runs, epochs, progress) as log:
             task = log.epoch_task = progress.add_task(title, total=epochs, completed=first - 1, status="")
             for run in runs:
                 log.start(run)
