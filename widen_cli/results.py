@@ -54,7 +54,8 @@ SUMMARY_COLUMNS = [
 ]
 
 # A sweep's results.parquet: each member's summary plus the plan's view of it and its folder name;
-# status `failed` and the error for members that crashed. lr: the run's optim.lr; selected: the one row of
+# status `failed` and the error for members that crashed, `interrupted` for those a stopped sweep left
+# unfinished (their checkpoints resume them). lr: the run's optim.lr; selected: the one row of
 # each member and seed (over the sweep's learning rates) that the report draws (sweep.select_on).
 RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "run", "error", "lr", "selected"]
 
