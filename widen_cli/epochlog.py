@@ -107,15 +107,15 @@ class EpochLog:
         self.started = time.perf_counter()
         self.epoch = epoch  # after `started`: the heartbeat thread reads them in the other order
 
-    def end(self, run, epoch: int, totals) -> None:
-        """Run `run`'s line for `epoch`; call once per run, then ended() once per epoch."""
+    def end(self, run, epoch: int, totals, seconds: float) -> None:
+        """Run `run`'s line for `epoch`, which took `seconds` (all runs trained together); call once per
+        run, then ended() once."""
         if run.dir in self.sinks:
-            seconds = time.perf_counter() - self.started
             mean = (self.spent + seconds) / (self.done + 1)
             self._write(run.dir, epoch_line(epoch, self.epochs, totals, seconds, mean * (self.epochs - epoch)))
 
     def ended(self) -> None:
-        self.spent += time.perf_counter() - self.started
+        self.spent += time.perf_counter() - self.started  # with the epoch's checkpoints: what the eta needs
         self.done += 1
         self.epoch = None
 

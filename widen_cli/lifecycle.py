@@ -333,12 +333,13 @@ def drive(runs: list[Run], title: str, step: Callable[[int, Progress], tuple[flo
                 t0 = time.perf_counter()
                 log.begin(epoch)
                 lr, totals = step(epoch, progress)
-                seconds = (time.perf_counter() - t0) / n
+                wall = time.perf_counter() - t0
+                seconds = wall / n
                 with _interrupts_deferred():
                     for i, run in enumerate(runs):
                         if out[i] is None:
                             recorded = run.record(epoch, lr, totals[i], seconds, elapsed(), lambda: snapshot(i))
-                            log.end(run, epoch, totals[i])
+                            log.end(run, epoch, totals[i], wall)
                             if not recorded:
                                 out[i] = run.finish(model_of(i), elapsed())
                     log.ended()
