@@ -25,9 +25,8 @@ def run_member(job: Job, threads: int | None = None, restart: bool = False) -> s
     """Run one member as `widen train` would, quietly; returns its run folder. Top level: picklable."""
     from rich.console import Console
 
-    from widen_cli.train import run_training
-
     from widen_cli import epochlog
+    from widen_cli.train import run_training
 
     if threads:  # read by hardware.setup, which sets the thread count for the run
         os.environ["WIDEN_THREADS"] = str(threads)
