@@ -31,7 +31,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from widen_cli import checkpoint, claims, distributed, results
+from widen_cli import checkpoint, claims, distributed, epochlog, results
 from widen_cli.config import RunConfig, to_yaml
 from widen_cli.validation import resolve_distribution
 from widen_cli.errors import Interrupted, UserError
@@ -335,17 +335,25 @@ def drive(runs: list[Run], title: str, step: Callable[[int, Progress], tuple[flo
         return (time.perf_counter() - start) / n
 
     try:
-        with Progress(*COLUMNS, console=runs[0].console, transient=False) as progress:
-            task = progress.add_task(title, total=epochs, completed=first - 1, status="")
+        with Progress(*COLUMNS, console=runs[0].console, transient=False) as progress, \
+                epochlog.EpochLog(runs, epochs, progress) as log:
+            task = log.epoch_task = progress.add_task(title, total=epochs, completed=first - 1, status="")
+            for run in runs:
+                log.start(run)
             for epoch in range(first, last + 1):
                 t0 = time.perf_counter()
+                log.begin(epoch)
                 lr, totals = step(epoch, progress)
-                seconds = (time.perf_counter() - t0) / n
+                wall = time.perf_counter() - t0
+                seconds = wall / n
                 with _interrupts_deferred():
                     for i, run in enumerate(runs):
-                        if out[i] is None and not run.record(epoch, lr, totals[i], seconds, elapsed(),
-                                                             lambda: snapshot(i)):
-                            out[i] = run.finish(model_of(i), elapsed())
+                        if out[i] is None:
+                            recorded = run.record(epoch, lr, totals[i], seconds, elapsed(), lambda: snapshot(i))
+                            log.end(run, epoch, totals[i], wall)
+                            if not recorded:
+                                out[i] = run.finish(model_of(i), elapsed())
+                    log.ended()
                 progress.update(task, advance=1, status=_status(runs, totals, out))
                 if all(o is not None for o in out):
                     break
