@@ -109,6 +109,8 @@ def validate(cfg: DictConfig) -> RunConfig:
     """Check the composed config once, at the edge, and freeze it into a RunConfig."""
     data = _plain(cfg, "")
     data.pop("sweep", None)
+    if "data_fingerprint" in data:
+        raise UserError("data_fingerprint is not a setting: it is computed from the data when a command runs")
     if data.get("base_width") is None:
         data["base_width"] = data.get("width")
     run = _build(RunConfig, data, "")
