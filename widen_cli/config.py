@@ -9,7 +9,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ SELECT_ON = ("test", "val")
 # Data made from the config alone: its fingerprint adds nothing the identity lacks, so it is recorded but
 # left out of the identity (their runs keep the folders they had before fingerprints).
 GENERATED_DATASETS = ("digits", "synthetic")
+COMPUTED = "computed"  # metadata of a field a command computes (not a setting)
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,9 @@ class RunConfig:
     name: str | None = None
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     compile: bool = False  # torch.compile the model
-    # What data the run trains on (fingerprint.py), computed once per command from the files; not a setting.
-    data_fingerprint: str | None = None
+    # What data the run trains on (fingerprint.py), computed once per command from the files: no setting
+    # (COMPUTED: validate refuses it in a composed config).
+    data_fingerprint: str | None = field(default=None, metadata={COMPUTED: True})
 
     def identity(self) -> dict:
         """Everything that defines the experiment: not where it runs, nor where files and data live, but
