@@ -53,7 +53,10 @@ def _files(root: Path, names: list[str]) -> str | None:
         path = root / name
         try:
             with open(path, "rb") as f:
-                entries.append((name, os.fstat(f.fileno()).st_size, hashlib.file_digest(f, "sha256").hexdigest()))
+                sha = hashlib.sha256()
+                for block in iter(lambda: f.read(1 << 20), b""):  # (hashlib.file_digest: Python 3.11+)
+                    sha.update(block)
+                entries.append((name, os.fstat(f.fileno()).st_size, sha.hexdigest()))
         except OSError:  # missing or unreadable: the reader says so when it loads the data
             continue
     if not entries:
