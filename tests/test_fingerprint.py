@@ -3,6 +3,7 @@ identity. Datasets are written in their real on-disk formats (MNIST IDX files, i
 and trained through the real commands."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from test_data import write_folders, write_mnist
-from widen_cli import fingerprint
+from widen_cli import fingerprint, results
 from widen_cli.cli import app
 from widen_cli.config import DatasetConfig, load
 
@@ -170,3 +171,21 @@ def test_show_config_names_the_folder_training_uses(tmp_path, present):
         folder = shown.output.strip().splitlines()[-1].removeprefix("# run folder: ")
         assert widen("train", *MNIST, "--data-root", tmp_path / "data", "--out", tmp_path).exit_code == 0
         assert (Path(folder) / "summary.parquet").exists()
+
+
+def test_a_run_from_before_fingerprints_is_not_pooled_with_one_on_known_data(tmp_path):
+    write_mnist(tmp_path / "data", n_train=40)
+    out = tmp_path / "runs"
+    assert widen("train", *MNIST, "--data-root", tmp_path / "data", "--out", out).exit_code == 0
+    new, = run_folders(out)
+    old = out / "from-an-older-widen"  # the same run as an older widen wrote it: no fingerprint
+    shutil.copytree(new, old)
+    summary = pd.read_parquet(old / "summary.parquet")
+    identity = json.loads(summary.identity.item())
+    del identity["data_fingerprint"]
+    summary["identity"] = json.dumps(identity, sort_keys=True)
+    results.write_table(summary, old / "summary.parquet", "summary")
+    res = widen("report", out, "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    settings = sorted(pd.read_csv(tmp_path / "report" / "table.csv").setting)
+    assert len(settings) == 2 and settings[1] == "mnist mlp, data_fingerprint=unrecorded", settings
