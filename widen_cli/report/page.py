@@ -53,7 +53,8 @@ def _html(res: Results, plots: list[Plot], pngs: dict[str, bytes], table: pd.Dat
           tracked: pd.DataFrame) -> str:
     esc = html.escape
     parts = ["<h1>widen report</h1>",
-             f"<p>{len(res.runs)} runs, {len(res.plans)} plans, {len(res.kernels)} kernel-distance tables, read from "
+             f"<p>{len(res.runs)} runs{f' ({res.repeats} repeating another run, counted once)' if res.repeats else ''}, "
+             f"{len(res.plans)} plans, {len(res.kernels)} kernel-distance tables, read from "
              f"{len(res.sources)} Parquet files. Accuracies in percent; with several seeds, means with standard "
              f"errors.</p>"]
     if res.skipped:
