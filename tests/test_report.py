@@ -207,6 +207,49 @@ def test_real_sweep_report(tmp_path):
     assert table.loc["dense", "test_acc_w4"] == pytest.approx(100 * dense4.best_test_acc.mean(), abs=1e-4)
 
 
+def test_a_copied_sweep_folder_counts_each_seed_once(tmp_path):
+    """A real two-method sweep and a backup copy of its folder beside it: every cell holds one sample per
+    seed, with the mean of one run per seed."""
+    import shutil
+
+    res = widen("sweep-width", "--dataset", "digits", "--methods", "sparse,pruned", "--base-width", 4, "--widths",
+                "4,8", "--seeds", "0,1", "--epochs", 1, "--out", tmp_path / "runs", "--name", "s")
+    assert res.exit_code == 0, res.output
+    shutil.copytree(tmp_path / "runs" / "s", tmp_path / "runs" / "s-backup")
+    res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert "16 runs (8 of them repeat another's experiment, counted once)" in flat  # 4 members, 2 seeds, twice
+    assert "different numbers" not in flat  # the copies agree
+    gathered = pd.read_parquet(tmp_path / "runs" / "s" / results.RESULTS_FILE)
+    table = pd.read_csv(tmp_path / "report" / "table.csv").set_index("row")
+    for line, method, width in (("dense", "sparse", 4), ("dense", "dense", 8), ("sparse b=4", "sparse", 8),
+                                ("pruned magnitude b=4", "pruned", 8)):
+        runs = gathered[(gathered.method == method) & (gathered.width == width)]
+        assert sorted(runs.seed) == [0, 1]
+        assert table.loc[line, f"seeds_w{width}"] == 2
+        assert table.loc[line, f"test_acc_w{width}"] == pytest.approx(100 * runs.best_test_acc.mean(), abs=1e-4)
+    assert "(592, 2 seeds)" in (tmp_path / "report" / "table.md").read_text()
+    drawn = next(p for p in report.figures(report.load([tmp_path / "runs"], lambda _: None))
+                 if p.name == "test_acc_vs_width").data
+    assert set(drawn.runs) == {2}
+
+
+def test_repeats_that_disagree_are_named_and_counted_once(tmp_path):
+    first = write_run(tmp_path / "a", 0.6, "digits", "sparse", 8, 4, 0, epochs=3)
+    write_run(tmp_path / "a", 0.7, "digits", "sparse", 8, 4, 1, epochs=3)
+    again = write_run(tmp_path / "b", 0.9, "digits", "sparse", 8, 4, 0, epochs=3)  # seed 0 again, other numbers
+    res = widen("report", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    flat = "".join(res.output.split())  # rich wraps long paths anywhere
+    warning = "1experiment(s)wererunmorethanonce(sameidentityandseed)withdifferentnumbers"
+    assert flat.count(warning) == 1
+    assert f"{first.run_dir}(test60.00)vs{again.run_dir}(test90.00)".replace(" ", "") in flat
+    table = pd.read_csv(tmp_path / "report" / "table.csv").set_index("row")
+    assert table.loc["sparse b=4", "seeds_w8"] == 2
+    assert table.loc["sparse b=4", "test_acc_w8"] == pytest.approx(65.0)  # the first run of seed 0, and seed 1
+
+
 def test_no_parquet_exits_2(tmp_path):
     (tmp_path / "notes.txt").write_text("nothing here")
     res = widen("report", tmp_path, "--out", tmp_path / "report")
