@@ -270,11 +270,11 @@ def sweep_width(
         base_widths=budgets, methods=_names(methods) or ([method] if method else None),
         lrs=_numbers(lrs, float, "--lrs"), select_on=select_on)
     family = plan.plan_sweep(run, settings, name, plan.methods(composing, config_dir or (), run, settings))
-    sweep.check_family(family.sweep_dir, family, restart)
+    sweep.claim(family.sweep_dir, family, cfg, restart)
     table = family.table()
     display.plan(console, table, family.sweep_dir)
     display.sweep_cost(err, family.cost())
-    sweep.write_plan(family.sweep_dir, table, cfg, family.identity(), restart)
+    sweep.write_plan(family.sweep_dir, table)
     if dry_run:
         return
     results = sweep.run(family.jobs(), launcher, jobs, family.sweep_dir, err, settings, restart)

@@ -164,13 +164,33 @@ def check_launch(launcher: str, n_jobs: int) -> None:
         raise UserError(f"--jobs must be >= 1, got {n_jobs}")
 
 
-def check_family(sweep_dir: Path, plan, restart: bool) -> None:
-    """A sweep folder holds one sweep: the same --name with other settings (say --epochs 10 after
-    400, or other budgets or methods) is refused, naming them, unless --restart; its widths and seeds
-    (and with --lrs, its learning rates) may grow. A sweep.yaml that cannot be read is refused too (it
-    would turn the check off)."""
+def claim(sweep_dir: Path, plan, cfg, restart: bool) -> None:
+    """Claim the sweep folder for this sweep: write sweep.yaml (the composed config and the sweep's identity),
+    creating it only if absent, so that of two sweeps started together under one --name one creates it and
+    the other then checks against it. A folder holds one sweep: the same --name with other settings (say
+    --epochs 10 after 400, or other budgets or methods) is refused, naming them, unless --restart; its
+    widths and seeds (and with --lrs, its learning rates) may grow. A sweep.yaml that cannot be read is
+    refused too (it would turn the check off). Nothing is written for a refused sweep."""
+    import json
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    identity = plan.identity()
     if not restart:
-        _check_identity(sweep_dir, plan.identity())
+        _check_identity(sweep_dir, identity)
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data[SWEEP_IDENTITY] = json.loads(json.dumps(identity))  # tuples as lists
+    text = yaml.safe_dump(data, sort_keys=False)
+    path = sweep_dir / results.SWEEP_FILE
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if restart or not _create(path, text):
+            if not restart:
+                _check_identity(sweep_dir, identity)  # written by another sweep since the check above
+            results.write_text(text, path)  # the same sweep (grown widths or seeds), or --restart
+    except OSError as e:
+        raise UserError(f"cannot write to output folder {sweep_dir}: {e.strerror or e}") from None
 
 
 def _check_identity(sweep_dir: Path, identity: dict) -> None:
@@ -209,30 +229,12 @@ def _stored_identity(sweep_dir: Path) -> dict | None:
     return run.family_identity()
 
 
-SWEEP_IDENTITY = "sweep_identity"  # sweep.yaml's key for plan.sweep_identity (what check_family compares)
+SWEEP_IDENTITY = "sweep_identity"  # sweep.yaml's key for plan.sweep_identity (what claim compares)
 
 
-def write_plan(sweep_dir: Path, plan: pd.DataFrame, cfg, identity: dict | None = None,
-               restart: bool = False) -> None:
-    """sweep.yaml (the composed config, and the sweep's identity), then plan.parquet, in the sweep folder.
-    sweep.yaml is created only if absent, so of two sweeps started together under one --name only one
-    claims the folder; the other then finds it and goes on only with the same settings (check_family)."""
-    import json
-
-    import yaml
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(cfg, resolve=True)
-    if identity is not None:
-        data[SWEEP_IDENTITY] = json.loads(json.dumps(identity))  # tuples as lists
-    text = yaml.safe_dump(data, sort_keys=False)
-    path = sweep_dir / results.SWEEP_FILE
+def write_plan(sweep_dir: Path, plan: pd.DataFrame) -> None:
+    """plan.parquet in the sweep folder (claimed first: claim)."""
     try:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        if restart or not _create(path, text):
-            if not restart and identity is not None:
-                _check_identity(sweep_dir, identity)  # written by another sweep since check_family read it
-            results.write_text(text, path)  # the same sweep (grown widths or seeds), or --restart
         results.write_table(plan, sweep_dir / results.PLAN_FILE, "plan")
     except OSError as e:
         raise UserError(f"cannot write to output folder {sweep_dir}: {e.strerror or e}") from None
