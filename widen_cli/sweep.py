@@ -213,7 +213,7 @@ def _stored_identity(sweep_dir: Path) -> dict | None:
     path = sweep_dir / results.SWEEP_FILE
     try:
         stored = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no sweep there (writing will say if it cannot be)
         return None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else f"not valid YAML: {str(e).splitlines()[0]}"
