@@ -283,7 +283,8 @@ def test_two_sweeps_of_one_name_started_together(tmp_path, epochs, refused):
 
 
 @pytest.mark.parametrize("text,needle", [("optim: {epochs: [3\n", "not valid YAML"),
-                                         ("- 1\n- 2\n", "does not describe a sweep"), ("", "does not describe a sweep")])
+                                         ("- 1\n- 2\n", "does not describe a sweep"),
+                                         ("", "does not describe a sweep")])
 def test_a_garbled_sweep_yaml_is_refused(tmp_path, text, needle):
     first = ["sweep-width", "--experiment", "smoke_sweep", "--dry-run", "--out", tmp_path, "--name", "s"]
     assert widen(*first).exit_code == 0
