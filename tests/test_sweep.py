@@ -269,7 +269,7 @@ def test_two_sweeps_of_one_name_started_together(tmp_path, epochs, refused):
         procs.append(subprocess.Popen([sys.executable, "-c", RACER, tmp_path / f"ready{i}", go, *map(str, args)],
                                       env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for i, proc in enumerate(procs):
-        wait_for(tmp_path / f"ready{i}", proc)
+        wait_for(tmp_path / f"ready{i}", proc, timeout=600)
     go.touch()
     outputs = [p.communicate(timeout=300) for p in procs]
     codes = [p.returncode for p in procs]
