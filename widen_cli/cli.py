@@ -5,7 +5,9 @@ pandas, Hydra), so `--help` and option errors answer at once.
 """
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import signal
 import sys
 import threading
@@ -14,6 +16,7 @@ from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from widen_cli.errors import UserError
 from widen_cli.kernel_config import KERNEL_INPUTS, kernel_defaults
@@ -60,6 +63,10 @@ def multirun_hint(argv: list[str]) -> str | None:
     return None
 
 
+# OSErrors a user can fix (a full disk or quota, a read-only or forbidden folder): one line, not a traceback.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENAMETOOLONG)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -79,6 +86,14 @@ def user_errors(fn):
         except UserError as e:
             if is_main_process():
                 err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except OSError as e:
+            if e.errno not in DISK_ERRORS:
+                raise
+            if is_main_process():  # a full disk, a read-only or forbidden folder: the path and the cause
+                where = f"{e.filename}: " if e.filename else ""
+                err.print(f"[bold red]error:[/bold red] {escape(where + os.strerror(e.errno))}", highlight=False,
+                          soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt as e:
             if is_main_process():
@@ -182,12 +197,17 @@ def train(
         console.print(f"# run folder: {run.run_dir}", highlight=False, markup=False, soft_wrap=True)
         return
 
-    from widen_cli import display
+    from widen_cli import claims, display, memory
+    from widen_cli.data import spec_from_config
     from widen_cli.distributed import is_main_process
+    from widen_cli.hardware import resolve_device
     from widen_cli.jobs import make_job
     from widen_cli.train import run_training
 
+    claims.stale_seconds()  # a bad $WIDEN_CLAIM_TIMEOUT is refused before anything is written
     job = make_job(run)
+    memory.check("this run", memory.run_bytes(run, spec_from_config(run.dataset), job.member),
+                 resolve_device(run.device))
     result = run_training(job, err, restart=restart)
     if not is_main_process():
         return
@@ -253,11 +273,15 @@ def sweep_width(
     budgets = _numbers(base_width, int, "--base-width")
     # One budget is the base_width key, as for train; several go to sweep.base_widths.
     options = {**locals(), "base_width": budgets[0] if budgets and len(budgets) == 1 else None}
-    from widen_cli import config, display, plan, sweep
+    from widen_cli import claims, config, display, plan, sweep
 
     sweep.check_launch(launcher, jobs)
     if method and methods:
         raise UserError("give --method or --methods, not both")
+    if not (dataset or experiment or any(o.lstrip("+").startswith("dataset=") for o in overrides or ())):
+        raise UserError("sweep-width needs --dataset (or a preset, --experiment); add --dry-run to see the plan "
+                        "first, e.g. widen sweep-width --dataset digits --dry-run")
+    claims.stale_seconds()  # a bad $WIDEN_CLAIM_TIMEOUT is refused before anything is written
     if experiment is None:
         options = {**options, **{k: v for k, v in plan.SWEEP_DEFAULTS.items() if options[k] is None}}
     composing = config.overrides_from_options(experiment, options, overrides)
@@ -274,6 +298,11 @@ def sweep_width(
     table = family.table()
     display.plan(console, table, family.sweep_dir)
     display.sweep_cost(err, family.cost())
+    err.print(family.memory(), highlight=False, soft_wrap=True)  # refused here if a member cannot fit
+    if not dry_run:
+        from widen_cli.data import require
+
+        require(run.dataset)  # missing data is refused before the sweep folder is written
     sweep.write_plan(family.sweep_dir, table, cfg, family.identity())
     if dry_run:
         return
@@ -339,7 +368,7 @@ def kernel_distance(
     options = dict(locals())
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from widen_cli import display, kernels
+    from widen_cli import display, kernels, memory
     from widen_cli.hardware import resolve_device
     from widen_cli.kernel_config import kernel_config
 
@@ -347,6 +376,7 @@ def kernel_distance(
     cfg, ds = kernel_config(options)
     members = kernels.family(cfg)  # refuses impossible widths before any data is read
     dev = resolve_device(cfg.device)
+    memory.check("kernel-distance", memory.kernel_bytes(cfg, ds), dev, "--pairs or dense reference")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
         task = progress.add_task("kernel distance", total=len(members))

@@ -27,6 +27,9 @@ NORMALIZATIONS = ("per-channel", "per-pixel")
 # Dataset keys left out of a run's identity at these values (they came after runs were named).
 DATASET_DEFAULTS = {"normalize": ("per-channel",), "val_fraction": (None, 0, 0.0)}
 SELECT_ON = ("test", "val")
+FOLDER_DATASETS = ("imagenet", "imagefolder")  # read from image folders as they train; the others are in memory
+# dataset.augment's names: in-memory datasets are augmented on the device, image folders by torchvision.
+AUGMENTATIONS = {"tensor": ("crop", "flip"), "folder": ("resized_crop", "flip")}
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Every file is written to a temporary name and renamed into place.
 """
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +111,23 @@ def atomic_write(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # pyarrow and torch leave the file out of their errors: name it for the message
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
+    except RuntimeError as e:  # torch.save to a full disk: "unexpected pos ..." from its zip writer
+        if _full(tmp.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _full(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 def write_table(df: pd.DataFrame, path: Path, kind: str) -> None:
