@@ -296,9 +296,10 @@ def sweep_width(
     family = plan.plan_sweep(run, settings, name, plan.methods(composing, config_dir or (), run, settings))
     sweep.check_family(family.sweep_dir, family, restart)
     table = family.table()
+    needs = family.memory()  # a member that cannot fit the device is refused here, before anything is shown
     display.plan(console, table, family.sweep_dir)
     display.sweep_cost(err, family.cost())
-    err.print(family.memory(), highlight=False, soft_wrap=True)  # refused here if a member cannot fit
+    err.print(needs, highlight=False, soft_wrap=True)
     if not dry_run:
         from widen_cli.data import require
 

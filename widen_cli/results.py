@@ -111,8 +111,8 @@ def atomic_write(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as e:  # pyarrow and torch leave the file out of their errors: name it for the message
-        if e.filename is not None or e.errno is None:
+    except OSError as e:  # name the file meant (pyarrow and torch name none, others the temporary one)
+        if e.errno is None or e.filename not in (None, str(tmp)):
             raise
         raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
     except RuntimeError as e:  # torch.save to a full disk: "unexpected pos ..." from its zip writer
@@ -120,7 +120,10 @@ def atomic_write(path: Path, write) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only folder refuses even this; the error that matters is raised already
+            pass
 
 
 def _full(folder: Path) -> bool:
