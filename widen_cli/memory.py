@@ -47,8 +47,14 @@ def data_bytes(ds: DatasetConfig) -> int:
 
 def _activations(run: RunConfig, spec: InputSpec, member: Member) -> tuple[int, int, int]:
     """The model's parameters; per image, every layer's output kept for the backward pass and the largest
-    one (evaluation),
-    counted on the real model built on the meta device (shapes only, as cost.forward_macs does)."""
+    one (evaluation). Fully connected models (every weight 2-D): from the planned shapes, each layer's
+    output and its activation's. Others: counted on the real model built on the meta device (shapes only,
+    as cost.forward_macs does; its first pass imports torch's compiler, which a plain MLP run never needs)."""
+    shapes = list(member.layers.values())
+    if all(len(s) == 2 for s in shapes):
+        inputs = spec.channels * spec.image_size ** 2
+        params = sum(budget.numel(s) + s[0] for s in shapes)  # weights and biases
+        return params, inputs + sum(2 * s[0] for s in shapes), max([inputs, *(s[0] for s in shapes)])
     width = member.base_width if member.variant == "structured" else member.width
     with torch.device("meta"):
         model = build_model(run.model, width, spec, inner=member.inner, ranks=member.ranks)
