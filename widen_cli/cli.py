@@ -296,7 +296,7 @@ def sweep_width(
     family = plan.plan_sweep(run, settings, name, plan.methods(composing, config_dir or (), run, settings))
     sweep.check_family(family.sweep_dir, family, restart)
     table = family.table()
-    needs = family.memory()  # a member that cannot fit the device is refused here, before anything is shown
+    needs = family.memory(refuse=not dry_run)  # a member that cannot fit is refused before anything is shown
     display.plan(console, table, family.sweep_dir)
     display.sweep_cost(err, family.cost())
     err.print(needs, highlight=False, soft_wrap=True)

@@ -104,13 +104,16 @@ def describe(parts: dict[str, int]) -> str:
     return f"about {size_text(sum(parts.values()))} ({', '.join(f'{k} {size_text(v)}' for k, v in parts.items() if v)})"
 
 
-def check(what: str, parts: dict[str, int], device: torch.device,
-          smaller: str = "width, batch size or image size") -> str:
-    """One line for --dry-run: the estimate against the device's memory; refused if it does not fit."""
+def check(what: str, parts: dict[str, int], device: torch.device, smaller: str = "width, batch size or image size",
+          refuse: bool = True) -> str:
+    """One line: the estimate against the device's memory. What does not fit is refused, or with
+    `refuse=False` (a dry run, which allocates nothing: a plan may be meant for a bigger machine) said so."""
     from widen_cli.hardware import available_memory
 
     have, limit = available_memory(device)
     line = f"{what} needs {describe(parts)} of memory; {size_text(have)} available ({limit})"
-    if sum(parts.values()) > have:
+    if sum(parts.values()) <= have:
+        return line
+    if refuse:
         raise UserError(f"{line}: it does not fit; use a smaller {smaller}")
-    return line
+    return f"warning: {line}: it does not fit here, and would be refused when run"

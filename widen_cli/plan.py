@@ -219,8 +219,9 @@ class SweepPlan:
                     runs=len(jobs), epochs=sum(j.epochs for j in jobs), flops=flops,
                     cpu=resolve_device(run.device).type == "cpu")
 
-    def memory(self) -> str:
-        """The largest member's memory estimate against the device (memory.py); refused if it cannot fit."""
+    def memory(self, refuse: bool = True) -> str:
+        """The largest member's memory estimate against the device (memory.check: refused if it cannot fit,
+        unless not `refuse`)."""
         from widen_cli import memory
         from widen_cli.data import spec_from_config
         from widen_cli.hardware import resolve_device
@@ -229,7 +230,8 @@ class SweepPlan:
         sizes = [(memory.run_bytes(member_run(run, m, llc, 0, self.sweep_dir), spec, m), m)
                  for run, m, llc in self.entries]
         parts, m = max(sizes, key=lambda pm: sum(pm[0].values()))
-        return memory.check(f"the largest run (width {m.width}, {m.method})", parts, resolve_device(self.run.device))
+        return memory.check(f"the largest run (width {m.width}, {m.method})", parts, resolve_device(self.run.device),
+                            refuse=refuse)
 
     def table(self):
         import pandas as pd
