@@ -296,14 +296,15 @@ def sweep_width(
     family = plan.plan_sweep(run, settings, name, plan.methods(composing, config_dir or (), run, settings))
     sweep.check_family(family.sweep_dir, family, restart)
     table = family.table()
-    needs = family.memory(refuse=not dry_run)  # a member that cannot fit is refused before anything is shown
-    display.plan(console, table, family.sweep_dir)
-    display.sweep_cost(err, family.cost())
-    err.print(needs, highlight=False, soft_wrap=True)
+    # Refused before anything is shown or written: a member that cannot fit, data that is not there.
+    needs = family.memory(refuse=not dry_run)
     if not dry_run:
         from widen_cli.data import require
 
-        require(run.dataset)  # missing data is refused before the sweep folder is written
+        require(run.dataset)
+    display.plan(console, table, family.sweep_dir)
+    display.sweep_cost(err, family.cost())
+    err.print(needs, highlight=False, soft_wrap=True)
     sweep.write_plan(family.sweep_dir, table, cfg, family.identity())
     if dry_run:
         return

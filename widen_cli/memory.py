@@ -67,8 +67,8 @@ def _activations(run: RunConfig, spec: InputSpec, member: Member) -> tuple[int, 
     for layer in model.modules():
         if not list(layer.children()):  # leaf modules: each output is one stored activation
             layer.register_forward_hook(count)
-    with torch.no_grad():
-        model(torch.empty(1, spec.channels, spec.image_size, spec.image_size, device="meta"))
+    with torch.no_grad():  # eval: batch norm takes a batch of one however small the last feature map
+        model.eval()(torch.empty(1, spec.channels, spec.image_size, spec.image_size, device="meta"))
     params = sum(p.numel() for p in model.parameters())
     return params, sum(sizes), max(sizes, default=0)
 
