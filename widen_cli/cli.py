@@ -197,7 +197,7 @@ def train(
         console.print(f"# run folder: {run.run_dir}", highlight=False, markup=False, soft_wrap=True)
         return
 
-    from widen_cli import claims, display, memory
+    from widen_cli import claims, display, distributed, memory
     from widen_cli.data import spec_from_config
     from widen_cli.distributed import is_main_process
     from widen_cli.hardware import resolve_device
@@ -206,8 +206,9 @@ def train(
 
     claims.stale_seconds()  # a bad $WIDEN_CLAIM_TIMEOUT is refused before anything is written
     job = make_job(run)
-    memory.check("this run", memory.run_bytes(run, spec_from_config(run.dataset), job.member),
-                 resolve_device(run.device))
+    ctx = distributed.from_env()  # under torchrun: this process's GPU and its slice of each batch
+    memory.check("this run", memory.run_bytes(run, spec_from_config(run.dataset), job.member, ctx.world),
+                 resolve_device(distributed.device_for(ctx, run.device)))
     result = run_training(job, err, restart=restart)
     if not is_main_process():
         return

@@ -73,8 +73,9 @@ def _activations(run: RunConfig, spec: InputSpec, member: Member) -> tuple[int, 
     return params, sum(sizes), max(sizes, default=0)
 
 
-def run_bytes(run: RunConfig, spec: InputSpec, member: Member) -> dict[str, int]:
-    """The estimate of one run, by part (bytes)."""
+def run_bytes(run: RunConfig, spec: InputSpec, member: Member, ranks: int = 1) -> dict[str, int]:
+    """The estimate of one run, by part (bytes); under torchrun, of one of its `ranks` processes, which
+    holds the whole model and its slice of each batch."""
     copies = 2 + (run.optim.momentum > 0) + (run.method.name in ("sparse", "pruned"))  # + gradient, momentum, mask
     weights = sum(budget.numel(s) for s in member.layers.values())
     parts = {"data": data_bytes(run.dataset), "parameters+state": weights * FLOAT * copies, "activations": 0}
@@ -82,7 +83,7 @@ def run_bytes(run: RunConfig, spec: InputSpec, member: Member) -> dict[str, int]
         return parts
     params, kept, largest = _activations(run, spec, member)
     parts["parameters+state"] = params * FLOAT * copies
-    parts["activations"] = max(kept * run.optim.batch_size, 2 * largest * EVAL_BATCH) * FLOAT
+    parts["activations"] = max(kept * -(-run.optim.batch_size // ranks), 2 * largest * EVAL_BATCH) * FLOAT
     return parts
 
 
