@@ -5,9 +5,7 @@ pandas, Hydra), so `--help` and option errors answer at once.
 """
 from __future__ import annotations
 
-import errno
 import functools
-import os
 import signal
 import sys
 import threading
@@ -18,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from widen_cli.errors import UserError
+from widen_cli.errors import UserError, disk_error
 from widen_cli.kernel_config import KERNEL_INPUTS, kernel_defaults
 
 app = typer.Typer(
@@ -63,10 +61,6 @@ def multirun_hint(argv: list[str]) -> str | None:
     return None
 
 
-# OSErrors a user can fix (a full disk or quota, a read-only or forbidden folder): one line, not a traceback.
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENAMETOOLONG)
-
-
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -88,12 +82,10 @@ def user_errors(fn):
                 err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except OSError as e:
-            if e.errno not in DISK_ERRORS:
+            if disk_error(e) is None:
                 raise
-            if is_main_process():  # a full disk, a read-only or forbidden folder: the path and the cause
-                where = f"{e.filename}: " if e.filename else ""
-                err.print(f"[bold red]error:[/bold red] {escape(where + os.strerror(e.errno))}", highlight=False,
-                          soft_wrap=True)
+            if is_main_process():
+                err.print(f"[bold red]error:[/bold red] {escape(disk_error(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt as e:
             if is_main_process():
