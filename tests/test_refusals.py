@@ -106,18 +106,19 @@ def run_limited(*args):
                           preexec_fn=_limited, env={**os.environ, "WIDEN_THREADS": "1"})
 
 
+CPU = ["--device", "cpu"]  # the limit is the host's (CUDA would not even start under it)
 HUGE = {
-    "width 1e9": [*TRAIN[:-1], 1_000_000_000],
-    "width 3e7": [*TRAIN[:-1], 30_000_000],
-    "image size 100000": [*TRAIN, "--image-size", 100_000],
-    "sweep member 3e7": [*SWEEP[:-1], "8,30000000", "--method", "dense"],
-    "kernel pairs 1e10": [*KERNEL[:-4], "--pairs", 10_000_000_000],
+    "width 1e9": [*TRAIN[:-1], 1_000_000_000, *CPU],
+    "width 3e7": [*TRAIN[:-1], 30_000_000, *CPU],
+    "image size 100000": [*TRAIN, "--image-size", 100_000, *CPU],
+    "sweep member 3e7": [*SWEEP[:-1], "8,30000000", "--method", "dense", *CPU],
+    "kernel pairs 1e10": [*KERNEL[:-4], "--pairs", 10_000_000_000, *CPU],
 }
 
 
 def test_a_small_run_fits_under_the_limit(tmp_path):
     """The limit leaves room for a real run: what follows is refused for its size, not for the limit."""
-    proc = run_limited(*TRAIN, "--out", tmp_path)
+    proc = run_limited(*TRAIN, *CPU, "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
 
 
