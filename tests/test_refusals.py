@@ -143,7 +143,8 @@ def test_dry_run_prints_the_memory_estimate(tmp_path):
 
 
 @pytest.mark.parametrize("options", [dict(width=24), dict(model="resnet18", width=4),
-                                     dict(method="sparse", base_width=8, width=32)])
+                                     dict(method="sparse", base_width=8, width=32),
+                                     dict(method="linear-bottleneck", base_width=8, width=32)])
 def test_estimated_parameters_are_the_built_models(options):
     """The estimate counts the parameters the model really has (weights, biases, norms), times weights,
     gradients, momentum and (sparse) masks; its activations grow with the batch size."""

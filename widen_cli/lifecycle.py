@@ -211,11 +211,15 @@ class Run:
     def discard(self) -> None:
         """Remove the folders this process created for the run, with what it wrote there; the claim goes
         last, so that no other process starts writing in between."""
-        if not self.created or not self.main:
+        if not self.created or not self.main or not self.dir.is_dir():
             return
         for p in self.dir.iterdir():
-            if p.name != results.CLAIM_FILE:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            if p.name == results.CLAIM_FILE:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
         self.release()
         for d in self.created:
             try:

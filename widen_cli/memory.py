@@ -2,7 +2,7 @@
 device has (hardware.available_memory): a run that cannot fit is refused with one line naming both,
 instead of crashing (or being killed) after its folder was written. `sweep-width --dry-run` prints it.
 
-An estimate of the large parts, on the low side (a refusal is certain to be right): parameters, their
+An estimate of the large parts, on the low side (what is refused would not have fit): parameters, their
 gradients and SGD momentum, masks, the activations kept for the backward pass at the batch size, and an
 in-memory dataset (both splits, with the float copy a resize makes).
 """
@@ -46,18 +46,19 @@ def data_bytes(ds: DatasetConfig) -> int:
 
 
 def _activations(run: RunConfig, spec: InputSpec, member: Member) -> tuple[int, int, int]:
-    """The model's parameters; per image, every layer's output kept for the backward pass and the largest
-    one (evaluation). Fully connected models (every weight 2-D): from the planned shapes, each layer's
-    output and its activation's. Others: counted on the real model built on the meta device (shapes only,
-    as cost.forward_macs does; its first pass imports torch's compiler, which a plain MLP run never needs)."""
-    shapes = list(member.layers.values())
-    if all(len(s) == 2 for s in shapes):
-        inputs = spec.channels * spec.image_size ** 2
-        params = sum(budget.numel(s) + s[0] for s in shapes)  # weights and biases
-        return params, inputs + sum(2 * s[0] for s in shapes), max([inputs, *(s[0] for s in shapes)])
+    """The model's parameters (built on torch's meta device: shapes only, no memory); per image, every
+    layer's output kept for the backward pass and the largest one (evaluation). Fully connected models
+    (every weight 2-D): each layer's output and its activation's, from the planned shapes. Others: counted
+    in a forward pass on the meta device, as cost.forward_macs does (that pass imports torch's compiler,
+    which a plain MLP run never needs)."""
     width = member.base_width if member.variant == "structured" else member.width
     with torch.device("meta"):
         model = build_model(run.model, width, spec, inner=member.inner, ranks=member.ranks)
+    params = sum(p.numel() for p in model.parameters())
+    shapes = list(member.layers.values())
+    if all(len(s) == 2 for s in shapes):
+        inputs = spec.channels * spec.image_size ** 2
+        return params, inputs + sum(2 * s[0] for s in shapes), max([inputs, *(s[0] for s in shapes)])
     sizes = []
 
     def count(_layer, _inputs, out):
@@ -69,7 +70,6 @@ def _activations(run: RunConfig, spec: InputSpec, member: Member) -> tuple[int, 
             layer.register_forward_hook(count)
     with torch.no_grad():  # eval: batch norm takes a batch of one however small the last feature map
         model.eval()(torch.empty(1, spec.channels, spec.image_size, spec.image_size, device="meta"))
-    params = sum(p.numel() for p in model.parameters())
     return params, sum(sizes), max(sizes, default=0)
 
 

@@ -8,8 +8,9 @@ from dataclasses import MISSING, fields, replace
 from typing import TYPE_CHECKING
 
 from widen_cli.budget import DISTRIBUTIONS, default_distribution, fix_last_layer
-from widen_cli.config import (AUGMENTATIONS, FOLDER_DATASETS, INITS, NORMALIZATIONS, PRECISIONS, PRUNE_VARIANTS, SELECT_ON, DatasetConfig,
-                              MethodConfig, ModelConfig, OptimConfig, RunConfig, SubmititConfig, SweepConfig)
+from widen_cli.config import (AUGMENTATIONS, FOLDER_DATASETS, INITS, NORMALIZATIONS, PRECISIONS, PRUNE_VARIANTS,
+                              SELECT_ON, DatasetConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig,
+                              SubmititConfig, SweepConfig)
 from widen_cli.errors import UserError
 from widen_cli.schedules import SCHEDULES
 
@@ -194,7 +195,8 @@ def _check_dataset(ds) -> None:
     valid = AUGMENTATIONS["folder" if ds.name in FOLDER_DATASETS else "tensor"]
     unknown = [a for a in ds.augment if a not in valid]
     if unknown:
-        raise UserError(f"dataset.augment: unknown augmentation {unknown[0]!r} for {ds.name}; valid: {', '.join(valid)}")
+        raise UserError(f"dataset.augment: unknown augmentation {unknown[0]!r} for {ds.name}; valid: "
+                        f"{', '.join(valid)}")
 
 
 def resolve_distribution(run: RunConfig) -> RunConfig:
