@@ -92,11 +92,14 @@ def _address_space_left() -> int | None:
     return max(0, soft - mapped)
 
 
-def available_memory(device: torch.device) -> tuple[int, str]:
-    """Bytes a run on `device` may use, and what sets the limit: a GPU's free memory; on the CPU, the
-    physical memory capped by a container's limit and by `ulimit -v` (the totals, not what is free now,
-    so that the answer does not depend on what else runs)."""
+def available_memory(device: torch.device, here: bool = True) -> tuple[int, str]:
+    """Bytes a run on `device` may use, and what sets the limit: a GPU's free memory (not `here`, as for a
+    sweep whose members may run in other processes: its size, which asks no CUDA context of this one); on
+    the CPU, the physical memory capped by a container's limit and by `ulimit -v` (the totals, not what
+    is free now, so that the answer does not depend on what else runs)."""
     if device.type == "cuda":
+        if not here:
+            return torch.cuda.get_device_properties(device).total_memory, f"the size of {device}"
         free, _total = torch.cuda.mem_get_info(device)
         return free, f"free on {device}"
     limits = [(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"),

@@ -106,12 +106,13 @@ def describe(parts: dict[str, int]) -> str:
 
 
 def check(what: str, parts: dict[str, int], device: torch.device, smaller: str = "width, batch size or image size",
-          refuse: bool = True) -> str:
-    """One line: the estimate against the device's memory. What does not fit is refused, or with
-    `refuse=False` (a dry run, which allocates nothing: a plan may be meant for a bigger machine) said so."""
+          refuse: bool = True, here: bool = True) -> str:
+    """One line: the estimate against the device's memory (hardware.available_memory; `here`: the run is
+    in this process). What does not fit is refused, or with `refuse=False` (a dry run, which allocates
+    nothing: a plan may be meant for a bigger machine) said so."""
     from widen_cli.hardware import available_memory
 
-    have, limit = available_memory(device)
+    have, limit = available_memory(device, here)
     line = f"{what} needs {describe(parts)} of memory; {size_text(have)} available ({limit})"
     if sum(parts.values()) <= have:
         return line

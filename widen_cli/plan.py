@@ -231,7 +231,7 @@ class SweepPlan:
                  for run, m, llc in self.entries]
         parts, m = max(sizes, key=lambda pm: sum(pm[0].values()))
         return memory.check(f"the largest run (width {m.width}, {m.method})", parts, resolve_device(self.run.device),
-                            refuse=refuse)
+                            refuse=refuse, here=False)
 
     def table(self):
         import pandas as pd
