@@ -10,6 +10,7 @@ The claim file is removed when the run finishes, fails or is interrupted.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -29,9 +30,12 @@ def stale_seconds() -> float:
     """10 minutes, plus $WIDEN_CLAIM_TIMEOUT seconds (for file systems or clocks that lag)."""
     extra = os.environ.get(TIMEOUT_ENV, "").strip() or "0"
     try:
-        return STALE_SECONDS + float(extra)
+        seconds = float(extra)
     except ValueError:
-        raise UserError(f"{TIMEOUT_ENV} must be a number of seconds, got {extra!r}") from None
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):  # negative: live claims would look stale and be taken
+        raise UserError(f"{TIMEOUT_ENV} must be a number of seconds >= 0, got {extra!r}")
+    return STALE_SECONDS + seconds
 
 
 @dataclass(frozen=True)

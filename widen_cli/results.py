@@ -6,6 +6,7 @@ Every file is written to a temporary name and renamed into place.
 """
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +113,26 @@ def atomic_write(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # name the file meant (pyarrow and torch name none, others the temporary one)
+        if e.errno is None or e.filename not in (None, str(tmp)):
+            raise
+        raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
+    except RuntimeError as e:  # torch.save to a full disk: "unexpected pos ..." from its zip writer
+        if _full(tmp.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only folder refuses even this; the error that matters is raised already
+            pass
+
+
+def _full(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 def write_table(df: pd.DataFrame, path: Path, kind: str) -> None:
