@@ -225,9 +225,17 @@ def table_kind(path: Path) -> tuple[str, int] | None:
 
 
 def read_table(path: Path) -> pd.DataFrame:
+    """A table as a DataFrame; missing text is None (as Python code tests it), not NaN."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    return pd.read_parquet(path)
+    table = pq.read_table(path)
+    df = table.to_pandas()
+    for f in table.schema:
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            df[f.name] = pd.Series(table.column(f.name).to_pylist(), index=df.index, dtype=object)
+    return df
 
 
 def write_text(text: str, path: Path) -> None:
