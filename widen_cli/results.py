@@ -56,7 +56,7 @@ def _fields(spec: str, required: tuple[str, ...] = ()) -> list[tuple[str, str, b
 # held-out part of the training split (dataset.val_fraction), null without one. run: the run's folder
 # name (a summary's and a results row's `run`), so that the metrics of many runs read together are told apart.
 METRICS_FIELDS = _fields("epoch:int lr:float train_loss:float train_acc:float test_loss:float test_acc:float "
-                         "val_loss:float val_acc:float seconds:float run:str", required=("epoch", "run"))
+                         "val_loss:float val_acc:float seconds:float run:str", required=("epoch",))
 
 # One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
 # distribution and within are the member's (None for dense); identity is json.dumps(run.identity(),
@@ -141,7 +141,7 @@ class Schema:
 # raised last (metrics, summary, results and plan to 2, kernel to 3) brought declared column types, the
 # `run` column of metrics and summaries and the provenance columns; older files are still read.
 TABLES = {
-    "metrics": Schema(METRICS_FIELDS, 2, ("val_loss", "val_acc")),
+    "metrics": Schema(METRICS_FIELDS, 2, ("val_loss", "val_acc", "run")),  # a run's own are never without run
     "summary": Schema([*SUMMARY_FIELDS, *PROVENANCE_FIELDS], 2, ("val_acc", "run", *PROVENANCE_COLUMNS)),
     "results": Schema(RESULTS_FIELDS, 2, ("val_acc", "lr", "selected", *PROVENANCE_COLUMNS)),
     "plan": Schema(PLAN_FIELDS, 2, ("base_width",)),
