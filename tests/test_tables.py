@@ -64,7 +64,7 @@ def test_every_kind_reads_as_one_table(tree, kind):
     assert len(paths) >= 2, paths
     rows = sum(pq.read_metadata(p).num_rows for p in paths)
     glob = f"{root}/**/{FILES[kind]}"
-    assert len(duckdb.sql(f"SELECT * FROM '{glob}'").fetchall()) == rows
+    assert len(duckdb.sql(f"SELECT * FROM '{glob}'").df()) == rows
     assert pl.scan_parquet(glob).collect().height == rows
     assert ds.dataset([str(p) for p in paths]).to_table().num_rows == rows
     assert len(pd.concat(map(pd.read_parquet, paths))) == rows
