@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from widen_cli import results
-from widen_cli.errors import UserError
+from widen_cli.errors import MemberError
 
 FILENAME = results.CHECKPOINT_FILE
 FORMAT = "widen-checkpoint/1"
@@ -31,30 +31,59 @@ def save(path: Path, *, identity: dict, epoch: int, rows: list[dict], elapsed: f
     results.atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+RESTART = "pass --restart to discard it and start the run over"
+# What a checkpoint holds, and of which type (a file that lacks any of it is refused, not half-used).
+FIELDS = dict(identity=str, epoch=int, rows=list, elapsed=(int, float), model=dict, optimizer=dict,
+              scheduler=dict, masks=(dict, type(None)), threads=(int, type(None)), rng=dict)
+
+
 def load(path: Path) -> dict | None:
-    """The checkpoint at `path` (None if there is none); anything unreadable is a UserError that says
-    how to start over. Whose run it is (its `identity`) the caller checks (lifecycle.py)."""
+    """The checkpoint at `path` (None if there is none); anything unreadable, or lacking what a
+    checkpoint holds, is a MemberError that says how to start over. Whose run it is (its `identity`)
+    and whether its epoch fits the run the caller checks (lifecycle.py)."""
     if not path.exists():
         return None
-    restart = "pass --restart to discard it and start the run over"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle refused by weights_only, not a torch file, ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read checkpoint {path} ({reason[:200]}); {restart}") from None
+        raise MemberError(f"cannot read checkpoint {path} ({reason[:200]}); {RESTART}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not a widen checkpoint; {restart}")
+        raise MemberError(f"{path} is not a widen checkpoint; {RESTART}")
+    wrong = [k for k, t in FIELDS.items() if not isinstance(state.get(k), t)]
+    if wrong or not isinstance(state["rng"].get("torch"), torch.Tensor):
+        raise MemberError(f"checkpoint {path} is damaged (missing or wrong: {', '.join(wrong) or 'rng'}); {RESTART}")
     return state
 
 
-def restore(state: dict, model: torch.nn.Module, optimizer, scheduler) -> None:
-    """Put model, optimiser, scheduler and RNGs back as they were at the end of the saved epoch."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
+def restore(state: dict, model: torch.nn.Module, optimizer, scheduler, path: Path) -> None:
+    """Put model, optimiser, scheduler and RNGs back as they were at the end of the saved epoch; a state
+    that does not fit them (missing keys, wrong shapes) is a MemberError."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the optimiser takes its state's shapes on trust
+            for p in group["params"]:
+                buffer = optimizer.state.get(p, {}).get("momentum_buffer")
+                if buffer is not None and buffer.shape != p.shape:
+                    raise ValueError(f"momentum buffer of shape {tuple(buffer.shape)} for a weight of "
+                                     f"shape {tuple(p.shape)}")
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        reason = str(e).strip().replace("\n", " ").replace("\t", "")
+        raise MemberError(f"checkpoint {path} does not fit this run's model ({reason[:300]}); {RESTART}") from None
     if torch.cuda.is_available() and len(state["rng"]["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def saved_masks(state: dict, expected: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's masks, refused unless they are bool masks of the run's layers and shapes."""
+    masks = state["masks"]
+    shapes = {n: (tuple(m.shape), m.dtype) for n, m in masks.items() if isinstance(m, torch.Tensor)}
+    if shapes != {n: (tuple(m.shape), m.dtype) for n, m in expected.items()}:
+        raise MemberError(f"checkpoint {path} holds masks that do not fit this run's layers; {RESTART}")
+    return masks
 
 
 def discard(run_dir: Path) -> None:

@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from widen_cli import checkpoint, claims, distributed, results
 from widen_cli.config import RunConfig, to_yaml
 from widen_cli.validation import resolve_distribution
-from widen_cli.errors import Interrupted, UserError
+from widen_cli.errors import Interrupted, MemberError, UserError
 from widen_cli.jobs import Job, parent_run
 
 POLL_SECONDS = 1.0  # how often a run claimed elsewhere is checked while waiting for it
@@ -120,17 +120,33 @@ def stored_identity(summary: dict, run_dir: Path) -> dict | None:
 
 
 def finished(job: Job) -> RunResult | None:
-    """The run's result read back if it has finished; refused if it finished with other settings."""
+    """The run's result read back if it has finished; refused if it finished with other settings, or
+    if its summary or metrics cannot be read. What a kill right after the summary left is tidied."""
     path = job.run_dir / results.SUMMARY_FILE
     if not path.exists():
         return None
-    summary = results.read_table(path).iloc[0].to_dict()
+    summary = results.read_finished(path, "summary", job.run_dir).iloc[0].to_dict()
     stored = stored_identity(summary, job.run_dir)
     diffs = differences(job.run.identity(), stored, job.run_dir) if stored is not None else []
     if diffs:
         raise UserError(f"{job.run_dir} holds a finished run with other settings ({'; '.join(diffs)}); "
                         f"choose another --name or --out, or delete the folder to retrain it")
-    return RunResult(results.read_table(job.run_dir / results.METRICS_FILE), summary, skipped=True)
+    metrics = results.read_finished(job.run_dir / results.METRICS_FILE, "metrics", job.run_dir)
+    if distributed.is_main_process():
+        tidy_finished(job.run_dir)
+    return RunResult(metrics, summary, skipped=True)
+
+
+def tidy_finished(run_dir: Path) -> None:
+    """A finished run keeps no checkpoint, temporaries or claim of a dead holder: a kill just after its
+    summary was written leaves them (best effort: a read-only folder keeps them)."""
+    try:
+        (run_dir / checkpoint.FILENAME).unlink(missing_ok=True)
+        for tmp in results.stale_temporaries(run_dir, claims.stale_seconds()):
+            tmp.unlink(missing_ok=True)
+        claims.remove_stale(run_dir)
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------- start
@@ -196,6 +212,11 @@ class Run:
         if self.claim is not None:
             self.claim.release()
 
+    def check_claim(self) -> None:
+        """Before each write: stop (ClaimLost) if another process took the run over meanwhile."""
+        if self.claim is not None:
+            self.claim.check()
+
     def prepare(self, restart: bool) -> Run:
         """config.yaml, and the checkpoint to resume from (`restart`: discard it instead)."""
         try:
@@ -223,6 +244,11 @@ class Run:
         if diffs:
             raise UserError(f"checkpoint {path} was written by a run with a different config ({'; '.join(diffs)}); "
                             f"pass --restart to discard it and start the run over (or choose another --name)")
+        epochs = self.job.epochs
+        if not 1 <= self.state["epoch"] <= epochs or len(self.state["rows"]) != self.state["epoch"]:
+            raise MemberError(f"checkpoint {path} is damaged (it says epoch {self.state['epoch']} with "
+                              f"{len(self.state['rows'])} rows of metrics, of a run of {epochs} epochs); "
+                              f"{checkpoint.RESTART}")
         self.rows, self.elapsed = list(self.state["rows"]), self.state["elapsed"]
         self.saved = self.state["epoch"]
         self.first = self.saved + 1
@@ -235,9 +261,22 @@ class Run:
                            else f"training {self.dir} ({epochs} epochs)", highlight=False, soft_wrap=True)
 
     def save_masks(self, masks) -> None:
-        """masks.pt, when the run starts (a resumed run goes on with its checkpoint's masks)."""
-        if masks is not None and self.main and self.state is None:
-            masks.save(self.dir / results.MASKS_FILE)
+        """masks.pt, when the run starts. A resumed run goes on with its checkpoint's masks: masks.pt is
+        checked against them and written again from them if it is damaged, missing or differs."""
+        if masks is None or not self.main:
+            return
+        path = self.dir / results.MASKS_FILE
+        if self.state is not None:
+            state = masks.state()
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                if saved.keys() == state.keys() and all(torch.equal(saved[n], m) for n, m in state.items()):
+                    return
+            except Exception:  # noqa: BLE001 - missing, truncated, garbled, not a dict of masks
+                pass
+            self.console.print(f"[yellow]warning:[/yellow] {path} was damaged or missing; written again from the "
+                               f"checkpoint's masks", highlight=False, soft_wrap=True)
+        masks.save(path)
 
     def metrics(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=results.METRICS_COLUMNS)
@@ -251,6 +290,7 @@ class Run:
                               val_acc=t.val_acc))
         diverged = not math.isfinite(t.train_loss)
         if self.main:
+            self.check_claim()
             results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics")
             if not diverged:  # a diverged run is over: nothing to resume
                 checkpoint.save(self.dir / checkpoint.FILENAME, identity=self.job.run.identity(), epoch=epoch,
@@ -268,6 +308,7 @@ class Run:
         metrics = self.metrics()
         summary = summary_row(self.job, metrics, self.status, self.elapsed + elapsed)
         if self.main:
+            self.check_claim()
             results.atomic_write(self.dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
             results.write_table(pd.DataFrame([summary]), self.dir / results.SUMMARY_FILE, "summary")
             (self.dir / checkpoint.FILENAME).unlink(missing_ok=True)

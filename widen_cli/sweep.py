@@ -17,7 +17,7 @@ import submitit.helpers
 
 from widen_cli import checkpoint, results
 from widen_cli.config import SweepConfig
-from widen_cli.errors import UserError
+from widen_cli.errors import MemberError, UserError
 from widen_cli.jobs import Job, parent_run
 
 
@@ -87,9 +87,9 @@ def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, 
                 family.train_family(batch, console)
             for job in batch:
                 done(job)
-        except UserError:
-            raise
         except Exception as e:  # noqa: BLE001 - one member's crash must not stop the family
+            if isinstance(e, UserError) and not isinstance(e, MemberError):
+                raise  # a mistake in the command: every member would fail the same way
             for job in batch:
                 done(job, e)
 
@@ -276,21 +276,28 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
     """results.parquet: one row per member, learning rate and seed, from the members' own summary files;
     a member without one is a `failed` row with its planned identity and its error. `selected` marks the
     learning rate chosen for each member and seed (select)."""
+    from widen_cli.lifecycle import tidy_finished
+
     rows = []
     for job in jobs:
         path = job.run_dir / results.SUMMARY_FILE
+        error = (errors or {}).get(job.run_dir, "did not finish (no summary.parquet)")
+        row = None
         if path.exists():
-            row = results.read_table(path).iloc[0].to_dict()
+            try:  # a damaged summary fails this member, not the gather
+                row = results.read_finished(path, "summary", job.run_dir).iloc[0].to_dict()
+            except UserError as e:
+                error = str(e)
+        if row is not None:
             row.setdefault("status", "finished")  # summaries from before statuses were recorded
             row["error"] = None
+            tidy_finished(job.run_dir)
         else:
             m = job.member
-            metrics = job.run_dir / results.METRICS_FILE
             row = dict(dataset=job.run.dataset.name, model=job.run.model.name, method=m.method, width=m.width,
                        base_width=m.base_width, n_weights=m.n_weights, n_weights_dense=m.n_weights_dense,
-                       connectivity=m.connectivity, seed=job.run.seed,
-                       epochs=len(results.read_table(metrics)) if metrics.exists() else 0, status="failed",
-                       error=(errors or {}).get(job.run_dir, "did not finish (no summary.parquet)"))
+                       connectivity=m.connectivity, seed=job.run.seed, epochs=_epochs_done(job.run_dir),
+                       status="failed", error=error)
         pruned = job.member.method == "pruned"  # the pruning columns, for failed rows and older summaries
         row.setdefault("variant", job.member.variant)
         row.setdefault("parent_run", parent_run(job.run).run_name() if pruned else None)
@@ -303,6 +310,14 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
     df["selected"] = select(df, [_untuned(job) for job in jobs], select_on)
     results.write_table(df, sweep_dir / results.RESULTS_FILE, "results")
     return df
+
+
+def _epochs_done(run_dir: Path) -> int:
+    """The epochs an unfinished member recorded (0 where its metrics are missing or unreadable)."""
+    try:
+        return len(results.read_table(run_dir / results.METRICS_FILE))
+    except Exception:  # noqa: BLE001 - missing or damaged: the error column says what happened
+        return 0
 
 
 # What picks a member's learning rate: the paper's best test accuracy, or the last epoch's accuracy on

@@ -136,11 +136,28 @@ def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int) -> None
     """A dense run keeps its initial weights (epoch 0) and those of the epochs its job asks for: what
     magnitude-rewind members pruned from it go back to."""
     job = run.job
-    if not run.main or job.run.method.name != "dense" or (epoch == 0 and run.state is not None):
+    if not run.main or job.run.method.name != "dense" or not (epoch == 0 or epoch in job.keep_weights):
         return
-    if epoch == 0 or epoch in job.keep_weights:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        results.atomic_write(results.weights_at_epoch(run.dir, epoch), lambda tmp: torch.save(state, tmp))
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    path = results.weights_at_epoch(run.dir, epoch)
+    if epoch == 0 and run.state is not None:  # resuming: the file was written when the run started
+        if _fits(path, state):
+            return
+        # Damaged or missing (a crash, a disk fault): the initial weights are drawn on the CPU from the
+        # run's seed, so `model` holds the very same ones again (it is not restored yet).
+        run.console.print(f"[yellow]warning:[/yellow] {path} was unreadable or missing; written again from the "
+                          f"run's seed", highlight=False, soft_wrap=True)
+    results.atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _fits(path: Path, state: dict) -> bool:
+    """Whether the weights file at `path` loads and holds the model's keys and shapes."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return isinstance(saved, dict) and {k: getattr(v, "shape", None) for k, v in saved.items()} \
+            == {k: v.shape for k, v in state.items()}
+    except Exception:  # noqa: BLE001 - missing, truncated, garbled: written again
+        return False
 
 
 def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device,
@@ -167,14 +184,14 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
         masks = Masks(model, kept)
         masks.apply_()
     if masks is not None:
-        if state is not None and state["masks"] is not None:
-            masks = Masks(model, state["masks"])  # go on with exactly the masks the run started with
+        if state is not None and state["masks"] is not None:  # go on with exactly the masks the run started with
+            masks = Masks(model, checkpoint.saved_masks(state, masks.state(), opened.dir / checkpoint.FILENAME))
         distributed.check_identical(ctx, masks.state(), "masks")
         opened.save_masks(masks)
     keep_weights(opened, model, 0)
     opt, sched = make_optimizer(model, opened.job.optim)
     if state is not None:
-        checkpoint.restore(state, model, opt, sched)
+        checkpoint.restore(state, model, opt, sched, opened.dir / checkpoint.FILENAME)
     # What forward passes go through (DDP, bf16 autocast, compile); `model` stays the plain module the
     # optimiser, masks and saved state refer to.
     net = hardware.accelerate(distributed.wrap(model, ctx, device), device, run.precision, run.compile)
