@@ -21,14 +21,14 @@ FORMAT = "widen-checkpoint/1"
 
 
 def save(path: Path, *, identity: dict, epoch: int, rows: list[dict], elapsed: float, model: torch.nn.Module,
-         optimizer, scheduler, masks: dict[str, torch.Tensor] | None) -> None:
+         optimizer, scheduler, masks: dict[str, torch.Tensor] | None, check=None) -> None:
     state = dict(
         format=FORMAT, identity=json.dumps(identity, sort_keys=True), epoch=epoch, rows=rows, elapsed=elapsed,
         model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
         masks=masks, threads=torch.get_num_threads(), rng=dict(torch=torch.get_rng_state(),
                               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
     )
-    results.atomic_write(path, lambda tmp: torch.save(state, tmp))
+    results.atomic_write(path, lambda tmp: torch.save(state, tmp), check)
 
 
 RESTART = "pass --restart to discard it and start the run over"

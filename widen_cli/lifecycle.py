@@ -213,7 +213,8 @@ class Run:
             self.claim.release()
 
     def check_claim(self) -> None:
-        """Before each write: stop (ClaimLost) if another process took the run over meanwhile."""
+        """Before each write (and again just before its rename): stop (ClaimLost) if another process took
+        the run over meanwhile (this one was paused past the stale time)."""
         if self.claim is not None:
             self.claim.check()
 
@@ -291,10 +292,10 @@ class Run:
         diverged = not math.isfinite(t.train_loss)
         if self.main:
             self.check_claim()
-            results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics")
+            results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics", self.check_claim)
             if not diverged:  # a diverged run is over: nothing to resume
                 checkpoint.save(self.dir / checkpoint.FILENAME, identity=self.job.run.identity(), epoch=epoch,
-                                rows=self.rows, elapsed=self.elapsed + elapsed, **snapshot())
+                                rows=self.rows, elapsed=self.elapsed + elapsed, **snapshot(), check=self.check_claim)
         if diverged:
             self.status = "diverged"
             self.console.print(f"[red]{self.job.run.run_name()}: training loss is {t.train_loss} in epoch {epoch}: "
@@ -309,8 +310,9 @@ class Run:
         summary = summary_row(self.job, metrics, self.status, self.elapsed + elapsed)
         if self.main:
             self.check_claim()
-            results.atomic_write(self.dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
-            results.write_table(pd.DataFrame([summary]), self.dir / results.SUMMARY_FILE, "summary")
+            results.atomic_write(self.dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp),
+                                 self.check_claim)
+            results.write_table(pd.DataFrame([summary]), self.dir / results.SUMMARY_FILE, "summary", self.check_claim)
             (self.dir / checkpoint.FILENAME).unlink(missing_ok=True)
         self.release()
         return RunResult(metrics, summary, model=model)

@@ -128,14 +128,18 @@ def sync_folder(folder: Path) -> None:
         pass
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, check=None) -> None:
     """Call write(tmp) on a temporary name beside `path`, flush it to disk, rename it into place and
-    flush the folder: after a power loss the old file or the new one is there, never an empty one."""
+    flush the folder: after a power loss the old file or the new one is there, never an empty one.
+    check(), if given, runs just before the rename and may raise to leave `path` as it is (a run's
+    writer that lost its claim: lifecycle.py)."""
     path = Path(path)
     tmp = temporary(path)
     try:
         write(tmp)
         _fsync(tmp)
+        if check is not None:
+            check()
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -172,9 +176,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_table(df: pd.DataFrame, path: Path, kind: str) -> None:
+def write_table(df: pd.DataFrame, path: Path, kind: str, check=None) -> None:
     """Write a DataFrame as a table of `kind`: exactly its columns, in order (a missing one is a bug:
-    KeyError, unless the schema calls it optional), with the kind and schema version in the Parquet metadata."""
+    KeyError, unless the schema calls it optional), with the kind and schema version in the Parquet metadata.
+    check: as for atomic_write."""
     import pyarrow as pa  # here, not at import time: most commands never write a table
     import pyarrow.parquet as pq
 
@@ -184,7 +189,7 @@ def write_table(df: pd.DataFrame, path: Path, kind: str) -> None:
         df = df.assign(**{c: None for c in missing})
     table = pa.Table.from_pandas(df[schema.columns], preserve_index=False)
     meta = {**(table.schema.metadata or {}), KIND_KEY: kind.encode(), VERSION_KEY: str(schema.version).encode()}
-    atomic_write(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp), check)
 
 
 def table_kind(path: Path) -> tuple[str, int] | None:

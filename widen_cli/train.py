@@ -147,7 +147,7 @@ def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int) -> None
         # run's seed, so `model` holds the very same ones again (it is not restored yet).
         run.console.print(f"[yellow]warning:[/yellow] {path} was unreadable or missing; written again from the "
                           f"run's seed", highlight=False, soft_wrap=True)
-    results.atomic_write(path, lambda tmp: torch.save(state, tmp))
+    results.atomic_write(path, lambda tmp: torch.save(state, tmp), run.check_claim)
 
 
 def _fits(path: Path, state: dict) -> bool:
