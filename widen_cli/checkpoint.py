@@ -38,9 +38,9 @@ FIELDS = dict(identity=str, epoch=int, rows=list, elapsed=(int, float), model=di
 
 
 def load(path: Path) -> dict | None:
-    """The checkpoint at `path` (None if there is none); anything unreadable, or lacking what a
-    checkpoint holds, is a MemberError that says how to start over. Whose run it is (its `identity`)
-    and whether its epoch fits the run the caller checks (lifecycle.py)."""
+    """The checkpoint at `path` (None if there is none); anything unreadable, or lacking what a checkpoint
+    holds, is a MemberError that says how to start over. Whose run it is (its `identity`) the caller
+    checks (lifecycle.py), then its epoch (check_epoch)."""
     if not path.exists():
         return None
     try:
@@ -54,6 +54,27 @@ def load(path: Path) -> dict | None:
     if wrong or not isinstance(state["rng"].get("torch"), torch.Tensor):
         raise MemberError(f"checkpoint {path} is damaged (missing or wrong: {', '.join(wrong) or 'rng'}); {RESTART}")
     return state
+
+
+def check_epoch(state: dict, epochs: int, path: Path) -> None:
+    """Refuse a checkpoint of this run whose epoch is not one of its `epochs` (it would pass for finished)
+    or does not match its metrics rows."""
+    epoch = state["epoch"]
+    if not 1 <= epoch <= epochs or len(state["rows"]) != epoch:
+        raise MemberError(f"checkpoint {path} is damaged (it says epoch {epoch} with {len(state['rows'])} rows of "
+                          f"metrics, in a run of {epochs} epochs); {RESTART}")
+
+
+def check_fits(state: dict, model: torch.nn.Module, path: Path) -> None:
+    """Refuse a checkpoint whose model state lacks keys of `model`, has others, or other shapes."""
+    saved = {k: tuple(getattr(v, "shape", ())) for k, v in state["model"].items()}
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if saved != wanted:
+        missing, extra = sorted(wanted.keys() - saved.keys()), sorted(saved.keys() - wanted.keys())
+        shapes = sorted(k for k in wanted.keys() & saved.keys() if wanted[k] != saved[k])
+        what = "; ".join(f"{label}: {', '.join(keys[:5])}" for label, keys in
+                         (("missing", missing), ("unexpected", extra), ("other shapes", shapes)) if keys)
+        raise MemberError(f"checkpoint {path} does not fit this run's model ({what}); {RESTART}")
 
 
 def restore(state: dict, model: torch.nn.Module, optimizer, scheduler, path: Path) -> None:
@@ -96,3 +117,29 @@ def remove_stale_temporaries(run_dir: Path) -> None:
     """Temporary files left by a process killed while writing (a checkpoint's can be large)."""
     for tmp in run_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+def tidy_finished(run_dir: Path) -> None:
+    """A finished run keeps no checkpoint, temporaries or claim of a dead holder: a kill just after its
+    summary was written leaves them (best effort: a read-only folder keeps them)."""
+    from widen_cli import claims
+
+    try:
+        (run_dir / FILENAME).unlink(missing_ok=True)
+        for tmp in results.stale_temporaries(run_dir, claims.stale_seconds()):
+            tmp.unlink(missing_ok=True)
+        claims.remove_stale(run_dir)
+    except OSError:
+        pass
+
+
+def file_holds(path: Path, tensors: dict[str, torch.Tensor], exactly: bool) -> bool:
+    """Whether the tensor file at `path` (masks.pt, weights-epoch0.pt) loads and holds `tensors`' keys and
+    shapes (`exactly`: and values). False for a missing, truncated or garbled file."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return isinstance(saved, dict) and saved.keys() == tensors.keys() and all(
+            isinstance(saved[k], torch.Tensor) and saved[k].shape == v.shape and (not exactly or torch.equal(saved[k], v))
+            for k, v in tensors.items())
+    except Exception:  # noqa: BLE001 - whatever is wrong with it, it is written again
+        return False

@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from widen_cli import checkpoint, claims, distributed, results
 from widen_cli.config import RunConfig, to_yaml
 from widen_cli.validation import resolve_distribution
-from widen_cli.errors import Interrupted, MemberError, UserError
+from widen_cli.errors import Interrupted, UserError
 from widen_cli.jobs import Job, parent_run
 
 POLL_SECONDS = 1.0  # how often a run claimed elsewhere is checked while waiting for it
@@ -133,20 +133,8 @@ def finished(job: Job) -> RunResult | None:
                         f"choose another --name or --out, or delete the folder to retrain it")
     metrics = results.read_finished(job.run_dir / results.METRICS_FILE, "metrics", job.run_dir)
     if distributed.is_main_process():
-        tidy_finished(job.run_dir)
+        checkpoint.tidy_finished(job.run_dir)
     return RunResult(metrics, summary, skipped=True)
-
-
-def tidy_finished(run_dir: Path) -> None:
-    """A finished run keeps no checkpoint, temporaries or claim of a dead holder: a kill just after its
-    summary was written leaves them (best effort: a read-only folder keeps them)."""
-    try:
-        (run_dir / checkpoint.FILENAME).unlink(missing_ok=True)
-        for tmp in results.stale_temporaries(run_dir, claims.stale_seconds()):
-            tmp.unlink(missing_ok=True)
-        claims.remove_stale(run_dir)
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------- start
@@ -245,11 +233,7 @@ class Run:
         if diffs:
             raise UserError(f"checkpoint {path} was written by a run with a different config ({'; '.join(diffs)}); "
                             f"pass --restart to discard it and start the run over (or choose another --name)")
-        epochs = self.job.epochs
-        if not 1 <= self.state["epoch"] <= epochs or len(self.state["rows"]) != self.state["epoch"]:
-            raise MemberError(f"checkpoint {path} is damaged (it says epoch {self.state['epoch']} with "
-                              f"{len(self.state['rows'])} rows of metrics, of a run of {epochs} epochs); "
-                              f"{checkpoint.RESTART}")
+        checkpoint.check_epoch(self.state, self.job.epochs, path)
         self.rows, self.elapsed = list(self.state["rows"]), self.state["elapsed"]
         self.saved = self.state["epoch"]
         self.first = self.saved + 1
@@ -268,13 +252,8 @@ class Run:
             return
         path = self.dir / results.MASKS_FILE
         if self.state is not None:
-            state = masks.state()
-            try:
-                saved = torch.load(path, map_location="cpu", weights_only=True)
-                if saved.keys() == state.keys() and all(torch.equal(saved[n], m) for n, m in state.items()):
-                    return
-            except Exception:  # noqa: BLE001 - missing, truncated, garbled, not a dict of masks
-                pass
+            if checkpoint.file_holds(path, masks.state(), exactly=True):
+                return
             self.console.print(f"[yellow]warning:[/yellow] {path} was damaged or missing; written again from the "
                                f"checkpoint's masks", highlight=False, soft_wrap=True)
         masks.save(path)
@@ -291,7 +270,6 @@ class Run:
                               val_acc=t.val_acc))
         diverged = not math.isfinite(t.train_loss)
         if self.main:
-            self.check_claim()
             results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics", self.check_claim)
             if not diverged:  # a diverged run is over: nothing to resume
                 checkpoint.save(self.dir / checkpoint.FILENAME, identity=self.job.run.identity(), epoch=epoch,
@@ -309,7 +287,6 @@ class Run:
         metrics = self.metrics()
         summary = summary_row(self.job, metrics, self.status, self.elapsed + elapsed)
         if self.main:
-            self.check_claim()
             results.atomic_write(self.dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp),
                                  self.check_claim)
             results.write_table(pd.DataFrame([summary]), self.dir / results.SUMMARY_FILE, "summary", self.check_claim)

@@ -219,8 +219,21 @@ def run(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s
     from widen_cli.data import require
 
     require(jobs[0].run.dataset)
+    remove_stale_temporaries(sweep_dir)
     errors = launch(jobs, launcher, n_jobs, sweep_dir, console, s, restart)
     return gather(jobs, sweep_dir, errors, s.select_on)
+
+
+def remove_stale_temporaries(sweep_dir: Path) -> None:
+    """Temporaries in the sweep folder that a killed process left (a sweep with the same --name may be
+    writing its own right now: only those whose writer is gone go, see results.stale_temporaries)."""
+    from widen_cli import claims
+
+    try:
+        for tmp in results.stale_temporaries(sweep_dir, claims.stale_seconds()):
+            tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only folder: the write that follows says so
 
 
 def failures(table: pd.DataFrame, console) -> bool:
@@ -276,8 +289,6 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
     """results.parquet: one row per member, learning rate and seed, from the members' own summary files;
     a member without one is a `failed` row with its planned identity and its error. `selected` marks the
     learning rate chosen for each member and seed (select)."""
-    from widen_cli.lifecycle import tidy_finished
-
     rows = []
     for job in jobs:
         path = job.run_dir / results.SUMMARY_FILE
@@ -291,7 +302,7 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
         if row is not None:
             row.setdefault("status", "finished")  # summaries from before statuses were recorded
             row["error"] = None
-            tidy_finished(job.run_dir)
+            checkpoint.tidy_finished(job.run_dir)
         else:
             m = job.member
             row = dict(dataset=job.run.dataset.name, model=job.run.model.name, method=m.method, width=m.width,

@@ -141,23 +141,13 @@ def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int) -> None
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     path = results.weights_at_epoch(run.dir, epoch)
     if epoch == 0 and run.state is not None:  # resuming: the file was written when the run started
-        if _fits(path, state):
+        if checkpoint.file_holds(path, state, exactly=False):
             return
         # Damaged or missing (a crash, a disk fault): the initial weights are drawn on the CPU from the
         # run's seed, so `model` holds the very same ones again (it is not restored yet).
-        run.console.print(f"[yellow]warning:[/yellow] {path} was unreadable or missing; written again from the "
+        run.console.print(f"[yellow]warning:[/yellow] {path} was damaged or missing; written again from the "
                           f"run's seed", highlight=False, soft_wrap=True)
     results.atomic_write(path, lambda tmp: torch.save(state, tmp), run.check_claim)
-
-
-def _fits(path: Path, state: dict) -> bool:
-    """Whether the weights file at `path` loads and holds the model's keys and shapes."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        return isinstance(saved, dict) and {k: getattr(v, "shape", None) for k, v in saved.items()} \
-            == {k: v.shape for k, v in state.items()}
-    except Exception:  # noqa: BLE001 - missing, truncated, garbled: written again
-        return False
 
 
 def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device,
@@ -188,6 +178,8 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
             masks = Masks(model, checkpoint.saved_masks(state, masks.state(), opened.dir / checkpoint.FILENAME))
         distributed.check_identical(ctx, masks.state(), "masks")
         opened.save_masks(masks)
+    if state is not None:  # refused before anything is written from this model
+        checkpoint.check_fits(state, model, opened.dir / checkpoint.FILENAME)
     keep_weights(opened, model, 0)
     opt, sched = make_optimizer(model, opened.job.optim)
     if state is not None:
