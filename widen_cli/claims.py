@@ -1,18 +1,19 @@
 """Claims: a run folder is trained by one process at a time, even when two identical commands start
 together (a double submit on a cluster).
 
-A process claims a run before training it by creating the folder's claim file (a hard link, which fails
-where the name exists, so only one creator can win). The file holds the claimant's pid and host, a
-token unique to the claim and a heartbeat time, refreshed by a background thread while the claim is held. A claim is stale, and may be taken over, when its process
-is gone: on the same host its pid is dead; anywhere, its heartbeat is older than `stale_seconds()`.
-The claim file is removed when the run finishes, fails or is interrupted.
+A process claims a run before training it by creating the folder's claim file (a hard link, which
+fails where the name exists, so only one creator can win). The file holds the claimant's pid and host,
+a token unique to the claim and a heartbeat time, refreshed by a background thread while the claim is
+held. A claim is stale, and may be taken over, when its process is gone: on the same host its pid is
+dead; anywhere, its heartbeat is older than `stale_seconds()`. The claim file is removed when the run
+finishes, fails or is interrupted.
 
 A claim file is only ever created or replaced whole (written to a temporary name, then linked or
-renamed into place), so no reader sees one half-written: an empty or garbled claim file was left by
-a crash (or a damaged disk) and is stale at once. A holder that was paused past the stale time (SIGSTOP,
-a frozen node) may have been taken over meanwhile: `Claim.check()` (called before each write to the run
-folder) and the heartbeat notice that the file names someone else, and the holder stops
-(`ClaimLost`) without writing or removing anything of the new holder's.
+renamed into place), so no reader sees one half-written: an empty or garbled claim file was left by a
+crash (or a damaged disk) and is stale at once. A holder that was paused past the stale time (SIGSTOP,
+a frozen node) may have been taken over meanwhile: `Claim.check()` (before each write to the run
+folder, and again just before its rename) and the heartbeat notice that the file names someone else,
+and the holder stops (`ClaimLost`) without writing or removing anything of the new holder's.
 """
 from __future__ import annotations
 
