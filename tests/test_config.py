@@ -26,6 +26,8 @@ def widen(*args):
 def leaf_keys(cls, prefix=""):
     """(dotted key, annotation) of every value a config dataclass holds, found from its fields."""
     for f in dataclasses.fields(cls):
+        if f.metadata.get(config.COMPUTED):  # computed by the command (data_fingerprint), refused as a setting
+            continue
         if f.type in validation.NESTED:
             yield from leaf_keys(validation.NESTED[f.type], f"{prefix}{f.name}.")
         else:

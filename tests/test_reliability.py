@@ -285,34 +285,74 @@ def check_ddp_matches_single_process(tmp_path, device: str):
         assert (weights[0][f"{name}.weight"][~mask] == 0).all()
 
 
-def test_killed_batched_family_resumes_each_member_from_its_checkpoint(tmp_path):
-    # sweep-width trains these MLP members as one stacked model (family.py); each still checkpoints
-    # in a single run's format, so after a SIGKILL they resume alone and end as if never interrupted.
-    member = ["--dataset", "synthetic", "--model", "mlp", "--method", "sparse", "--base-width", 32, "--epochs", 6,
-              "dataset.train_size=4096", "dataset.test_size=256", "dataset.image_size=16",
-              "dataset.augment=[crop,flip]", "optim.batch_size=64", "optim.milestones=[3]", "optim.lr=0.02"]
-    sweep = ["sweep-width", *member, "--widths", "32,64,128", "--no-dense-wide", "--out", tmp_path, "--name", "fam"]
-    proc = start(*sweep)
-    first = tmp_path / "fam"
+# Batched digits families (sweep-width trains each as one stacked model, family.py) with everything that
+# has state: momentum, weight decay, an lr milestone after the kill; sparse members of several widths and
+# seeds, or dense members of one width and several seeds.
+FAMILY = ["sweep-width", "--dataset", "digits", "--model", "mlp", "--epochs", 30, "--no-dense-wide",
+          "optim.momentum=0.9", "optim.weight_decay=5e-4", "optim.schedule=multistep", "optim.milestones=[15]",
+          "optim.batch_size=32"]
+MEMBERS = {"sparse": ["--base-width", 8, "--widths", "8,16,32", "--seeds", "0,1"],
+           "dense": ["--method", "dense", "--base-width", 16, "--widths", 16, "--seeds", "0,1,2"]}
+
+
+def saved_epoch(path: Path) -> int:
+    return torch.load(path, weights_only=True)["epoch"]
+
+
+@pytest.mark.parametrize("method", ["sparse", "dense"])
+def test_killed_batched_family_resumes_batched_as_if_never_interrupted(tmp_path, method):
+    sweep = [*FAMILY, *MEMBERS[method], "--out", tmp_path]
+    n = 6 if method == "sparse" else 3
+    cut = tmp_path / "cut"
+    proc = start(*sweep, "--name", "cut")
+
+    def checkpoints() -> list[Path]:
+        return sorted(cut.glob("*/" + checkpoint.FILENAME))
+
     deadline = time.monotonic() + 120
-    while not list(first.glob("*/" + checkpoint.FILENAME)):
+    while len(checkpoints()) < n:
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
+        assert time.monotonic() < deadline, "no checkpoints appeared"
+        time.sleep(0.005)
+    behind = checkpoints()[0]
+    shutil.copy(behind, tmp_path / "behind.pt")  # one member's checkpoint, kept to rewind it to
+    rewound = saved_epoch(tmp_path / "behind.pt")
+    while min(saved_epoch(p) for p in checkpoints()) < rewound + 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "training stalled"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (first / "results.parquet").exists()
+    assert not list(cut.glob("*/summary.parquet"))  # killed mid-run
+    assert all(torch.load(p, weights_only=True)["batched"] for p in checkpoints())
+    # Members at three different epochs, as a kill while the members' checkpoints were being written, or
+    # members added to an interrupted family, leave them: one rewound, one with no epoch saved.
+    shutil.copy(tmp_path / "behind.pt", behind)
+    checkpoints()[-1].unlink()
+    ahead = max(saved_epoch(p) for p in checkpoints())
+    saved = {p.parent.name: saved_epoch(p) for p in checkpoints()}
+    shutil.copytree(cut, tmp_path / "alone")
 
-    resumed = widen(*sweep)
+    resumed = widen(*sweep, "--name", "cut")
     assert resumed.exit_code == 0, resumed.output
-    assert "resuming" in resumed.output
-    table = pd.read_parquet(first / "results.parquet")
-    assert sorted(table.width) == [32, 64, 128] and set(table.status) == {"finished"}
-    for r in table.itertuples():
-        alone = widen("train", *member, "--width", r.width, "--out", tmp_path / "alone")
-        assert alone.exit_code == 0, alone.output
-        pd.testing.assert_frame_equal(metrics(first / r.run), metrics(tmp_path / "alone" / r.run), atol=1e-4, rtol=0)
-        a, b = (torch.load(d / "model.pt", weights_only=True) for d in (first / r.run, tmp_path / "alone" / r.run))
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
-        assert not (first / r.run / checkpoint.FILENAME).exists()
+    output = " ".join(resumed.output.split())
+    assert f"{n} members in one stacked model, resuming after epoch {ahead}" in output, output  # batched again
+    assert f"resuming {behind.parent} after epoch {rewound} of 30" in output
+    whole = widen(*sweep, "--name", "whole")
+    assert whole.exit_code == 0, whole.output
+    table = pd.read_parquet(cut / "results.parquet")
+    assert len(table) == n and set(table.status) == {"finished"}
+    for run in table.run:
+        pd.testing.assert_frame_equal(metrics(cut / run), metrics(tmp_path / "whole" / run), check_exact=True)
+        a, b = (torch.load(d / run / "model.pt", weights_only=True) for d in (cut, tmp_path / "whole"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert not (cut / run / checkpoint.FILENAME).exists()
+
+    # Without batching (sweep.batch_members=false, as with `widen train`) the same checkpoints resume alone.
+    alone = widen(*sweep, "--name", "alone", "sweep.batch_members=false")
+    assert alone.exit_code == 0, alone.output
+    assert "stacked model" not in alone.output and f"resuming {tmp_path / 'alone' / behind.parent.name} " in alone.output
+    for run, epoch in saved.items():
+        rows = metrics(tmp_path / "alone" / run)
+        assert rows.epoch.tolist() == list(range(1, 31))
+        pd.testing.assert_frame_equal(rows[:epoch], metrics(tmp_path / "whole" / run)[:epoch], check_exact=True)

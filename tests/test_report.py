@@ -234,6 +234,18 @@ def test_failed_members_are_left_out_with_a_warning(tmp_path):
     assert "test_acc_w16" not in table and table.filter(like="test_acc_w8").notna().any().any()
 
 
+def test_interrupted_members_are_left_out_with_a_warning(tmp_path):
+    """An interrupted sweep's results.parquet lists its unfinished members (status interrupted, no accuracies)."""
+    stopped = row("sparse", 16, 4, 0, float("nan"))
+    stopped.update(status="interrupted", best_train_acc=float("nan"), final_test_acc=float("nan"),
+                   final_train_acc=float("nan"))
+    write_sweep(tmp_path / "runs" / "b4", [row("sparse", 4, 4, 0, 0.8), stopped], base_width=4, members=False)
+    res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    assert "leaving out 1 interrupted run" in " ".join(res.output.split())
+    assert "test_acc_w16" not in pd.read_csv(tmp_path / "report" / "table.csv")
+
+
 def write_run(out, acc, *member, epochs):
     """A finished `widen train` run folder: metrics.parquet and summary.parquet through the real write path."""
     run = member_run(*member, epochs=epochs, out=out)

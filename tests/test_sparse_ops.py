@@ -1,4 +1,4 @@
-"""The batched family's sparse matmul (sparse_ops behind family._SparseMatmul): gradients checked
+"""The batched family's sparse matmul (sparse_ops behind models.stacked._SparseMatmul): gradients checked
 numerically, on torch's private ATen ops and on the public fallback, which must agree."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from widen_cli import sparse_ops
-from widen_cli.family import SparseLayer, _SparseMatmul
+from widen_cli.models.stacked import SparseLayer, _SparseMatmul
 
 
 def _layer(seed: int) -> SparseLayer:

@@ -225,21 +225,15 @@ def test_plan_says_what_it_starts_and_warns_of_cpu_days(tmp_path):
 
 
 def test_pool_workers_take_one_gpu_each(monkeypatch):
-    import multiprocessing as mp
-    import os
+    from widen_cli import pool
 
-    from widen_cli import sweep
-
-    slots = mp.get_context("spawn").Value("i", 0)
     seen = []
-    for visible in (None, None, None, "3,5", "3,5"):
+    for slot, visible in enumerate((None, None, None, "3,5", "3,5")):
         if visible is None:
             monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
         else:
             monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-        sweep._one_gpu_per_worker(slots, 2)
-        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+        seen.append(pool.gpu_of(slot, 2))
     assert seen == ["0", "1", "0", "5", "3"]  # worker k: GPU k mod 2, among those already visible
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
-    sweep._one_gpu_per_worker(slots, 0)  # no GPUs to share (cpu, or a fixed cuda:N): left alone
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"
+    assert pool.gpu_of(0, 0) is None  # no GPUs to share (cpu, or a fixed cuda:N): left alone

@@ -21,9 +21,12 @@ FORMAT = "widen-checkpoint/1"
 
 
 def save(path: Path, *, identity: dict, epoch: int, rows: list[dict], elapsed: float, model: torch.nn.Module,
-         optimizer, scheduler, masks: dict[str, torch.Tensor] | None, check=None) -> None:
+         optimizer, scheduler, masks: dict[str, torch.Tensor] | None, batched: bool = False, check=None) -> None:
+    """`batched`: a batched family's stacked model wrote it (the member resumes in one again, family.py).
+    check: as for results.atomic_write."""
     state = dict(
         format=FORMAT, identity=json.dumps(identity, sort_keys=True), epoch=epoch, rows=rows, elapsed=elapsed,
+        batched=batched,
         model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
         masks=masks, threads=torch.get_num_threads(), rng=dict(torch=torch.get_rng_state(),
                               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
@@ -66,29 +69,30 @@ def check_epoch(state: dict, epochs: int, path: Path) -> None:
 
 
 def check_fits(state: dict, model: torch.nn.Module, path: Path) -> None:
-    """Refuse a checkpoint whose model state lacks keys of `model`, has others, or other shapes."""
+    """Refuse a checkpoint whose model state lacks keys of `model`, has others, or other shapes, or
+    whose momentum buffers do not match the parameters (loading takes those on trust)."""
     saved = {k: tuple(getattr(v, "shape", ())) for k, v in state["model"].items()}
     wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if saved != wanted:
+    params = [tuple(p.shape) for p in model.parameters()]
+    buffers = {k: tuple(getattr(v.get("momentum_buffer"), "shape", ())) for k, v in
+               state["optimizer"].get("state", {}).items() if isinstance(v, dict) and "momentum_buffer" in v}
+    momentum = sorted(str(k) for k, shape in buffers.items()
+                      if not isinstance(k, int) or not 0 <= k < len(params) or params[k] != shape)
+    if saved != wanted or momentum:
         missing, extra = sorted(wanted.keys() - saved.keys()), sorted(saved.keys() - wanted.keys())
         shapes = sorted(k for k in wanted.keys() & saved.keys() if wanted[k] != saved[k])
         what = "; ".join(f"{label}: {', '.join(keys[:5])}" for label, keys in
-                         (("missing", missing), ("unexpected", extra), ("other shapes", shapes)) if keys)
+                         (("missing", missing), ("unexpected", extra), ("other shapes", shapes),
+                          ("momentum of other shapes", momentum)) if keys)
         raise MemberError(f"checkpoint {path} does not fit this run's model ({what}); {RESTART}")
 
 
 def restore(state: dict, model: torch.nn.Module, optimizer, scheduler, path: Path) -> None:
-    """Put model, optimiser, scheduler and RNGs back as they were at the end of the saved epoch; a state
-    that does not fit them (missing keys, wrong shapes) is a MemberError."""
+    """Put model, optimiser, scheduler and RNGs back as they were at the end of the saved epoch (after
+    check_fits); a state that still does not fit them is a MemberError."""
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # the optimiser takes its state's shapes on trust
-            for p in group["params"]:
-                buffer = optimizer.state.get(p, {}).get("momentum_buffer")
-                if buffer is not None and buffer.shape != p.shape:
-                    raise ValueError(f"momentum buffer of shape {tuple(buffer.shape)} for a weight of "
-                                     f"shape {tuple(p.shape)}")
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:

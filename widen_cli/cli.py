@@ -174,9 +174,10 @@ def train(
 
     Example: widen train --dataset cifar10 --model resnet18 --width 18 --epochs 300 optim.lr=0.05
     """
-    from widen_cli import config
+    from widen_cli import config, fingerprint
 
     _, run = config.load(config.overrides_from_options(experiment, dict(locals()), overrides), config_dir or ())
+    run = fingerprint.attach(run, fetch=not show_config)  # once: what data this is names the run folder
     if show_config:
         console.print(config.to_yaml(run), end="", highlight=False, markup=False, soft_wrap=True)
         console.print(f"# run folder: {run.run_dir}", highlight=False, markup=False, soft_wrap=True)
@@ -253,7 +254,7 @@ def sweep_width(
     budgets = _numbers(base_width, int, "--base-width")
     # One budget is the base_width key, as for train; several go to sweep.base_widths.
     options = {**locals(), "base_width": budgets[0] if budgets and len(budgets) == 1 else None}
-    from widen_cli import config, display, plan, sweep
+    from widen_cli import config, display, fingerprint, plan, sweep
 
     sweep.check_launch(launcher, jobs)
     if method and methods:
@@ -263,6 +264,7 @@ def sweep_width(
     composing = config.overrides_from_options(experiment, options, overrides)
     cfg = config.compose_config(composing, config_dir or ())
     run = plan.family_run(cfg, budgets[0] if budgets else None)
+    run = fingerprint.attach(run, fetch=not dry_run)  # once for every member: they share the data
     settings = plan.settings(
         cfg, widths=_numbers(widths, int, "--widths"), factors=_numbers(factors, float, "--factors"),
         seeds=_numbers(seeds, int, "--seeds"), connectivity_floor=connectivity_floor, dense_wide=dense_wide,

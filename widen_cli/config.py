@@ -9,7 +9,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,10 @@ NORMALIZATIONS = ("per-channel", "per-pixel")
 # Dataset keys left out of a run's identity at these values (they came after runs were named).
 DATASET_DEFAULTS = {"normalize": ("per-channel",), "val_fraction": (None, 0, 0.0)}
 SELECT_ON = ("test", "val")
+# Data made from the config alone: its fingerprint adds nothing the identity lacks, so it is recorded but
+# left out of the identity (their runs keep the folders they had before fingerprints).
+GENERATED_DATASETS = ("digits", "synthetic")
+COMPUTED = "computed"  # metadata of a field a command computes (not a setting)
 
 
 @dataclass(frozen=True)
@@ -123,18 +127,25 @@ class RunConfig:
     name: str | None = None
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     compile: bool = False  # torch.compile the model
+    # What data the run trains on (fingerprint.py), computed once per command from the files: no setting
+    # (COMPUTED: validate refuses it in a composed config).
+    data_fingerprint: str | None = field(default=None, metadata={COMPUTED: True})
 
     def identity(self) -> dict:
-        """Everything that defines the experiment: not where it runs, nor where files and data live.
+        """Everything that defines the experiment: not where it runs, nor where files and data live, but
+        which data it is (data_fingerprint: the same files at another path are the same data).
 
         bf16 changes the numbers, so it is part of the identity; fp32 is left out so that runs named
         before the option existed keep their folders. So is model.init when unset (MLPs) or
         `torchvision`, the ResNet initialisation of every run before the option existed. Compiling
-        changes only the speed.
+        changes only the speed. data_fingerprint is left out where it is unknown (a config composed
+        without reading the data: plans, runs from before) and for data the config alone makes.
         """
         d = asdict(self)
         for k in ("out", "name", "device", "compile"):
             d.pop(k)
+        if d["data_fingerprint"] is None or self.dataset.name in GENERATED_DATASETS:
+            d.pop("data_fingerprint")
         if d["precision"] == "fp32":
             d.pop("precision")
         if d["model"]["init"] in (None, "torchvision"):

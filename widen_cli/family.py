@@ -5,7 +5,7 @@ same batch order and augmentation from its seed, same SGD with momentum and weig
 learning-rate schedule), to float tolerance, and still writes its own run folder with the same files.
 `sweep-width` (local launcher) batches its MLP members this way.
 
-Two stacks, chosen by method:
+Two stacks (widen_cli/models/stacked.py), chosen by method:
 - `sparse` members (any widths and seeds): every layer of every member is kept as its list of kept
   weights (row, column, value), and one `embedding_bag` per layer multiplies all members at once. The
   work is the family's kept weights times the batch, whatever the widths: a sparse member holds N(b)
@@ -18,24 +18,24 @@ previous layer's units of every member side by side.
 """
 from __future__ import annotations
 
-import math
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from torch import nn
 
-from widen_cli import hardware, lifecycle, sparse_ops
+from widen_cli import checkpoint, hardware, lifecycle
 from widen_cli.budget import Member
 from widen_cli.config import RunConfig
 from widen_cli.data import FOLDER_DATASETS, TensorLoader
+from widen_cli.errors import Interrupted
 from widen_cli.jobs import Job
 from widen_cli.lifecycle import EpochTotals, RunResult
 from widen_cli.models import InputSpec, build_model
-from widen_cli.models.mlp import MLP, NTKLinear
-from widen_cli.sparsity import sparsify
+from widen_cli.models.mlp import MLP
+from widen_cli.models.stacked import StackedMLP
+from widen_cli.sparsity import Masks, sparsify
 from widen_cli.train import Totals, keep_weights, load_run_data, make_optimizer, run_training, train_run
 
 BATCHED_METHODS = ("sparse", "dense")
@@ -64,165 +64,6 @@ def group(items: list, key) -> list[list]:
         k = key(item)
         batches.setdefault(("alone", i) if k is None else k, []).append(item)
     return list(batches.values())
-
-
-# ---------------------------------------------------------------- stacked layers
-
-class _SparseMatmul(torch.autograd.Function):
-    """out = S @ x, S the layer's kept weights `w`, by embedding_bag: output unit r is the "bag" of the
-    input rows its kept weights read, weighted by them. Backward: the gradient of each kept weight
-    (embedding_bag's per-sample-weight gradient) and, where x needs one, S^T @ grad (embedding_bag over
-    the transposed pattern), skipping embedding_bag's own slower dense backward (see sparse_ops)."""
-
-    @staticmethod
-    def forward(ctx, w, x, layer):
-        ctx.save_for_backward(w, x)
-        ctx.layer = layer
-        return sparse_ops.bag_sum(x, layer.cols, layer.offsets, w)
-
-    @staticmethod
-    def backward(ctx, grad):
-        w, x = ctx.saved_tensors
-        layer = ctx.layer
-        grad = grad.contiguous()
-        grad_w = grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_w = sparse_ops.bag_sum_weights_grad(grad, x, layer.cols, layer.offsets, layer.rows)
-        if ctx.needs_input_grad[1]:
-            grad_x = sparse_ops.bag_sum(grad, layer.rows_t, layer.offsets_t, w[layer.order_t])
-        return grad_w, grad_x, None
-
-
-def _offsets(keys: torch.Tensor, n: int) -> torch.Tensor:
-    """CSR start of each of n groups, for keys sorted ascending."""
-    counts = torch.bincount(keys, minlength=n)
-    return torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
-
-
-class SparseLayer(nn.Module):
-    """One layer of every member, holding only the kept weights: out[r] = sum_j values[j] x[col_j] over
-    the kept weights j of unit r (all members' units stacked)."""
-
-    def __init__(self, weights: list[torch.Tensor], masks: list[torch.Tensor], biases: list[torch.Tensor | None],
-                 in_offsets: list[int], n_in: int, ntk: bool):
-        super().__init__()
-        rows, cols, values, divisors, self.spans = [], [], [], [], []
-        out_offset, start = 0, 0
-        for w, m, in_off in zip(weights, masks, in_offsets):
-            r, c = m.nonzero(as_tuple=True)
-            rows.append(r + out_offset)
-            cols.append(c + in_off)
-            values.append(w.detach()[r, c])
-            divisors.append(torch.full_like(values[-1], math.sqrt(w.shape[1])))
-            self.spans.append((start, start + len(r), out_offset, in_off, tuple(w.shape)))
-            out_offset, start = out_offset + w.shape[0], start + len(r)
-        rows, cols = torch.cat(rows), torch.cat(cols)
-        assert bool((rows[1:] >= rows[:-1]).all()), "embedding_bag needs the weights grouped by unit"
-        self.n_out = out_offset
-        self.values = nn.Parameter(torch.cat(values))
-        self.register_buffer("divisor", torch.cat(divisors) if ntk else None)  # NTK: w / sqrt(fan-in)
-        self.register_buffer("rows", rows)
-        self.register_buffer("cols", cols)
-        self.register_buffer("offsets", _offsets(rows, self.n_out))
-        order = torch.argsort(cols * self.n_out + rows)  # the transpose, for the input gradient
-        self.register_buffer("order_t", order)
-        self.register_buffer("rows_t", rows[order])
-        self.register_buffer("offsets_t", _offsets(cols[order], n_in))
-        self.bias = nn.Parameter(torch.cat(biases)) if biases[0] is not None else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.values / self.divisor if self.divisor is not None else self.values
-        out = _SparseMatmul.apply(w, x, self)
-        return out if self.bias is None else out.add_(self.bias[:, None])
-
-    def member_weight(self, i: int, values: torch.Tensor | None = None) -> torch.Tensor:
-        """Member i's weight matrix, from the kept `values` (default: the weights; or e.g. their momentum)."""
-        start, end, out_off, in_off, shape = self.spans[i]
-        values = (self.values if values is None else values).detach()
-        w = values.new_zeros(shape)
-        w[self.rows[start:end] - out_off, self.cols[start:end] - in_off] = values[start:end]
-        return w
-
-    def member_bias(self, i: int, bias: torch.Tensor | None = None) -> torch.Tensor | None:
-        _, _, out_off, _, shape = self.spans[i]
-        bias = self.bias if bias is None else bias
-        return None if bias is None else bias.detach()[out_off:out_off + shape[0]]
-
-
-class DenseLayer(nn.Module):
-    """One layer of M members of one width: weights [M, out, in], one batched matmul."""
-
-    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], ntk: bool):
-        super().__init__()
-        self.weight = nn.Parameter(torch.stack([w.detach() for w in weights]))
-        self.bias = nn.Parameter(torch.stack(biases)) if biases[0] is not None else None
-        self.ntk = ntk
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m, n_out, n_in = self.weight.shape
-        w = self.weight / math.sqrt(n_in) if self.ntk else self.weight
-        x = x.view(m, n_in, -1)
-        out = torch.bmm(w, x) if self.bias is None else torch.baddbmm(self.bias[:, :, None], w, x)
-        return out.view(m * n_out, -1)
-
-    def member_weight(self, i: int, weight: torch.Tensor | None = None) -> torch.Tensor:
-        return (self.weight if weight is None else weight).detach()[i]
-
-    def member_bias(self, i: int, bias: torch.Tensor | None = None) -> torch.Tensor | None:
-        bias = self.bias if bias is None else bias
-        return None if bias is None else bias.detach()[i]
-
-
-class StackedMLP(nn.Module):
-    """M MLPs as one module. Input: [G * d, B], the flattened batches of G data streams (one per seed)
-    side by side; member i reads stream `streams[i]`. Output: logits [M, classes, B]."""
-
-    def __init__(self, models: list[MLP], masks: list[dict[str, torch.Tensor] | None], streams: list[int],
-                 n_streams: int, sparse: bool):
-        super().__init__()
-        first = models[0].layers
-        self.relu, self.n_members, self.n_classes = models[0].relu, len(models), first[-1].out_features
-        self.input_dim, self.streams, self.n_streams = first[0].in_features, list(streams), n_streams
-        ntk = isinstance(first[0], NTKLinear)
-        layers = []
-        for i in range(len(first)):
-            weights = [m.layers[i].weight for m in models]
-            biases = [m.layers[i].bias for m in models]
-            if sparse:
-                masks_i = [mk[f"layers.{i}"] if mk is not None else torch.ones_like(w, dtype=torch.bool)
-                           for mk, w in zip(masks, weights)]
-                fan_in = [w.shape[1] for w in weights]
-                in_offsets = ([s * self.input_dim for s in streams] if i == 0
-                              else [sum(fan_in[:j]) for j in range(len(models))])
-                n_in = n_streams * self.input_dim if i == 0 else sum(fan_in)
-                layers.append(SparseLayer(weights, [mk.to(w.device) for mk, w in zip(masks_i, weights)],
-                                          biases, in_offsets, n_in, ntk))
-            else:
-                layers.append(DenseLayer(weights, biases, ntk))
-        self.layers = nn.ModuleList(layers)
-        self.sparse = sparse
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.sparse and self.streams != list(range(self.n_streams)):  # dense: one input per member
-            x = x.view(self.n_streams, self.input_dim, -1)[self.streams].view(-1, x.shape[-1])
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if self.relu and i < len(self.layers) - 1:
-                x = torch.relu_(x) if self.sparse else F.relu(x)  # sparse: x is a fresh tensor
-        return x.view(self.n_members, self.n_classes, -1)
-
-    def member_state(self, i: int, tensors: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Member i's weights as its own MLP's state_dict (masked weights exactly zero). With `tensors`
-        (stacked parameter name -> a tensor shaped like it, e.g. its momentum), the same slices of those."""
-        state = {}
-        for j, layer in enumerate(self.layers):
-            weight = f"layers.{j}.{'values' if isinstance(layer, SparseLayer) else 'weight'}"
-            if tensors is None or weight in tensors:
-                state[f"layers.{j}.weight"] = layer.member_weight(i, None if tensors is None else tensors[weight]).clone()
-            if layer.bias is not None and (tensors is None or f"layers.{j}.bias" in tensors):
-                bias = None if tensors is None else tensors[f"layers.{j}.bias"]
-                state[f"layers.{j}.bias"] = layer.member_bias(i, bias).clone()
-        return state
 
 
 # ---------------------------------------------------------------- training
@@ -286,19 +127,28 @@ class Stack:
     spec: InputSpec
 
 
-def build(runs: list[RunConfig], members: list[Member]) -> Stack:
-    """Data, each member's initial model and masks exactly as `train.train_run` makes them, stacked."""
+def build(runs: list[RunConfig], members: list[Member], states: list[dict | None] | None = None) -> Stack:
+    """Data, each member's initial model and masks exactly as `train.train_run` makes them, stacked;
+    a member with a checkpoint in `states` has its weights and masks from it instead."""
     run = runs[0]
+    states = states or [None] * len(runs)
     device = hardware.resolve_device(run.device)
-    hardware.setup(device)
+    hardware.setup(device, next((s["threads"] for s in states if s is not None), None))
     seeds = list(dict.fromkeys(r.seed for r in runs))
     train_loader, test_loader, spec = load_run_data(run, device, seeds[0])
     assert isinstance(train_loader, TensorLoader), "batch_key keeps streamed datasets out of batches"
     models, masks = [], []
-    for r, member in zip(runs, members):
+    for r, member, state in zip(runs, members, states):
         torch.manual_seed(r.seed)
         model = build_model(r.model, r.width, spec, inner=member.inner, ranks=member.ranks).to(device)
-        masks.append(sparsify(model, member, r.seed, r.method.rescale_init) if r.method.name == "sparse" else None)
+        if state is None:
+            masks.append(sparsify(model, member, r.seed, r.method.rescale_init) if r.method.name == "sparse" else None)
+        else:  # a damaged checkpoint is refused in one line (checkpoint.py), as when resuming alone
+            path = r.run_dir / checkpoint.FILENAME
+            checkpoint.check_fits(state, model, path)
+            model.load_state_dict(state["model"])
+            shapes = {n: torch.zeros(shape, dtype=torch.bool) for n, shape in member.layers.items()}
+            masks.append(Masks(model, checkpoint.saved_masks(state, shapes, path)) if state["masks"] is not None else None)
         models.append(model)
     sparse = run.method.name == "sparse"
     stacked = StackedMLP(models, [mk.state() if mk is not None else None for mk in masks],
@@ -315,11 +165,13 @@ def describe(runs: list[RunConfig]) -> str:
 
 def train_family(jobs: list[Job], console: Console | None = None) -> list[RunResult]:
     """Train jobs that share a `batch_key` as one stacked model; each member's run folder gets what
-    `train.run_training` writes (lifecycle.py owns it), and its checkpoint is a single run's, so an
-    interrupted member resumes alone with `widen train` or the same sweep command.
+    `train.run_training` writes (lifecycle.py owns it), and its checkpoint is a single run's (marked
+    `batched`), so `widen train` can resume a member too.
 
-    Members that have finished are read back; members with a checkpoint resume alone; members that
-    another process is training (claims.py) are left out of the batch and waited for at the end.
+    Finished members are read back. Members checkpointed by a stacked model resume in one again, with
+    the fresh members (_train_stacked), and end as if never interrupted; a member checkpointed by a
+    single run resumes alone, and a lone fresh member trains alone, as either would outside a batch.
+    Members that another process is training (claims.py) are left out and waited for at the end.
     `seconds` and `wall_seconds` of each member are the batch's times divided by its number of members.
     """
     console = console or Console(stderr=True)
@@ -327,34 +179,66 @@ def train_family(jobs: list[Job], console: Console | None = None) -> list[RunRes
     out: dict[int, RunResult] = {}
     later = []
     with ExitStack() as held:
-        fresh: list[tuple[int, lifecycle.Run]] = []
+        stacked: dict[int, lifecycle.Run] = {}
         for i, job in enumerate(jobs):
             opened = lifecycle.start(job, console, wait=False)
             if opened is None:
                 later.append(i)
             elif isinstance(opened, RunResult):
                 out[i] = opened
-            elif held.enter_context(opened).state is not None:
+            elif held.enter_context(opened).state is not None and not opened.state.get("batched"):
                 out[i] = train_run(opened)
             else:
-                fresh.append((i, opened))
-        if len(fresh) == 1:
-            out[fresh[0][0]] = train_run(fresh[0][1])
-        elif fresh:
-            out.update(zip([i for i, _ in fresh], _train_batch([run for _, run in fresh])))
+                stacked[i] = opened
+        if len(stacked) == 1 and next(iter(stacked.values())).state is None:
+            [(i, run)] = stacked.items()
+            out[i] = train_run(run)
+        elif stacked:
+            out.update(_train_stacked(stacked))
     for i in later:
         out[i] = run_training(jobs[i], console)
     return [out[i] for i in range(len(jobs))]
 
 
-def _train_batch(runs: list[lifecycle.Run]) -> list[RunResult]:
+def _train_stacked(runs: dict[int, lifecycle.Run]) -> dict[int, RunResult]:
+    """Train runs in stacked models, each from its checkpoint or from scratch. Runs saved at one epoch
+    form one stack. Runs at different epochs (killed while the members' checkpoints were being written,
+    or members added to an interrupted family): the furthest behind catch up first, stacked on their
+    own, to the next epoch saved, and join the runs there, re-read from their checkpoints; so every
+    member trains in a stacked model throughout, and once all are level, in one."""
+    out, pending = {}, dict(runs)
+    try:
+        while pending:
+            first = min(r.first for r in pending.values())
+            behind = {i: r for i, r in pending.items() if r.first == first}
+            until = min((r.saved for r in pending.values() if r.first > first), default=None)
+            for (i, run), result in zip(behind.items(), _train_batch(list(behind.values()), until)):
+                if result is None:
+                    run.reload()  # its checkpoint is at `until` now
+                else:
+                    out[i] = result
+                    del pending[i]
+    except KeyboardInterrupt:  # name every unfinished member, not only the stack that was training
+        raise Interrupted(lifecycle.interrupted([r for r in pending.values() if r.status != "diverged"])) from None
+    return out
+
+
+def _train_batch(runs: list[lifecycle.Run], until: int | None = None) -> list[RunResult | None]:
+    """Runs saved at one epoch (or fresh) as one stacked model, to the end or to epoch `until`."""
     jobs = [r.job for r in runs]
-    stack = build([j.run for j in jobs], [j.member for j in jobs])
+    states = [r.state for r in runs]
+    stack = build([j.run for j in jobs], [j.member for j in jobs], states)
     for i, (run, masks) in enumerate(zip(runs, stack.masks)):
         run.save_masks(masks)
-        keep_weights(run, _member_model(stack, i, jobs[i].run), 0)
+        keep_weights(run, _member_model(stack, i, jobs[i].run), 0, initial=states[i] is None)
     model = stack.model
     opt, sched = make_optimizer(model, jobs[0].run.optim)
+    if states[0] is not None:
+        _restore(stack, opt, sched, states, jobs[0].run)
+    title = describe([j.run for j in jobs])
+    resumed = f", resuming after epoch {runs[0].saved}" if states[0] is not None else ""
+    runs[0].console.print(f"{title}: {len(runs)} member{'s' if len(runs) > 1 else ''} in one stacked model"
+                          f"{resumed}", highlight=False, soft_wrap=True)
 
     def step(epoch: int, progress) -> tuple[float, list[EpochTotals]]:
         for loader in stack.loaders:
@@ -366,9 +250,25 @@ def _train_batch(runs: list[lifecycle.Run]) -> list[RunResult]:
         sched.step()
         return lr, [EpochTotals(*t) for t in zip(tr_loss, tr_acc, te_loss, te_acc, *val)]
 
-    return lifecycle.drive(runs, describe([j.run for j in jobs]), step,
-                           lambda i: _snapshot(stack, i, jobs[i].run, opt, sched),
-                           lambda i: _member_model(stack, i, jobs[i].run))
+    return lifecycle.drive(runs, title, step, lambda i: _snapshot(stack, i, jobs[i].run, opt, sched),
+                           lambda i: _member_model(stack, i, jobs[i].run), until)
+
+
+def _restore(stack: Stack, opt, sched, states: list[dict], run: RunConfig) -> None:
+    """The stacked optimiser as the members' checkpoints left it: the learning rate and schedule they
+    share (one epoch, from stacked models), each member's momentum in its slice; and the RNG state."""
+    names = [n for n, _ in _member_model(stack, 0, run).named_parameters()]
+    saved = opt.state_dict()
+    saved["param_groups"][0].update({k: v for k, v in states[0]["optimizer"]["param_groups"][0].items()
+                                     if k != "params"})
+    momentum = [{names[k]: v["momentum_buffer"] for k, v in s["optimizer"]["state"].items()
+                 if v.get("momentum_buffer") is not None} for s in states]
+    if all(momentum):
+        stacked = stack.model.stack_members(momentum)
+        saved["state"] = {k: {"momentum_buffer": stacked[n]} for k, (n, _) in enumerate(stack.model.named_parameters())}
+    opt.load_state_dict(saved)
+    sched.load_state_dict(states[0]["scheduler"])
+    torch.set_rng_state(states[0]["rng"]["torch"])  # nothing in a stack draws from it; as a single run resumes
 
 
 def _member_model(stack: Stack, i: int, run: RunConfig) -> MLP:
@@ -395,4 +295,4 @@ def _snapshot(stack: Stack, i: int, run: RunConfig, opt, sched) -> dict:
                 member_opt.state[p]["momentum_buffer"] = momentum[name]
     masks = stack.masks[i]
     return dict(model=model, optimizer=member_opt, scheduler=member_sched,
-                masks=masks.state() if masks is not None else None)
+                masks=masks.state() if masks is not None else None, batched=True)

@@ -31,7 +31,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from widen_cli import checkpoint, claims, distributed, results
+from widen_cli import checkpoint, claims, distributed, epochlog, results
 from widen_cli.config import RunConfig, to_yaml
 from widen_cli.validation import resolve_distribution
 from widen_cli.errors import Interrupted, UserError
@@ -189,6 +189,7 @@ class Run:
         self.rows: list[dict] = []
         self.first, self.saved, self.elapsed = 1, 0, 0.0  # first epoch to train, last one saved, time so far
         self.status = "finished"
+        self.announced = False
 
     def __enter__(self) -> Run:
         return self
@@ -225,8 +226,12 @@ class Run:
                 results.write_text(to_yaml(run), self.dir / results.CONFIG_FILE)
             except OSError as e:
                 raise UserError(f"cannot write to output folder {self.dir}: {e.strerror or e}") from None
-        path = self.dir / checkpoint.FILENAME
-        self.state = None if restart else checkpoint.load(path)
+        return self if restart else self.reload()
+
+    def reload(self) -> Run:
+        """The checkpoint, if any, as what training goes on from (refused if its settings differ)."""
+        run, path = self.job.run, self.dir / checkpoint.FILENAME
+        self.state = checkpoint.load(path)
         if self.state is None:
             return self
         diffs = differences(run.identity(), json.loads(self.state["identity"]), path)
@@ -240,7 +245,10 @@ class Run:
         return self
 
     def announce(self) -> None:
-        """One line as training starts (what a log of several processes is checked against)."""
+        """One line as training starts (what a log of several processes is checked against); once."""
+        if self.announced:
+            return
+        self.announced = True
         epochs = self.job.epochs
         self.console.print(f"resuming {self.dir} after epoch {self.saved} of {epochs}" if self.state is not None
                            else f"training {self.dir} ({epochs} epochs)", highlight=False, soft_wrap=True)
@@ -328,12 +336,15 @@ COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColu
 
 
 def drive(runs: list[Run], title: str, step: Callable[[int, Progress], tuple[float, list[EpochTotals]]],
-          snapshot: Callable[[int], dict], model_of: Callable[[int], torch.nn.Module]) -> list[RunResult]:
+          snapshot: Callable[[int], dict], model_of: Callable[[int], torch.nn.Module],
+          until: int | None = None) -> list[RunResult | None]:
     """Train runs that start at the same epoch together: step(epoch, progress) trains one epoch of all
     of them and returns the learning rate and each run's totals; snapshot(i) is run i's checkpoint
     state and model_of(i) its trained model. Times (seconds, wall_seconds) are the batch's divided
-    by its number of runs. A run that diverges finishes there; the others go on."""
+    by its number of runs. A run that diverges finishes there; the others go on. `until`: stop after
+    that epoch's checkpoint, before the last epoch; runs left unfinished then are None."""
     first, epochs = runs[0].first, runs[0].job.epochs
+    last = epochs if until is None else min(until, epochs)
     assert all(r.first == first for r in runs), "runs driven together start at the same epoch"
     n, out = len(runs), [None] * len(runs)
     for run in runs:
@@ -344,22 +355,32 @@ def drive(runs: list[Run], title: str, step: Callable[[int, Progress], tuple[flo
         return (time.perf_counter() - start) / n
 
     try:
-        with Progress(*COLUMNS, console=runs[0].console, transient=False) as progress:
-            task = progress.add_task(title, total=epochs, completed=first - 1, status="")
-            for epoch in range(first, epochs + 1):
+        with Progress(*COLUMNS, console=runs[0].console, transient=False) as progress, \
+                epochlog.EpochLog(runs, epochs, progress) as log:
+            task = log.epoch_task = progress.add_task(title, total=epochs, completed=first - 1, status="")
+            for run in runs:
+                log.start(run)
+            for epoch in range(first, last + 1):
                 t0 = time.perf_counter()
+                log.begin(epoch)
                 lr, totals = step(epoch, progress)
-                seconds = (time.perf_counter() - t0) / n
+                wall = time.perf_counter() - t0
+                seconds = wall / n
                 with _interrupts_deferred():
                     for i, run in enumerate(runs):
-                        if out[i] is None and not run.record(epoch, lr, totals[i], seconds, elapsed(),
-                                                             lambda: snapshot(i)):
-                            out[i] = run.finish(model_of(i), elapsed())
+                        if out[i] is None:
+                            recorded = run.record(epoch, lr, totals[i], seconds, elapsed(), lambda: snapshot(i))
+                            log.end(run, epoch, totals[i], wall)
+                            if not recorded:
+                                out[i] = run.finish(model_of(i), elapsed())
+                    log.ended()
                 progress.update(task, advance=1, status=_status(runs, totals, out))
                 if all(o is not None for o in out):
                     break
     except KeyboardInterrupt:
         raise Interrupted(interrupted([r for r, o in zip(runs, out) if o is None])) from None
+    if last < epochs:
+        return out
     return [o if o is not None else run.finish(model_of(i), elapsed()) for i, (run, o) in enumerate(zip(runs, out))]
 
 

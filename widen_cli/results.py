@@ -28,6 +28,7 @@ WEIGHTS_AT_EPOCH_FILE = "weights-epoch{epoch}.pt"  # a dense run's weights at th
 SUMMARY_FILE = "summary.parquet"  # a finished run's one row; its presence marks the run done
 CLAIM_FILE = "claim.json"  # who is training the run now (claims.py); gone when it stops
 ERROR_FILE = "error.txt"  # a failed sweep member's traceback
+LOG_FILE = "log.txt"  # a pool or submitit sweep member's per-epoch lines (epochlog.py), appended
 PLAN_FILE = "plan.parquet"  # a sweep's planned members
 SWEEP_FILE = "sweep.yaml"  # a sweep's resolved config
 RESULTS_FILE = "results.parquet"  # a sweep's gathered rows
@@ -56,7 +57,8 @@ SUMMARY_COLUMNS = [
 ]
 
 # A sweep's results.parquet: each member's summary plus the plan's view of it and its folder name;
-# status `failed` and the error for members that crashed. lr: the run's optim.lr; selected: the one row of
+# status `failed` and the error for members that crashed, `interrupted` for those a stopped sweep left
+# unfinished (their checkpoints resume them). lr: the run's optim.lr; selected: the one row of
 # each member and seed (over the sweep's learning rates) that the report draws (sweep.select_on).
 RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "run", "error", "lr", "selected"]
 

@@ -25,11 +25,13 @@ def run_member(job: Job, threads: int | None = None, restart: bool = False) -> s
     """Run one member as `widen train` would, quietly; returns its run folder. Top level: picklable."""
     from rich.console import Console
 
+    from widen_cli import epochlog
     from widen_cli.train import run_training
 
     if threads:  # read by hardware.setup, which sets the thread count for the run
         os.environ["WIDEN_THREADS"] = str(threads)
-    run_training(job, Console(stderr=True, quiet=True), restart=restart)
+    with epochlog.member_logs():  # its epochs to its own folder's log file
+        run_training(job, Console(stderr=True, quiet=True), restart=restart)
     return str(job.run_dir)
 
 
@@ -66,19 +68,19 @@ def _record_failure(job: Job, error: BaseException) -> None:
 
 def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
     """One after another in this process. MLP members that can share a stacked model train together
-    (widen_cli/family.py) unless sweep.batch_members is false; one with a checkpoint resumes alone."""
+    (widen_cli/family.py) unless sweep.batch_members is false; interrupted ones resume as they trained
+    (family.train_family)."""
     from widen_cli import family
     from widen_cli.train import run_training
 
     def key(job: Job):
-        if not s.batch_members or (not restart and (job.run_dir / checkpoint.FILENAME).exists()) \
-                or any(job.keep_weights):  # weights kept after an epoch: a single run's loop does that
+        if not s.batch_members or any(job.keep_weights):  # weights kept after an epoch: a single run's loop
             return None
         return family.batch_key(job.run)
 
     for batch in family.group(todo, key):
         try:
-            if len(batch) == 1:
+            if key(batch[0]) is None:
                 run_training(batch[0], console, restart=restart)
             else:
                 if restart:
@@ -95,19 +97,14 @@ def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, 
 
 
 def _pool(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
-    """--jobs processes on this machine, the CPU threads split between them."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    """--jobs worker processes on this machine (widen_cli/pool.py), the CPU threads this process may use
+    (its affinity, capped by a container's quota) split between them."""
+    from widen_cli import hardware, pool
 
-    threads = max(1, (os.cpu_count() or 1) // n_jobs)
-    gpus = _pool_gpus(todo[0].run.device)
-    context = mp.get_context("spawn")
-    slots = context.Value("i", 0)
-    with ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_one_gpu_per_worker,
-                             initargs=(slots, gpus)) as pool:
-        futures = {pool.submit(run_member, job, threads, restart): job for job in todo}
-        for fut in as_completed(futures):
-            done(futures[fut], fut.exception())
+    threads = max(1, hardware.available_cpus() // n_jobs)
+    console.print(f"pool: up to {n_jobs} members at once, {threads} CPU thread{'s' if threads > 1 else ''} each; "
+                  f"each member logs its epochs to {results.LOG_FILE} in its folder", highlight=False)
+    pool.launch(todo, done, n_jobs, threads, _pool_gpus(todo[0].run.device), restart, console)
 
 
 def _pool_gpus(device: str) -> int:
@@ -117,17 +114,6 @@ def _pool_gpus(device: str) -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-def _one_gpu_per_worker(slots, gpus: int) -> None:
-    """Pool worker start-up: worker k sees only GPU k mod gpus (before CUDA starts in it), so --jobs equal
-    to the GPU count gives each member a GPU of its own."""
-    with slots.get_lock():
-        slot, slots.value = slots.value, slots.value + 1
-    if gpus:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
-        os.environ["CUDA_VISIBLE_DEVICES"] = ids[slot % len(ids)]
 
 
 def _submitit(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
@@ -220,7 +206,12 @@ def run(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s
 
     require(jobs[0].run.dataset)
     remove_stale_temporaries(sweep_dir)
-    errors = launch(jobs, launcher, n_jobs, sweep_dir, console, s, restart)
+    errors: dict[Path, str] = {}
+    try:
+        launch(jobs, launcher, n_jobs, sweep_dir, console, s, restart, errors)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished is kept, the rest listed as interrupted
+        gather(jobs, sweep_dir, errors, s.select_on, interrupted=True)
+        raise
     return gather(jobs, sweep_dir, errors, s.select_on)
 
 
@@ -248,15 +239,16 @@ def failures(table: pd.DataFrame, console) -> bool:
 
 
 def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s: SweepConfig,
-           restart: bool = False) -> dict[Path, str]:
+           restart: bool = False, errors: dict[Path, str] | None = None) -> dict[Path, str]:
     """Run the jobs that have not finished (resuming their checkpoints, or from scratch with `restart`);
-    a failing member is recorded (error.txt) and the rest go on. Returns {run folder: error} of failures."""
+    a failing member is recorded (error.txt) and the rest go on. Returns {run folder: error} of failures
+    (`errors`, filled as they happen, when given)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     todo = [j for j in jobs if not (j.run_dir / results.SUMMARY_FILE).exists()]
     console.print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; running {len(todo)} "
                   f"with the {launcher} launcher")
-    errors: dict[Path, str] = {}
+    errors = {} if errors is None else errors
     if not todo:
         return errors
     for j in todo:
@@ -285,30 +277,36 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
 
 
 def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = None,
-           select_on: str = "test") -> pd.DataFrame:
+           select_on: str = "test", interrupted: bool = False) -> pd.DataFrame:
     """results.parquet: one row per member, learning rate and seed, from the members' own summary files;
-    a member without one is a `failed` row with its planned identity and its error. `selected` marks the
-    learning rate chosen for each member and seed (select)."""
+    a member without one is a `failed` row with its planned identity and its error, or, when the sweep
+    was `interrupted` and it did not fail, an `interrupted` row (its checkpoint resumes it). `selected`
+    marks the learning rate chosen for each member and seed (select)."""
     rows = []
     for job in jobs:
         path = job.run_dir / results.SUMMARY_FILE
         error = (errors or {}).get(job.run_dir, "did not finish (no summary.parquet)")
-        row = None
+        row = damaged = None
         if path.exists():
             try:  # a damaged summary fails this member, not the gather
                 row = results.read_finished(path, "summary", job.run_dir).iloc[0].to_dict()
             except UserError as e:
-                error = str(e)
+                error = damaged = str(e)
         if row is not None:
             row.setdefault("status", "finished")  # summaries from before statuses were recorded
             row["error"] = None
             checkpoint.tidy_finished(job.run_dir)
         else:
             m = job.member
+            epochs = _epochs_done(job.run_dir)
+            stopped = interrupted and damaged is None and job.run_dir not in (errors or {})
+            if stopped:
+                error = (f"interrupted after epoch {epochs} of {job.epochs}" if epochs else "interrupted before "
+                         "its first epoch ended") + "; run the same command again to resume"
             row = dict(dataset=job.run.dataset.name, model=job.run.model.name, method=m.method, width=m.width,
                        base_width=m.base_width, n_weights=m.n_weights, n_weights_dense=m.n_weights_dense,
-                       connectivity=m.connectivity, seed=job.run.seed, epochs=_epochs_done(job.run_dir),
-                       status="failed", error=error)
+                       connectivity=m.connectivity, seed=job.run.seed, epochs=epochs,
+                       status="interrupted" if stopped else "failed", error=error)
         pruned = job.member.method == "pruned"  # the pruning columns, for failed rows and older summaries
         row.setdefault("variant", job.member.variant)
         row.setdefault("parent_run", parent_run(job.run).run_name() if pruned else None)

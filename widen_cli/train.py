@@ -132,9 +132,10 @@ def train_run(run: lifecycle.Run, parent: tuple[Path, str] | None = None) -> Run
         distributed.close(ctx)
 
 
-def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int) -> None:
+def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int, initial: bool = True) -> None:
     """A dense run keeps its initial weights (epoch 0) and those of the epochs its job asks for: what
-    magnitude-rewind members pruned from it go back to."""
+    magnitude-rewind members pruned from it go back to. `initial`: at epoch 0 of a resumed run, whether
+    `model` still holds the initial weights (drawn again from the seed; not yet restored)."""
     job = run.job
     if not run.main or job.run.method.name != "dense" or not (epoch == 0 or epoch in job.keep_weights):
         return
@@ -144,9 +145,13 @@ def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int) -> None
         if checkpoint.file_holds(path, state, exactly=False):
             return
         # Damaged or missing (a crash, a disk fault): the initial weights are drawn on the CPU from the
-        # run's seed, so `model` holds the very same ones again (it is not restored yet).
-        run.console.print(f"[yellow]warning:[/yellow] {path} was damaged or missing; written again from the "
-                          f"run's seed", highlight=False, soft_wrap=True)
+        # run's seed, so a model not yet restored holds the very same ones again.
+        again = "written again from the run's seed" if initial else \
+            "members rewound to epoch 0 from this run will fail (train it again with --restart to keep it)"
+        run.console.print(f"[yellow]warning:[/yellow] {path} was damaged or missing; {again}", highlight=False,
+                          soft_wrap=True)
+        if not initial:
+            return
     results.atomic_write(path, lambda tmp: torch.save(state, tmp), run.check_claim)
 
 

@@ -6,8 +6,9 @@ from dataclasses import MISSING, fields, replace
 from typing import TYPE_CHECKING
 
 from widen_cli.budget import DISTRIBUTIONS, default_distribution, fix_last_layer
-from widen_cli.config import (INITS, NORMALIZATIONS, PRECISIONS, PRUNE_VARIANTS, SELECT_ON, DatasetConfig,
-                              MethodConfig, ModelConfig, OptimConfig, RunConfig, SubmititConfig, SweepConfig)
+from widen_cli.config import (COMPUTED, INITS, NORMALIZATIONS, PRECISIONS, PRUNE_VARIANTS, SELECT_ON,
+                              DatasetConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, SubmititConfig,
+                              SweepConfig)
 from widen_cli.errors import UserError
 from widen_cli.schedules import SCHEDULES
 
@@ -75,7 +76,10 @@ def _build(cls, data, key: str):
         full = f"{key}.{k}" if key else k
         if k not in known:
             where = f"under {key}" if key else "at the top level"
-            raise UserError(f"unknown config key {full!r}; valid keys {where}: {', '.join(known)}")
+            settings = [name for name, f in known.items() if not f.metadata.get(COMPUTED)]
+            raise UserError(f"unknown config key {full!r}; valid keys {where}: {', '.join(settings)}")
+        if known[k].metadata.get(COMPUTED):
+            raise UserError(f"{full} is not a setting: it is computed when a command runs")
         ftype = known[k].type
         if isinstance(ftype, str) and ftype in NESTED:
             values[k] = _build(NESTED[ftype], v, full)

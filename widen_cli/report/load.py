@@ -114,10 +114,12 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
     table = table.sort_values("from_results", ascending=False, kind="stable").drop_duplicates("run_dir")
     if "selected" in table:  # a sweep over --lrs: only each member's selected run is drawn (its others,
         table = table[table.selected.astype(object).ne(False)]  # read as summaries too, go with it)
-    if "status" in table:  # failed sweep members have no accuracies; diverged runs keep theirs
-        failed = table.status.eq("failed")
-        if failed.any():
-            warn(f"leaving out {failed.sum()} failed run(s): " + ", ".join(sorted(map(str, table.run_dir[failed]))))
+    if "status" in table:  # failed and interrupted sweep members have no accuracies; diverged runs keep theirs
+        failed = table.status.isin(["failed", "interrupted"])
+        for status in ("failed", "interrupted"):
+            these = table.status.eq(status)
+            if these.any():
+                warn(f"leaving out {these.sum()} {status} run(s): " + ", ".join(sorted(map(str, table.run_dir[these]))))
         table = table[~failed]
     return Results(label_runs(table.reset_index(drop=True), warn), plans, kernels, sources, skipped)
 

@@ -3,7 +3,8 @@
 A run's setting is a panel (dataset, model, MLP activation), its family a set of members (method, base
 width, sparse options), its line a family at one last-layer connectivity. Runs are averaged only over
 seeds: the summary's `identity` column (the whole experiment) decides. Runs whose identities differ in
-anything but the seed, the width, the base width and the method are kept in separate settings; sparse
+anything but the seed, the width, the base width and the method (the data's fingerprint included: other
+data is another setting) are kept in separate settings; sparse
 members whose method options differ beyond what the family shows, in separate families. Either way the
 label says what differs (`digits mlp, epochs=10`) and one warning names the keys. Plain dense models are
 pooled by width within a setting whatever family they came from: base width and method options do not
@@ -112,7 +113,7 @@ class _Apart:
             members[group].append(i)
         for group, rows in members.items():
             known = [flat[i] for i in rows if flat[i] is not None]
-            keys = sorted(k for k in set().union(*known) if len({_show(f.get(k)) for f in known}) > 1)
+            keys = sorted(k for k in set().union(*known) if len({_show(f.get(k), k) for f in known}) > 1)
             unknown = 0 < len(known) < len(rows)  # tables from before identities were recorded, beside newer ones
             if not (keys or unknown):
                 continue
@@ -120,7 +121,7 @@ class _Apart:
             names = _short_names(keys)
             for i in rows:
                 out[i] = (", identity unknown" if flat[i] is None
-                          else "".join(f", {names[k]}={_show(flat[i].get(k))}" for k in keys))
+                          else "".join(f", {names[k]}={_show(flat[i].get(k), k)}" for k in keys))
             self.labels += sorted({group + out[i] for i in rows})
         return pd.Series(out, index=groups.index, dtype=object)
 
@@ -132,9 +133,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _show(v) -> str:
-    if v is None:
-        return "default"  # identity() leaves some keys out at their default (precision fp32)
+def _show(v, key: str = "") -> str:
+    if v is None:  # identity() leaves some keys out at their default (precision fp32), and an unknown
+        return "unrecorded" if key == "data_fingerprint" else "default"  # fingerprint (runs from before)
     return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
 
 
