@@ -75,7 +75,7 @@ def check_fits(state: dict, model: torch.nn.Module, path: Path) -> None:
     wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     params = [tuple(p.shape) for p in model.parameters()]
     buffers = {k: tuple(getattr(v.get("momentum_buffer"), "shape", ())) for k, v in
-               state["optimizer"].get("state", {}).items() if isinstance(v, dict) and "momentum_buffer" in v}
+               state["optimizer"].get("state", {}).items() if isinstance(v, dict) and v.get("momentum_buffer") is not None}
     momentum = sorted(str(k) for k, shape in buffers.items()
                       if not isinstance(k, int) or not 0 <= k < len(params) or params[k] != shape)
     if saved != wanted or momentum:
