@@ -77,11 +77,16 @@ def test_a_damaged_parent_model_fails_the_pruned_member_in_one_line(tmp_path, da
 
 # ---------------------------------------------------------------- checkpoints
 
+MOMENTUM = "optim.momentum=0.9"  # so that the checkpoint holds momentum buffers
+
+
 def write_checkpoint(path, epoch: int, damage) -> None:
-    """A checkpoint of SMALL's run at `epoch`, as a run writes it, then damaged by damage(state)."""
-    _, run = config.load(["width=16", "optim.epochs=2"])
+    """A checkpoint of SMALL's run (with MOMENTUM) at `epoch`, as a run writes it, then damaged by damage(state)."""
+    _, run = config.load(["width=16", "optim.epochs=2", MOMENTUM])
     model = build_model(run.model, run.width, spec_from_config(run.dataset))
     opt, sched = make_optimizer(model, run.optim)
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+    opt.step()  # momentum buffers, as after a real epoch
     row = dict(lr=0.1, train_loss=1.0, train_acc=0.5, test_loss=1.0, test_acc=0.5, val_loss=None, val_acc=None,
                seconds=0.1)
     checkpoint.save(path, identity=run.identity(), epoch=epoch, rows=[dict(row, epoch=e + 1) for e in range(epoch)],
@@ -96,9 +101,14 @@ def _wrong_shape(state):
     state["model"][name] = torch.zeros(3, 3)
 
 
+def _wrong_momentum(state):
+    state["optimizer"]["state"][0]["momentum_buffer"] = torch.zeros(3, 3)  # taken on trust by load_state_dict
+
+
 @pytest.mark.parametrize("case,damage,needle", [
     ("missing key", lambda s: s["model"].pop(next(iter(s["model"]))), "does not fit"),
     ("wrong shape", _wrong_shape, "does not fit"),
+    ("wrong momentum", _wrong_momentum, "momentum of other shapes"),
     ("no rows", lambda s: s.pop("rows"), "missing or wrong: rows"),
     ("epoch 99", lambda s: s.update(epoch=99, rows=s["rows"] * 99), "epoch 99"),
 ])
@@ -106,7 +116,7 @@ def test_a_checkpoint_that_does_not_fit_the_run_is_one_line(tmp_path, case, dama
     path = tmp_path / "r" / checkpoint.FILENAME
     path.parent.mkdir()
     write_checkpoint(path, 1, damage)
-    one_error_line(widen(*SMALL, "--out", tmp_path, "--name", "r"), str(path), needle, "--restart")
+    one_error_line(widen(*SMALL, MOMENTUM, "--out", tmp_path, "--name", "r"), str(path), needle, "--restart")
     assert not (tmp_path / "r" / results.SUMMARY_FILE).exists()
 
 
@@ -114,7 +124,7 @@ def test_an_intact_checkpoint_written_the_same_way_resumes(tmp_path):
     path = tmp_path / "r" / checkpoint.FILENAME
     path.parent.mkdir()
     write_checkpoint(path, 1, lambda state: None)  # the cases above differ from this only by their damage
-    res = widen(*SMALL, "--out", tmp_path, "--name", "r")
+    res = widen(*SMALL, MOMENTUM, "--out", tmp_path, "--name", "r")
     assert res.exit_code == 0 and f"resuming {tmp_path / 'r'} after epoch 1 of 2" in res.output, res.output
 
 
