@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-gpu bench clean
+.PHONY: setup demo test test-gpu test-lowest bench clean
 
 $(BIN)/widen: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,11 +24,39 @@ test: setup
 test-gpu: setup
 	$(BIN)/python -m pytest -m gpu
 
+# Every dependency at the lowest version pyproject.toml allows (.ci/floors.py pins each floor; what they
+# in turn need comes at its newest), in its own .venv-lowest, and the tests that touch each of them: train,
+# help, Hydra configs, a local sweep (nested progress displays), the submitit launcher, a killed run resumed
+# from its checkpoint, kernel-distance, the report, Parquet tables, the sparse ops. uv installs (pip's
+# backtracking is far slower); the floors' PyTorch is a CUDA build of a few GB from PyPI.
+LOWEST := .venv-lowest
+LOWEST_TESTS := tests/test_cli.py::test_train_digits_end_to_end tests/test_cli.py::test_help \
+	tests/test_config.py::test_config_dir_adds_presets_and_datasets \
+	tests/test_config.py::test_wrong_type_names_the_expected_type \
+	tests/test_sweep.py::test_sweep_runs_every_member_and_seed \
+	tests/test_sweep.py::test_local_launcher_trains_mlp_families_batched tests/test_sweep.py::test_rerun_trains_nothing \
+	'tests/test_sweep.py::test_launchers_give_the_same_rows[submitit]' \
+	tests/test_reliability.py::test_sigkill_then_resume_equals_an_uninterrupted_run \
+	tests/test_kernels.py::test_command_writes_the_table tests/test_kernels.py::test_command_on_mnist_files \
+	tests/test_report.py::test_real_sweep_report tests/test_report.py::test_every_figure_is_drawn_and_linked \
+	tests/test_results.py tests/test_sparse_ops.py tests/test_data.py::test_digits tests/test_data.py::test_reads_each_format
+
+$(LOWEST)/floors.txt: pyproject.toml .ci/floors.py
+	rm -rf $(LOWEST)
+	$(PY) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install -q uv
+	$(PY) .ci/floors.py > $(LOWEST)/floors.new
+	$(LOWEST)/bin/uv pip install -q --no-cache --python $(LOWEST)/bin/python -c $(LOWEST)/floors.new -e '.[dev]'
+	mv $(LOWEST)/floors.new $@
+
+test-lowest: $(LOWEST)/floors.txt
+	$(LOWEST)/bin/python -m pytest --disable-warnings $(LOWEST_TESTS)  # warnings: old floors beside new deps
+
 # Speed benchmarks (not tests): our path against plain loops, as ratios; a few minutes on CPU.
 # BENCH_ARGS="--device cuda" on a GPU machine.
 bench: setup
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache build dist
+	rm -rf $(VENV) $(LOWEST) .pytest_cache build dist
 	find runs -mindepth 1 -maxdepth 1 ! -name .gitignore -exec rm -rf {} +  # runs/ itself is tracked

@@ -154,11 +154,20 @@ def test_several_budgets_get_their_own_default_widths(tmp_path):
 
 def test_dense_runs_shared_between_methods_run_once(tmp_path):
     res = widen("sweep-width", "--dataset", "digits", "--base-width", "8", "--methods", "sparse,linear-bottleneck",
-                "--widths", "8,16", "--epochs", 1, "--out", tmp_path, "--name", "s")
+                "--widths", "8,16", "--epochs", 1, "--seeds", "0,1", "--out", tmp_path, "--name", "s")
     assert res.exit_code == 0, res.output
     df = pd.read_parquet(tmp_path / "s" / results.RESULTS_FILE)
     assert df.run.is_unique and len(df) == len(list((tmp_path / "s").glob("*/" + results.SUMMARY_FILE)))
-    assert (df.method == "dense").sum() == 2  # width 16 (both methods' dense-wide) and the base (linear-bottleneck)
+    # Width 16 (both methods' dense-wide) once per seed; the base (linear-bottleneck's dense baseline) is the
+    # sparse member at width 8, which keeps every weight: trained once, as that member.
+    assert sorted(df[df.method == "dense"].width) == [16, 16]
+    assert sorted(df[df.width == 8].method) == ["linear-bottleneck"] * 2 + ["sparse"] * 2
+    res = widen("report", tmp_path / "s", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(tmp_path / "report" / "table.csv").set_index("row")
+    assert table.loc["dense", "seeds_w8"] == table.loc["dense", "seeds_w16"] == 2  # one sample per seed
+    base = df[(df.method == "sparse") & (df.width == 8)]
+    assert table.loc["dense", "test_acc_w8"] == pytest.approx(100 * base.best_test_acc.mean(), abs=1e-4)
 
 
 def test_a_sweep_of_other_budgets_under_the_same_name_is_refused(tmp_path):

@@ -210,7 +210,8 @@ def test_a_sweep_of_sparse_and_three_pruned_variants_trains_each_dense_parent_on
     assert res.exit_code == 0, res.output
     table = pd.read_parquet(tmp_path / "m" / results.RESULTS_FILE)
     dense = table[table.method == "dense"]
-    assert sorted(dense.width) == [8, 16]  # one run per width, not one per method
+    assert sorted(dense.width) == [16]  # one run per width, not one per method; at the base width, that run
+    assert sorted(table[table.width == 8].method) == ["sparse"]  # is the sparse member (it keeps every weight)
     for parent in dense.itertuples():
         assert res.output.count(f"training {tmp_path / 'm' / parent.run} (") == 1
         assert len(pd.read_parquet(tmp_path / "m" / parent.run / results.METRICS_FILE)) == 2

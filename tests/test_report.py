@@ -94,10 +94,18 @@ def fake_results(tmp_path_factory):
     """Two sparse budgets with dense-wide rows and two seeds, an MLP grid, a bottleneck family, a kernel table."""
     root = tmp_path_factory.mktemp("fake")
     rng = np.random.default_rng(0)
+    dense = {}  # a dense model of one width and seed is one experiment, whichever sweep ran it: one accuracy
+
+    def acc(method, w, base, s, low, high):
+        drawn = rng.uniform(low, high)
+        return dense.setdefault((w, s), drawn) if method == "dense" or w == base else drawn
+
     sweeps = []
     for base in (4, 8):
-        rows = [row("sparse", w, base, s, rng.uniform(0.5, 0.9)) for w in (base, 2 * base, 4 * base) for s in (0, 1)]
-        rows += [row("dense", w, base, s, rng.uniform(0.5, 0.99)) for w in (2 * base, 4 * base) for s in (0, 1)]
+        rows = [row("sparse", w, base, s, acc("sparse", w, base, s, 0.5, 0.9)) for w in (base, 2 * base, 4 * base)
+                for s in (0, 1)]
+        rows += [row("dense", w, base, s, acc("dense", w, base, s, 0.5, 0.99)) for w in (2 * base, 4 * base)
+                 for s in (0, 1)]
         sweeps.append(write_sweep(root / "runs" / f"digits-b{base}", rows, base_width=base))
     grid = [row("sparse", w, 5, 0, rng.uniform(0.8, 0.98), dataset="mnist", llc=c, n_weights=3970)
             for w in (5, 10, 20) for c in (1.0, 0.5, 0.2) if not (w == 5 and c < 1)]
@@ -106,7 +114,7 @@ def fake_results(tmp_path_factory):
         r["connectivity"] = 3970 / r["n_weights_dense"]
     sweeps.append(write_sweep(root / "runs" / "grid", grid, dataset="mnist", members=False))
     bottleneck = [row("linear-bottleneck", w, 8, 0, rng.uniform(0.5, 0.9)) for w in (8, 16)] + [
-        row("dense", 8, 8, 0, 0.7)]
+        row("dense", 8, 8, 0, dense[8, 0])]
     sweeps.append(write_sweep(root / "runs" / "linear", bottleneck, members=False))
     widths = np.array([4, 8, 16, 32])
     kernel = pd.DataFrame(dict(
@@ -155,7 +163,9 @@ def test_table_csv_holds_the_means_of_the_inputs(fake_report):
     runs = pd.concat(sweeps[:2])  # the two digits budgets
     digits = pd.concat([runs, sweeps[3]])  # the bottleneck family's dense baseline is a digits MLP too
     dense = digits[(digits.method == "dense") | ((digits.width == digits.base_width) & (digits.method == "sparse"))]
+    dense = dense.drop_duplicates(["width", "seed"])  # one experiment, however many sweeps ran it
     for width, d in dense.groupby("width"):
+        assert table.loc[("digits mlp", "dense"), f"seeds_w{width}"] == 2
         assert table.loc[("digits mlp", "dense"), f"test_acc_w{width}"] == \
             pytest.approx(100 * d.best_test_acc.mean(), abs=1e-4)
         assert table.loc[("digits mlp", "dense"), f"n_weights_w{width}"] == mlp_weights(width)
@@ -195,6 +205,49 @@ def test_real_sweep_report(tmp_path):
     assert table.loc["sparse b=4", "test_acc_w8"] == pytest.approx(100 * sparse8.best_test_acc.mean(), abs=1e-4)
     dense4 = gathered[gathered.width == 4]
     assert table.loc["dense", "test_acc_w4"] == pytest.approx(100 * dense4.best_test_acc.mean(), abs=1e-4)
+
+
+def test_a_copied_sweep_folder_counts_each_seed_once(tmp_path):
+    """A real two-method sweep and a backup copy of its folder beside it: every cell holds one sample per
+    seed, with the mean of one run per seed."""
+    import shutil
+
+    res = widen("sweep-width", "--dataset", "digits", "--methods", "sparse,pruned", "--base-width", 4, "--widths",
+                "4,8", "--seeds", "0,1", "--epochs", 1, "--out", tmp_path / "runs", "--name", "s")
+    assert res.exit_code == 0, res.output
+    shutil.copytree(tmp_path / "runs" / "s", tmp_path / "runs" / "s-backup")
+    res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert "16 runs (8 of them repeat another's experiment, counted once)" in flat  # 4 members, 2 seeds, twice
+    assert "different numbers" not in flat  # the copies agree
+    gathered = pd.read_parquet(tmp_path / "runs" / "s" / results.RESULTS_FILE)
+    table = pd.read_csv(tmp_path / "report" / "table.csv").set_index("row")
+    for line, method, width in (("dense", "sparse", 4), ("dense", "dense", 8), ("sparse b=4", "sparse", 8),
+                                ("pruned magnitude b=4", "pruned", 8)):
+        runs = gathered[(gathered.method == method) & (gathered.width == width)]
+        assert sorted(runs.seed) == [0, 1]
+        assert table.loc[line, f"seeds_w{width}"] == 2
+        assert table.loc[line, f"test_acc_w{width}"] == pytest.approx(100 * runs.best_test_acc.mean(), abs=1e-4)
+    assert "(592, 2 seeds)" in (tmp_path / "report" / "table.md").read_text()
+    drawn = next(p for p in report.figures(report.load([tmp_path / "runs"], lambda _: None))
+                 if p.name == "test_acc_vs_width").data
+    assert set(drawn.runs) == {2}
+
+
+def test_repeats_that_disagree_are_named_and_counted_once(tmp_path):
+    first = write_run(tmp_path / "a", 0.6, "digits", "sparse", 8, 4, 0, epochs=3)
+    write_run(tmp_path / "a", 0.7, "digits", "sparse", 8, 4, 1, epochs=3)
+    again = write_run(tmp_path / "b", 0.9, "digits", "sparse", 8, 4, 0, epochs=3)  # seed 0 again, other numbers
+    res = widen("report", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    flat = "".join(res.output.split())  # rich wraps long paths anywhere
+    warning = "1experiment(s)wererunmorethanonce(sameidentityandseed)withdifferentnumbers"
+    assert flat.count(warning) == 1
+    assert f"{first.run_dir}(test60.00)vs{again.run_dir}(test90.00)".replace(" ", "") in flat
+    table = pd.read_csv(tmp_path / "report" / "table.csv").set_index("row")
+    assert table.loc["sparse b=4", "seeds_w8"] == 2
+    assert table.loc["sparse b=4", "test_acc_w8"] == pytest.approx(65.0)  # the first run of seed 0, and seed 1
 
 
 def test_no_parquet_exits_2(tmp_path):
@@ -348,7 +401,7 @@ def test_figure_12_gains_from_widening_at_constant_and_growing_weight_count(fake
     runs = report.load([root / "runs"], lambda msg: None).runs
     data = widening_gain_data(runs).set_index(["line", "width"])
     digits = pd.concat([sweeps[0], sweeps[1], sweeps[3]])  # the bottleneck family's dense baseline is digits too
-    dense = _dense_models(digits).groupby("width").best_test_acc.mean() * 100
+    dense = _dense_models(digits).drop_duplicates(["width", "seed"]).groupby("width").best_test_acc.mean() * 100
     for base in (4, 8):
         sparse = sweeps[0 if base == 4 else 1]
         sparse = sparse[(sparse.method == "sparse") & (sparse.width > base)].groupby("width").best_test_acc.mean() * 100

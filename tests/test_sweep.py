@@ -205,6 +205,112 @@ def test_same_name_with_other_settings_is_refused_unless_restart(tmp_path):
     assert widen(*first, "--epochs", 7, "--restart").exit_code == 0
 
 
+def _planned(out, *overrides):
+    """A digits sweep's composed config and plan, as sweep-width makes them, under --name s."""
+    from widen_cli import config, plan
+
+    cfg = config.compose_config(["dataset=digits", "model=mlp", "method=sparse", "base_width=8", f"out={out}",
+                                 *overrides], ())
+    return cfg, plan.plan_sweep(plan.family_run(cfg, None), plan.settings(cfg, widths=[8, 16]), "s")
+
+
+def test_a_sweep_that_checked_before_another_claimed_the_folder_is_refused(tmp_path, monkeypatch):
+    """The race of two sweeps of one --name, forced: B finds no sweep.yaml, A claims the folder, then B
+    would write. B is refused and A's sweep.yaml stays."""
+    import yaml
+
+    from widen_cli import sweep
+    from widen_cli.errors import UserError
+
+    cfg_a, a = _planned(tmp_path, "optim.epochs=1")
+    cfg_b, b = _planned(tmp_path, "optim.epochs=2")
+    assert a.sweep_dir == b.sweep_dir
+    check = sweep._check_identity
+
+    def a_claims_meanwhile(*args):
+        check(*args)  # B: no sweep there yet
+        monkeypatch.setattr(sweep, "_check_identity", check)
+        sweep.claim(a.sweep_dir, a, cfg_a, False)
+
+    monkeypatch.setattr(sweep, "_check_identity", a_claims_meanwhile)
+    with pytest.raises(UserError, match="optim.epochs: 2 here, 1 in"):
+        sweep.claim(b.sweep_dir, b, cfg_b, False)
+    assert yaml.safe_load((a.sweep_dir / "sweep.yaml").read_text())["optim"]["epochs"] == 1
+    assert sorted(p.name for p in a.sweep_dir.iterdir()) == ["sweep.yaml"]  # no leftovers of B
+
+
+RACER = """import sys, time
+from pathlib import Path
+import hydra, omegaconf, pandas, torch  # loaded before the start line, so both start from the same point
+from widen_cli import cli, plan, sweep
+Path(sys.argv[1]).touch()
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.001)
+sys.argv = ["widen", *sys.argv[3:]]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("epochs,refused", [((1, 2), 1), ((1, 1), 0)])
+def test_two_sweeps_of_one_name_started_together(tmp_path, epochs, refused):
+    """Two real sweep-width processes released at once under one --name: with other settings exactly one is
+    refused (one error line, exit 2) and sweep.yaml holds the other's; with the same settings both run."""
+    import subprocess
+    import sys
+
+    import yaml
+    from test_reliability import ENV, wait_for
+
+    go = tmp_path / "go"
+    procs = []
+    for i, e in enumerate(epochs):
+        args = ["sweep-width", "--dataset", "digits", "--base-width", 8, "--widths", "8,16", "--epochs", e,
+                "--dry-run", "--out", tmp_path / "runs", "--name", "s"]
+        procs.append(subprocess.Popen([sys.executable, "-c", RACER, tmp_path / f"ready{i}", go, *map(str, args)],
+                                      env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for i, proc in enumerate(procs):
+        wait_for(tmp_path / f"ready{i}", proc, timeout=600)
+    go.touch()
+    outputs = [p.communicate(timeout=300) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0] * (2 - refused) + [2] * refused, outputs
+    for (_, err), code, e in zip(outputs, codes, epochs):
+        if code == 2:
+            assert err.startswith("error:") and err.count("\n") == 1 and "optim.epochs" in err, err
+        else:
+            assert "error" not in err and "Traceback" not in err, err
+            assert yaml.safe_load((tmp_path / "runs" / "s" / "sweep.yaml").read_text())["optim"]["epochs"] == e
+
+
+@pytest.mark.parametrize("text,needle", [("optim: {epochs: [3\n", "not valid YAML"),
+                                         ("- 1\n- 2\n", "does not describe a sweep"),
+                                         ("", "does not describe a sweep")])
+def test_a_garbled_sweep_yaml_is_refused(tmp_path, text, needle):
+    first = ["sweep-width", "--experiment", "smoke_sweep", "--dry-run", "--out", tmp_path, "--name", "s"]
+    assert widen(*first).exit_code == 0
+    (tmp_path / "s" / "sweep.yaml").write_text(text)
+    (tmp_path / "s" / "plan.parquet").unlink()
+    res = widen(*first)
+    assert res.exit_code == 2 and res.output.startswith("error:") and res.output.count("\n") == 1, res.output
+    assert needle in res.output and "sweep.yaml" in res.output
+    assert (tmp_path / "s" / "sweep.yaml").read_text() == text and not (tmp_path / "s" / "plan.parquet").exists()
+    assert widen(*first, "--restart").exit_code == 0  # --restart writes these settings there
+    assert widen(*first).exit_code == 0
+
+
+def test_a_sweep_of_several_methods_plans_the_dense_baseline_once(tmp_path):
+    """The sparse member at the base width keeps every weight: it is the dense baseline that pruned (or
+    linear-bottleneck) plans too, so one run per seed, as the sparse member (its family's first point)."""
+    for methods in ("sparse,pruned", "pruned,sparse"):
+        res = widen("sweep-width", "--dataset", "digits", "--methods", methods, "--base-width", 8, "--widths", "8,16",
+                    "--seeds", "0,1", "--dry-run", "--out", tmp_path, "--name", methods)
+        assert res.exit_code == 0, res.output
+        assert "8 runs (4 members, 2 seeds)" in " ".join(res.output.split())
+        plan = pd.read_parquet(tmp_path / methods / "plan.parquet")
+        assert sorted(plan.method[plan.width == 8]) == ["sparse"]
+        assert sorted(plan.method[plan.width == 16]) == ["dense", "pruned", "sparse"]
+
+
 def test_missing_data_is_refused_before_any_member_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     res = widen("sweep-width", "--dataset", "mnist", "--model", "mlp", "--base-width", 8, "--widths", "8,16",

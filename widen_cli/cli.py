@@ -272,11 +272,11 @@ def sweep_width(
         base_widths=budgets, methods=_names(methods) or ([method] if method else None),
         lrs=_numbers(lrs, float, "--lrs"), select_on=select_on)
     family = plan.plan_sweep(run, settings, name, plan.methods(composing, config_dir or (), run, settings))
-    sweep.check_family(family.sweep_dir, family, restart)
+    sweep.claim(family.sweep_dir, family, cfg, restart)
     table = family.table()
     display.plan(console, table, family.sweep_dir)
     display.sweep_cost(err, family.cost())
-    sweep.write_plan(family.sweep_dir, table, cfg, family.identity())
+    sweep.write_plan(family.sweep_dir, table)
     if dry_run:
         return
     results = sweep.run(family.jobs(), launcher, jobs, family.sweep_dir, err, settings, restart)
@@ -379,7 +379,8 @@ def report(
     plots, table = report_mod.write(res, out)
     if len(table):
         display.table1(console, report_mod.table1_display(table))
-    err.print(f"{len(res.runs)} runs, {len(res.plans)} plans, {len(res.kernels)} kernel tables -> "
+    again = f" ({res.repeats} of them repeat another's experiment, counted once)" if res.repeats else ""
+    err.print(f"{len(res.runs)} runs{again}, {len(res.plans)} plans, {len(res.kernels)} kernel tables -> "
               f"{len(plots)} figures: {', '.join(p.name for p in plots) or 'none'}")
     console.print(f"wrote {out / 'index.html'}", highlight=False)
 

@@ -81,6 +81,13 @@ def plan_family(run: RunConfig, spec, widths: list[int], dense_wide: bool,
     return members + [(budget.plan_member(run.model, spec, run.base_width, w, DENSE), None) for w in dense_widths]
 
 
+def is_dense_baseline(member: budget.Member) -> bool:
+    """A sparse or non-linear bottleneck member at its base width that keeps every weight: the dense
+    baseline itself (it trains to the same numbers), not a model of its own."""
+    return member.method in ("sparse", "nonlinear-bottleneck") and member.width == member.base_width \
+        and member.n_weights == member.n_weights_dense
+
+
 def member_run(run: RunConfig, member: budget.Member, llc: float | None, seed: int, out: Path,
                lr: float | None = None) -> RunConfig:
     """The member's own RunConfig, derived from its family's: its width, method, seed and (with --lrs) its
@@ -168,8 +175,13 @@ class SweepPlan:
         seen = {}
         for f in self.families:
             for m, llc in f.members:
-                key = member_run(f.run, m, llc, 0, self.sweep_dir).run_name()
-                seen.setdefault(key, (f.run, m, llc))
+                # The dense baseline is one run whichever family plans it (the dense one of pruned or linear
+                # bottleneck, or the sparse or non-linear member at the base width): keyed by the dense run's
+                # folder, kept as the family member, so that family's line keeps its base point.
+                key = member_run(f.run, replace(m, method="dense") if is_dense_baseline(m) else m, llc, 0,
+                                 self.sweep_dir).run_name()
+                if key not in seen or (seen[key][1].method == "dense" and m.method != "dense"):
+                    seen[key] = (f.run, m, llc)
         return list(seen.values())
 
     @property

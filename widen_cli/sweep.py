@@ -150,52 +150,103 @@ def check_launch(launcher: str, n_jobs: int) -> None:
         raise UserError(f"--jobs must be >= 1, got {n_jobs}")
 
 
-def check_family(sweep_dir: Path, plan, restart: bool) -> None:
-    """A sweep folder holds one sweep: the same --name with other settings (say --epochs 10 after
-    400, or other budgets or methods) is refused, naming them, unless --restart; its widths and seeds
-    (and with --lrs, its learning rates) may grow."""
-    import yaml
-
-    from widen_cli.lifecycle import config_run, differences
-
-    try:
-        stored = yaml.safe_load((sweep_dir / results.SWEEP_FILE).read_text())
-    except (OSError, yaml.YAMLError):
-        return  # a new sweep (or one without a readable sweep.yaml)
-    if restart or not isinstance(stored, dict):
-        return
-    if isinstance(stored.get(SWEEP_IDENTITY), dict):
-        there = stored[SWEEP_IDENTITY]
-    else:  # written before sweeps recorded their identity: one family, its base run's
-        run = config_run(stored)
-        if run is None:
-            return
-        there = run.family_identity()
-    diff = differences(plan.identity(), there, sweep_dir)
-    if diff:
-        raise UserError(f"{sweep_dir} holds a sweep with other settings ({'; '.join(diff)}); choose another "
-                        f"--name, or pass --restart to run these settings there anyway")
-
-
-SWEEP_IDENTITY = "sweep_identity"  # sweep.yaml's key for plan.sweep_identity (what check_family compares)
-
-
-def write_plan(sweep_dir: Path, plan: pd.DataFrame, cfg, identity: dict | None = None) -> None:
-    """plan.parquet and sweep.yaml (the composed config, and the sweep's identity) in the sweep folder."""
+def claim(sweep_dir: Path, plan, cfg, restart: bool) -> None:
+    """Claim the sweep folder for this sweep: write sweep.yaml (the composed config and the sweep's identity),
+    creating it only if absent, so that of two sweeps started together under one --name one creates it and
+    the other then checks against it. A folder holds one sweep: the same --name with other settings (say
+    --epochs 10 after 400, or other budgets or methods) is refused, naming them, unless --restart; its
+    widths and seeds (and with --lrs, its learning rates) may grow. A sweep.yaml that cannot be read is
+    refused too (it would turn the check off). Nothing is written for a refused sweep."""
     import json
 
     import yaml
     from omegaconf import OmegaConf
 
+    identity = plan.identity()
+    if not restart:
+        _check_identity(sweep_dir, identity)
     data = OmegaConf.to_container(cfg, resolve=True)
-    if identity is not None:
-        data[SWEEP_IDENTITY] = json.loads(json.dumps(identity))  # tuples as lists
+    data[SWEEP_IDENTITY] = json.loads(json.dumps(identity))  # tuples as lists
+    text = yaml.safe_dump(data, sort_keys=False)
+    path = sweep_dir / results.SWEEP_FILE
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        results.write_table(plan, sweep_dir / results.PLAN_FILE, "plan")
-        results.write_text(yaml.safe_dump(data, sort_keys=False), sweep_dir / results.SWEEP_FILE)
+        if restart or not _create(path, text):
+            if not restart:
+                _check_identity(sweep_dir, identity)  # written by another sweep since the check above
+            results.write_text(text, path)  # the same sweep (grown widths or seeds), or --restart
     except OSError as e:
         raise UserError(f"cannot write to output folder {sweep_dir}: {e.strerror or e}") from None
+
+
+def _check_identity(sweep_dir: Path, identity: dict) -> None:
+    from widen_cli.lifecycle import differences
+
+    there = _stored_identity(sweep_dir)
+    diff = [] if there is None else differences(identity, there, sweep_dir)
+    if diff:
+        raise UserError(f"{sweep_dir} holds a sweep with other settings ({'; '.join(diff)}); choose another "
+                        f"--name, or pass --restart to run these settings there anyway")
+
+
+def _stored_identity(sweep_dir: Path) -> dict | None:
+    """The identity of the sweep in `sweep_dir` (None: no sweep.yaml yet); an unreadable or garbled one is a
+    UserError."""
+    import yaml
+
+    from widen_cli.lifecycle import config_run
+
+    path = sweep_dir / results.SWEEP_FILE
+    try:
+        stored = yaml.safe_load(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):  # no sweep there (writing will say if it cannot be)
+        return None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else f"not valid YAML: {str(e).splitlines()[0]}"
+        raise UserError(f"cannot read {path} ({why}); repair or delete it, choose another --name, or pass "
+                        f"--restart to write these settings there") from None
+    if isinstance(stored, dict) and isinstance(stored.get(SWEEP_IDENTITY), dict):
+        return stored[SWEEP_IDENTITY]
+    # written before sweeps recorded their identity: one family, its base run's
+    run = config_run(stored) if isinstance(stored, dict) else None
+    if run is None:
+        raise UserError(f"{path} does not describe a sweep; repair or delete it, choose another --name, or pass "
+                        f"--restart to write these settings there")
+    return run.family_identity()
+
+
+SWEEP_IDENTITY = "sweep_identity"  # sweep.yaml's key for plan.sweep_identity (what claim compares)
+
+
+def write_plan(sweep_dir: Path, plan: pd.DataFrame) -> None:
+    """plan.parquet in the sweep folder (claimed first: claim)."""
+    try:
+        results.write_table(plan, sweep_dir / results.PLAN_FILE, "plan")
+    except OSError as e:
+        raise UserError(f"cannot write to output folder {sweep_dir}: {e.strerror or e}") from None
+
+
+def _create(path: Path, text: str) -> bool:
+    """Create `path` holding `text` unless it exists; True if this call created it. The text is written under
+    a temporary name and hard-linked into place, which fails if the name exists: one creator wins, and no
+    reader sees the file half written. Where hard links are not supported, O_EXCL creation does the same."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        results.write_text(text, tmp)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some network or FUSE file systems)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def run(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s: SweepConfig,

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from widen_cli import results
 from widen_cli.errors import UserError
-from widen_cli.report.runs import label_runs, listing
+from widen_cli.report.runs import label_runs, listing, repeats
 
 # Tables without a kind in their metadata: the columns each kind had to have, tried in this order.
 _OLD_SUMMARY = ["dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
@@ -41,6 +41,7 @@ class Results:
     kernels: dict[str, pd.DataFrame] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    repeats: int = 0  # runs that repeat another run's experiment (counted once: runs.repeats)
 
 
 def find_tables(paths: list[Path]) -> list[Path]:
@@ -121,7 +122,8 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
             if these.any():
                 warn(f"leaving out {these.sum()} {status} run(s): " + ", ".join(sorted(map(str, table.run_dir[these]))))
         table = table[~failed]
-    return Results(label_runs(table.reset_index(drop=True), warn), plans, kernels, sources, skipped)
+    labelled = label_runs(table.reset_index(drop=True), warn)
+    return Results(labelled, plans, kernels, sources, skipped, repeats(labelled, warn))
 
 
 # Kernel tables of schema 1 named the allocation rule `allocation`, with names of their own.

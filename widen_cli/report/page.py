@@ -52,10 +52,11 @@ def _table_html(df: pd.DataFrame) -> str:
 def _html(res: Results, plots: list[Plot], pngs: dict[str, bytes], table: pd.DataFrame,
           tracked: pd.DataFrame) -> str:
     esc = html.escape
+    again = f" ({res.repeats} repeating another's experiment, counted once)" if res.repeats else ""
     parts = ["<h1>widen report</h1>",
-             f"<p>{len(res.runs)} runs, {len(res.plans)} plans, {len(res.kernels)} kernel-distance tables, read from "
-             f"{len(res.sources)} Parquet files. Accuracies in percent; with several seeds, means with standard "
-             f"errors.</p>"]
+             f"<p>{len(res.runs)} runs{again}, {len(res.plans)} plans, {len(res.kernels)} kernel-distance tables, "
+             f"read from {len(res.sources)} Parquet files. Accuracies in percent; with several seeds, means with "
+             f"standard errors.</p>"]
     if res.skipped:
         parts.append("<p>Skipped: " + ", ".join(f"<code>{esc(s)}</code>" for s in res.skipped) + "</p>")
     if len(table):

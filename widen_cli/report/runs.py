@@ -10,6 +10,8 @@ label says what differs (`digits mlp, epochs=10`) and one warning names the keys
 pooled by width within a setting whatever family they came from: base width and method options do not
 change a dense model. Runs of a sweep over learning rates (--lrs) come as the selected row of each member
 and seed (load.py); their setting says `lr-tuned over 0.01,0.1`, and their lr keeps no one apart.
+Runs of one experiment (equal identity, seed included: a copied sweep folder, a dense model two sweeps
+planned) are one sample wherever runs are pooled, counted once (repeats, mean_sem).
 """
 from __future__ import annotations
 
@@ -62,12 +64,45 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
     runs["line"] = runs.family + runs.last_layer_connectivity.map(lambda c: "" if pd.isna(c) else f", last layer {c:g}")
     runs["dense_model"] = dense | ((runs.method != "linear-bottleneck") & (runs.width == runs.base_width)
                                    & (runs.connectivity >= 1 - 1e-9))
+    runs["experiment"] = [_experiment(i, r) for i, r in zip(identities, runs.itertuples())]
     runs["test"] = 100 * runs.best_test_acc
     runs["train"] = 100 * runs.final_train_acc
     if apart.keys:
         warn(f"runs that differ in more than the seed are kept apart, not averaged; they differ in "
              f"{', '.join(sorted(apart.keys))}: {listing(apart.labels, 6, '; ')}")
     return runs
+
+
+def _experiment(identity: dict | None, r) -> str:
+    """What makes two runs one sample: their setting and identity, seed included. A dense model's is its
+    identity without method and base width (the dense baseline a sparse member at its base width is, a
+    dense-wide member of another budget: the same training). Without a recorded identity: its labels."""
+    if identity is None:
+        return json.dumps([r.setting, "dense" if r.dense_model else r.line, str(r.width), str(r.seed), "unknown"])
+    if r.dense_model:
+        identity = {k: v for k, v in identity.items() if k not in ("method", "base_width")}
+    return json.dumps([r.setting, identity], sort_keys=True)
+
+
+# What repeated runs of one experiment must agree in (else the report says which disagree).
+NUMBERS = ("status", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc", "val_acc")
+
+
+def repeats(runs: pd.DataFrame, warn: Callable[[str], None]) -> int:
+    """How many runs repeat an experiment another run holds (a copied sweep folder, a member planned by two
+    sweeps); each experiment is one sample wherever runs are pooled (mean_sem). Warns, naming them, where
+    the repeats disagree in their numbers."""
+    if runs.empty:
+        return 0
+    numbers = [c for c in NUMBERS if c in runs]
+    differ = []
+    for _, group in runs[runs.experiment.duplicated(keep=False)].groupby("experiment", sort=False):
+        if len(group[numbers].astype(str).drop_duplicates()) > 1:
+            differ.append(" vs ".join(f"{d} (test {t:.2f})" for d, t in zip(group.run_dir, group.test)))
+    if differ:
+        warn(f"{len(differ)} experiment(s) were run more than once (same identity and seed) with different "
+             f"numbers; each counts once, as its first run: {listing(differ, 3, '; ')}")
+    return int(runs.experiment.duplicated().sum())
 
 
 def _family(r) -> str:
@@ -153,7 +188,10 @@ def listing(names: list[str], shown: int = 3, sep: str = ", ") -> str:
 # ---------------------------------------------------------------- pooling and counts
 
 def mean_sem(df: pd.DataFrame, keys: list[str], values=("test", "train")) -> pd.DataFrame:
-    """Mean and standard error over seeds (and repeated runs) of every group; sem is NaN for one run."""
+    """Mean and standard error over seeds of every group, each experiment once (its first run: see
+    repeats); sem is NaN for one run. `runs`: the samples in the group."""
+    if "experiment" in df:
+        df = df.drop_duplicates([*keys, "experiment"])
     g = df.groupby(keys, dropna=False, sort=True)
     out = g[list(values)].agg(["mean", "sem"])
     out.columns = [f"{v}_{s}" for v, s in out.columns]
