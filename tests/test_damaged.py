@@ -56,6 +56,22 @@ def test_a_sweep_member_with_a_damaged_summary_fails_and_the_rest_is_gathered(tm
     assert len(others) == len(table) - 1 and (others.status == "finished").all()
 
 
+def test_a_damaged_checkpoint_in_a_batched_family_fails_that_member_only(tmp_path):
+    args = ["sweep-width", "--dataset", "digits", "--model", "mlp", "--base-width", 8, "--widths", "8,16,32",
+            "--no-dense-wide", "--epochs", 1, "--out", tmp_path, "--name", "s"]
+    assert widen(*args).exit_code == 0
+    table = pd.read_parquet(tmp_path / "s" / results.RESULTS_FILE)
+    damaged, fresh = (tmp_path / "s" / run for run in table[table.method == "sparse"].run[:2])
+    for folder in (damaged, fresh):  # two members to train again, in one stacked model
+        (folder / results.SUMMARY_FILE).unlink()
+    (damaged / checkpoint.FILENAME).write_bytes(b"PK\x03\x04 not a whole zip archive")
+    res = widen(*args)
+    assert res.exit_code == 1 and f"1 of {len(table)} runs failed" in res.output, res.output
+    again = pd.read_parquet(tmp_path / "s" / results.RESULTS_FILE).set_index("run")
+    assert again.loc[damaged.name].status == "failed" and str(damaged / checkpoint.FILENAME) in again.loc[damaged.name].error
+    assert (again.drop(index=damaged.name).status == "finished").all()
+
+
 # ---------------------------------------------------------------- a pruned member's parent
 
 @pytest.mark.parametrize("damage", ["truncated", "other shapes"])

@@ -92,8 +92,24 @@ def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, 
         except Exception as e:  # noqa: BLE001 - one member's crash must not stop the family
             if isinstance(e, UserError) and not isinstance(e, MemberError):
                 raise  # a mistake in the command: every member would fail the same way
+            if isinstance(e, MemberError) and len(batch) > 1:  # one member's damaged file or lost claim
+                for job in batch:  # each alone (resumed or read back), so that only the members concerned fail
+                    _alone(job, done, console)
+                continue
             for job in batch:
                 done(job, e)
+
+
+def _alone(job: Job, done, console) -> None:
+    from widen_cli.train import run_training
+
+    try:
+        run_training(job, console)
+        done(job)
+    except Exception as e:  # noqa: BLE001
+        if isinstance(e, UserError) and not isinstance(e, MemberError):
+            raise
+        done(job, e)
 
 
 def _pool(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
