@@ -317,7 +317,7 @@ def test_missing_data_is_refused_before_any_member_folder(tmp_path):
                 "--epochs", 1, "--data-root", tmp_path / "empty", "--out", tmp_path, "--name", "m")
     assert res.exit_code == 2, res.output
     assert "MNIST/raw" in res.output and "--download" in res.output
-    assert not [p for p in (tmp_path / "m").iterdir() if p.is_dir()]  # plan files only, no member folder
+    assert not (tmp_path / "m").exists()  # refused before the plan is written: no sweep folder at all
 
 
 def test_plan_says_what_it_starts_and_warns_of_cpu_days(tmp_path):

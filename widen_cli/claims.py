@@ -18,6 +18,7 @@ and the holder stops (`ClaimLost`) without writing or removing anything of the n
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -38,9 +39,12 @@ def stale_seconds() -> float:
     """10 minutes, plus $WIDEN_CLAIM_TIMEOUT seconds (for file systems or clocks that lag)."""
     extra = os.environ.get(TIMEOUT_ENV, "").strip() or "0"
     try:
-        return STALE_SECONDS + float(extra)
+        seconds = float(extra)
     except ValueError:
-        raise UserError(f"{TIMEOUT_ENV} must be a number of seconds, got {extra!r}") from None
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):  # negative: live claims would look stale and be taken
+        raise UserError(f"{TIMEOUT_ENV} must be a number of seconds >= 0, got {extra!r}")
+    return STALE_SECONDS + seconds
 
 
 class ClaimLost(MemberError):

@@ -14,8 +14,9 @@ from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from widen_cli.errors import UserError
+from widen_cli.errors import UserError, disk_error
 from widen_cli.kernel_config import KERNEL_INPUTS, kernel_defaults
 
 app = typer.Typer(
@@ -79,6 +80,12 @@ def user_errors(fn):
         except UserError as e:
             if is_main_process():
                 err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except OSError as e:
+            if disk_error(e) is None:
+                raise
+            if is_main_process():
+                err.print(f"[bold red]error:[/bold red] {escape(disk_error(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt as e:
             if is_main_process():
@@ -183,12 +190,18 @@ def train(
         console.print(f"# run folder: {run.run_dir}", highlight=False, markup=False, soft_wrap=True)
         return
 
-    from widen_cli import display
+    from widen_cli import claims, display, distributed, memory
+    from widen_cli.data import spec_from_config
     from widen_cli.distributed import is_main_process
+    from widen_cli.hardware import resolve_device
     from widen_cli.jobs import make_job
     from widen_cli.train import run_training
 
+    claims.stale_seconds()  # a bad $WIDEN_CLAIM_TIMEOUT is refused before anything is written
     job = make_job(run)
+    ctx = distributed.from_env()  # under torchrun: this process's GPU and its slice of each batch
+    memory.check("this run", memory.run_bytes(run, spec_from_config(run.dataset), job.member, ctx.world),
+                 resolve_device(distributed.device_for(ctx, run.device)))
     result = run_training(job, err, restart=restart)
     if not is_main_process():
         return
@@ -254,11 +267,15 @@ def sweep_width(
     budgets = _numbers(base_width, int, "--base-width")
     # One budget is the base_width key, as for train; several go to sweep.base_widths.
     options = {**locals(), "base_width": budgets[0] if budgets and len(budgets) == 1 else None}
-    from widen_cli import config, display, fingerprint, plan, sweep
+    from widen_cli import claims, config, display, fingerprint, plan, sweep
 
     sweep.check_launch(launcher, jobs)
     if method and methods:
         raise UserError("give --method or --methods, not both")
+    if not (dataset or experiment or any(o.lstrip("+").startswith("dataset=") for o in overrides or ())):
+        raise UserError("sweep-width needs --dataset (or a preset, --experiment); add --dry-run to see the plan "
+                        "first, e.g. widen sweep-width --dataset digits --dry-run")
+    claims.stale_seconds()  # a bad $WIDEN_CLAIM_TIMEOUT is refused before anything is written
     if experiment is None:
         options = {**options, **{k: v for k, v in plan.SWEEP_DEFAULTS.items() if options[k] is None}}
     composing = config.overrides_from_options(experiment, options, overrides)
@@ -272,10 +289,17 @@ def sweep_width(
         base_widths=budgets, methods=_names(methods) or ([method] if method else None),
         lrs=_numbers(lrs, float, "--lrs"), select_on=select_on)
     family = plan.plan_sweep(run, settings, name, plan.methods(composing, config_dir or (), run, settings))
+    # Refused before anything is shown or written: a member that cannot fit, data that is not there.
+    needs = family.memory(refuse=not dry_run)
+    if not dry_run:
+        from widen_cli.data import require
+
+        require(run.dataset)
     sweep.claim(family.sweep_dir, family, cfg, restart)
     table = family.table()
     display.plan(console, table, family.sweep_dir)
     display.sweep_cost(err, family.cost())
+    err.print(needs, highlight=False, soft_wrap=True)
     sweep.write_plan(family.sweep_dir, table)
     if dry_run:
         return
@@ -341,7 +365,7 @@ def kernel_distance(
     options = dict(locals())
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from widen_cli import display, kernels
+    from widen_cli import display, kernels, memory
     from widen_cli.hardware import resolve_device
     from widen_cli.kernel_config import kernel_config
 
@@ -349,6 +373,7 @@ def kernel_distance(
     cfg, ds = kernel_config(options)
     members = kernels.family(cfg)  # refuses impossible widths before any data is read
     dev = resolve_device(cfg.device)
+    memory.check("kernel-distance", memory.kernel_bytes(cfg, ds), dev, "--pairs or dense reference")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
         task = progress.add_task("kernel distance", total=len(members))

@@ -31,6 +31,9 @@ SELECT_ON = ("test", "val")
 # left out of the identity (their runs keep the folders they had before fingerprints).
 GENERATED_DATASETS = ("digits", "synthetic")
 COMPUTED = "computed"  # metadata of a field a command computes (not a setting)
+FOLDER_DATASETS = ("imagenet", "imagefolder")  # read from image folders as they train; the others are in memory
+# dataset.augment's names: in-memory datasets are augmented on the device, image folders by torchvision.
+AUGMENTATIONS = {"tensor": ("crop", "flip"), "folder": ("resized_crop", "flip")}
 
 
 @dataclass(frozen=True)

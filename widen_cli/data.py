@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from widen_cli.config import DatasetConfig
+from widen_cli.config import FOLDER_DATASETS, DatasetConfig
 from widen_cli.errors import UserError
 from widen_cli import images
 from widen_cli.hardware import available_cpus
@@ -293,7 +293,6 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 TENSOR_DATASETS = {"digits": lambda cfg: _digits_splits(), "synthetic": _synthetic_splits,
                    "cifar10": _read_torchvision, "cifar100": _read_torchvision, "mnist": _read_torchvision,
                    "svhn": _read_torchvision}
-FOLDER_DATASETS = ("imagenet", "imagefolder")
 
 
 def load_tensors(cfg: DatasetConfig) -> tuple[Split, Split]:
@@ -436,7 +435,11 @@ def load_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: i
     train, test = load_tensors(cfg)
     mean, std = channel_stats(train.images)  # full training split, before any subset
     # Class count from every label of both splits, before any subset (a subset may miss classes).
-    num_classes = cfg.num_classes or int(torch.cat([train.labels, test.labels]).max()) + 1
+    labels = int(torch.cat([train.labels, test.labels]).max()) + 1
+    if cfg.num_classes is not None and cfg.num_classes < labels:
+        raise UserError(f"{cfg.name}: dataset.num_classes={cfg.num_classes} but its labels go up to {labels - 1} "
+                        f"({labels} classes)")
+    num_classes = cfg.num_classes or labels
     train, val = holdout(_subset(train, cfg.subset), cfg.val_fraction, cfg.data_seed)
     if cfg.normalize == "per-pixel":  # the paper's Figure 7: over the images trained on only
         mean, std = pixel_stats(train.images)

@@ -22,7 +22,14 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                        f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return device
 
 
 def _cgroup_cpus() -> int | None:
@@ -56,6 +63,48 @@ def available_cpus() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     quota = _cgroup_cpus()
     return min(cores, quota) if quota else cores
+
+
+def _cgroup_memory() -> int | None:
+    """This container's memory limit (cgroup v2 `memory.max`, else v1), None when unlimited."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2 ** 60:  # v1 writes a huge number for unlimited
+            return int(text)
+    return None
+
+
+def _address_space_left() -> int | None:
+    """What `ulimit -v` (RLIMIT_AS) leaves this process beyond what it has mapped already."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        mapped = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                      if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):
+        mapped = 0
+    return max(0, soft - mapped)
+
+
+def available_memory(device: torch.device, here: bool = True) -> tuple[int, str]:
+    """Bytes a run on `device` may use, and what sets the limit: a GPU's free memory (not `here`, as for a
+    sweep whose members may run in other processes: its size, which asks no CUDA context of this one); on
+    the CPU, the physical memory capped by a container's limit and by `ulimit -v` (the totals, not what
+    is free now, so that the answer does not depend on what else runs)."""
+    if device.type == "cuda":
+        if not here:
+            return torch.cuda.get_device_properties(device).total_memory, f"the size of {device}"
+        free, _total = torch.cuda.mem_get_info(device)
+        return free, f"free on {device}"
+    limits = [(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"),
+              (_cgroup_memory(), "container limit"), (_address_space_left(), "ulimit -v")]
+    return min((n, why) for n, why in limits if n is not None)
 
 
 def setup(device: torch.device, resumed_threads: int | None = None) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from widen_cli.budget import DISTRIBUTIONS
 from widen_cli.config import CONF_DIR, DatasetConfig, compose_config, folder_name
-from widen_cli.validation import validate
+from widen_cli.validation import check_device, check_name, validate
 from widen_cli.errors import UserError
 
 KERNEL_DEFAULTS_FILE = CONF_DIR / "kernel.yaml"
@@ -75,6 +75,8 @@ def kernel_config(given: dict) -> tuple[KernelConfig, DatasetConfig | None]:
     o = {**defaults, **given}
     if o["distribution"] not in DISTRIBUTIONS:
         raise UserError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {o['distribution']!r}")
+    check_device(str(o["device"]), "--device")
+    check_name(o["name"])
     if o["inputs"] not in KERNEL_INPUTS:
         raise UserError(f"unknown --inputs {o['inputs']!r}; valid: {', '.join(KERNEL_INPUTS)}")
     for key in ("pairs", "inits", "seed", "mask_samples"):

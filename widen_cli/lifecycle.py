@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -152,6 +153,7 @@ def start(job: Job, console: Console | None = None, restart: bool = False, wait:
             return done
         if not main:  # rank 0 holds the claim for every rank
             return Run(job, console, None, main).prepare(restart)
+        created = _missing(job.run_dir)
         try:
             claim = claims.acquire(job.run_dir)
         except OSError as e:
@@ -160,13 +162,23 @@ def start(job: Job, console: Console | None = None, restart: bool = False, wait:
             if (job.run_dir / results.SUMMARY_FILE).exists():  # it finished while we claimed it
                 claim.release()
                 continue
-            return Run(job, console, claim, main).prepare(restart)
+            return Run(job, console, claim, main, created).prepare(restart)
         if not wait:
             return None
         if not announced:
             console.print(f"waiting for {job.run_dir}: {claim} is training it", highlight=False, soft_wrap=True)
             announced = True
         _wait_while_claimed(job.run_dir)
+
+
+def _missing(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, innermost first."""
+    out = []
+    for p in (folder, *folder.parents):
+        if p.exists():
+            break
+        out.append(p)
+    return out
 
 
 def _wait_while_claimed(run_dir: Path) -> None:
@@ -183,8 +195,10 @@ def _wait_while_claimed(run_dir: Path) -> None:
 class Run:
     """A claimed run folder being trained. A context manager: leaving it releases the claim."""
 
-    def __init__(self, job: Job, console: Console, claim: claims.Claim | None, main: bool):
+    def __init__(self, job: Job, console: Console, claim: claims.Claim | None, main: bool,
+                 created: list[Path] = ()):
         self.job, self.dir, self.console, self.claim, self.main = job, job.run_dir, console, claim, main
+        self.created = list(created)  # the folders this process made for the run (removed if it is refused)
         self.state: dict | None = None  # the checkpoint resumed from
         self.rows: list[dict] = []
         self.first, self.saved, self.elapsed = 1, 0, 0.0  # first epoch to train, last one saved, time so far
@@ -194,8 +208,29 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, tb) -> None:
+        if isinstance(error, UserError) and not self.rows and self.state is None:
+            self.discard()  # refused before its first epoch (its data, say): leave no folder behind
         self.release()
+
+    def discard(self) -> None:
+        """Remove the folders this process created for the run, with what it wrote there; the claim goes
+        last, so that no other process starts writing in between."""
+        if not self.created or not self.main or not self.dir.is_dir():
+            return
+        for p in self.dir.iterdir():
+            if p.name == results.CLAIM_FILE:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+        self.release()
+        for d in self.created:
+            try:
+                d.rmdir()
+            except OSError:  # not empty: another process is using it
+                break
 
     def release(self) -> None:
         if self.claim is not None:
@@ -211,8 +246,8 @@ class Run:
         """config.yaml, and the checkpoint to resume from (`restart`: discard it instead)."""
         try:
             return self._prepare(restart)
-        except BaseException:
-            self.release()
+        except BaseException as e:
+            self.__exit__(type(e), e, None)
             raise
 
     def _prepare(self, restart: bool) -> Run:

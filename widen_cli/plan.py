@@ -31,6 +31,9 @@ def settings(cfg, **given) -> SweepConfig:
     from omegaconf import OmegaConf
 
     data = OmegaConf.to_container(cfg.sweep, resolve=True)
+    for key, other in (("widths", "factors"), ("factors", "widths")):  # an option replaces a preset's other one
+        if given.get(key) is not None and given.get(other) is None:
+            data[other] = None
     data.update({k: list(v) if isinstance(v, (list, tuple)) else v for k, v in given.items() if v is not None})
     cfg = OmegaConf.create({"sweep": data})
     return validation.sweep_config(cfg)
@@ -228,6 +231,20 @@ class SweepPlan:
                     runs=len(jobs), epochs=sum(j.epochs for j in jobs), flops=flops,
                     cpu=resolve_device(run.device).type == "cpu")
 
+    def memory(self, refuse: bool = True) -> str:
+        """The largest member's memory estimate against the device (memory.check: refused if it cannot fit,
+        unless not `refuse`)."""
+        from widen_cli import memory
+        from widen_cli.data import spec_from_config
+        from widen_cli.hardware import resolve_device
+
+        spec = spec_from_config(self.run.dataset)
+        sizes = [(memory.run_bytes(member_run(run, m, llc, 0, self.sweep_dir), spec, m), m)
+                 for run, m, llc in self.entries]
+        parts, m = max(sizes, key=lambda pm: sum(pm[0].values()))
+        return memory.check(f"the largest run (width {m.width}, {m.method})", parts, resolve_device(self.run.device),
+                            refuse=refuse, here=False)
+
     def table(self):
         import pandas as pd
 
@@ -253,6 +270,7 @@ def plan_sweep(run: RunConfig, s: SweepConfig, name: str | None = None,
     member holds out sweep.val_fraction of the training split. An impossible member is refused here."""
     from widen_cli.data import spec_from_config
 
+    validation.check_name(name)
     if s.select_on == "val":
         run = replace(run, dataset=replace(run.dataset, val_fraction=s.val_fraction))
     spec = spec_from_config(run.dataset)

@@ -8,6 +8,7 @@ an empty or partial one.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from dataclasses import dataclass
@@ -143,9 +144,27 @@ def atomic_write(path: Path, write, check=None) -> None:
         if check is not None:
             check()
         os.replace(tmp, path)
+    except OSError as e:  # name the file meant (pyarrow and torch name none, others the temporary one)
+        if e.errno is None or e.filename not in (None, str(tmp)):
+            raise
+        raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
+    except RuntimeError as e:  # torch.save to a full disk: "unexpected pos ..." from its zip writer
+        if _full(tmp.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only folder refuses even this; the error that matters is raised already
+            pass
     sync_folder(path.parent)
+
+
+def _full(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 def stale_temporaries(folder: Path, older_than: float) -> list[Path]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import submitit.helpers
+from rich.markup import escape
 
 from widen_cli import checkpoint, results
 from widen_cli.config import SweepConfig
@@ -54,13 +55,14 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[-1]}" if text else type(error).__name__
 
 
-def _record_failure(job: Job, error: BaseException) -> None:
+def _record_failure(job: Job, error: BaseException) -> bool:
     """error.txt in the member's folder, when the folder can be written (it may be what failed)."""
     try:
         job.run_dir.mkdir(parents=True, exist_ok=True)
         results.write_text("".join(traceback.format_exception(error)), job.run_dir / results.ERROR_FILE)
+        return True
     except OSError:
-        pass
+        return False
 
 
 # ---------------------------------------------------------------- launchers
@@ -331,11 +333,11 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
         def done(job: Job, error=None):
             m, seed = job.member, job.run.seed
             if error is not None:
-                _record_failure(job, error)
+                recorded = _record_failure(job, error)
                 errors[job.run_dir] = one_line(error)
+                see = f" (see {job.run_dir / results.ERROR_FILE})" if recorded else ""
                 console.print(f"[red]member width={m.width} method={m.method} seed={seed} failed: "
-                              f"{errors[job.run_dir]} (see {job.run_dir / results.ERROR_FILE})[/red]",
-                              highlight=False)
+                              f"{escape(errors[job.run_dir])}{see}[/red]", highlight=False)
             lr = f" lr={job.run.optim.lr:g}" if s.lrs else ""
             progress.update(task, advance=1, last=f"{m.method} b={m.base_width} w={m.width}{lr} s={seed}")
 

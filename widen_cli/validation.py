@@ -2,13 +2,15 @@
 against its field's type (one line per mistake), then the checks that span fields."""
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import MISSING, fields, replace
 from typing import TYPE_CHECKING
 
 from widen_cli.budget import DISTRIBUTIONS, default_distribution, fix_last_layer
-from widen_cli.config import (COMPUTED, INITS, NORMALIZATIONS, PRECISIONS, PRUNE_VARIANTS, SELECT_ON,
-                              DatasetConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, SubmititConfig,
-                              SweepConfig)
+from widen_cli.config import (AUGMENTATIONS, COMPUTED, FOLDER_DATASETS, INITS, NORMALIZATIONS, PRECISIONS,
+                              PRUNE_VARIANTS, SELECT_ON, DatasetConfig, MethodConfig, ModelConfig, OptimConfig,
+                              RunConfig, SubmititConfig, SweepConfig)
 from widen_cli.errors import UserError
 from widen_cli.schedules import SCHEDULES
 
@@ -21,6 +23,7 @@ MINIMUM = {"width": 1, "base_width": 1, "seed": 0, "optim.epochs": 1, "optim.bat
            "dataset.test_size": 1, "dataset.data_seed": 0, "dataset.workers": 0, "model.hidden_layers": 1,
            "method.rewind_epoch": 0, "method.finetune_epochs": 1, "sweep.seeds": 0, "sweep.widths": 1,
            "sweep.base_widths": 1}
+INT64_MAX = 2 ** 63 - 1  # torch sizes and seeds are int64: a larger integer could only crash later
 KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "None": "null"}
 
 
@@ -87,6 +90,8 @@ def _build(cls, data, key: str):
         kinds = _split(ftype)
         if not any(_fits(v, kind, full) for kind in kinds):
             raise UserError(f"{full} must be {_describe(kinds, full)}, got {v!r}")
+        if any(isinstance(x, int) and x > INT64_MAX for x in (v if isinstance(v, (list, tuple)) else [v])):
+            raise UserError(f"{full} must be at most {INT64_MAX}, got {v!r}")
         values[k] = tuple(v) if isinstance(v, list) else v
     missing = [f.name for f in known.values() if f.name not in values and f.default is MISSING
                and f.default_factory is MISSING]
@@ -143,11 +148,58 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise UserError(f"method.last_layer_connectivity must be in (0, 1], got {llc}")
     _fraction("dataset.val_fraction", run.dataset.val_fraction, allow_none=True)
     _check_pruning(run)
-    if not run.optim.lr > 0:
-        raise UserError(f"optim.lr must be > 0, got {run.optim.lr}")
-    if run.device not in ("auto", "cpu") and not run.device.startswith("cuda"):
-        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {run.device!r}")
+    _check_optim(run)
+    _check_dataset(run.dataset)
+    check_name(run.name)
+    check_device(run.device)
     return run
+
+
+def check_device(device: str, key: str = "device") -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UserError(f"{key} must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+NAME_MAX = 255  # bytes in one folder name on Linux and macOS file systems
+
+
+def check_name(name: str | None) -> None:
+    """--name is one folder directly under --out: nothing that climbs out of it, lands elsewhere or cannot
+    be created (`../x`, `/abs`, `a/b`, `.`, `..`, control characters, more than NAME_MAX bytes)."""
+    if name is None:
+        return
+    if name in ("", ".", "..") or "/" in name or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise UserError(f"--name must be one folder name under --out (no /, not . or .., no control characters), "
+                        f"got {name!r}")
+    if len(name.encode()) > NAME_MAX:
+        raise UserError(f"--name is {len(name.encode())} bytes long; a folder name has at most {NAME_MAX}")
+
+
+def _check_optim(run: RunConfig) -> None:
+    """Values SGD and the schedules would take without complaint (inf, nan) or crash on (negative)."""
+    o = run.optim
+    for key, value, minimum in (("lr", o.lr, None), ("momentum", o.momentum, 0), ("weight_decay", o.weight_decay, 0),
+                                ("gamma", o.gamma, None)):
+        ok = math.isfinite(value) and (value > 0 if minimum is None else value >= minimum)
+        if not ok:
+            raise UserError(f"optim.{key} must be a finite number {'> 0' if minimum is None else '>= 0'}, "
+                            f"got {value}")
+    if any(m < 1 for m in o.milestones):
+        raise UserError(f"optim.milestones must be epochs >= 1, got {list(o.milestones)}")
+
+
+# Classes of the built-in in-memory datasets: fewer in dataset.num_classes would crash the loss on a label.
+CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10}
+
+
+def _check_dataset(ds) -> None:
+    if ds.num_classes is not None and ds.num_classes < CLASSES.get(ds.name, 0):
+        raise UserError(f"{ds.name}: dataset.num_classes={ds.num_classes} but it has {CLASSES[ds.name]} classes")
+    valid = AUGMENTATIONS["folder" if ds.name in FOLDER_DATASETS else "tensor"]
+    unknown = [a for a in ds.augment if a not in valid]
+    if unknown:
+        raise UserError(f"dataset.augment: unknown augmentation {unknown[0]!r} for {ds.name}; valid: "
+                        f"{', '.join(valid)}")
 
 
 def resolve_distribution(run: RunConfig) -> RunConfig:
@@ -185,9 +237,16 @@ def sweep_config(cfg: DictConfig) -> SweepConfig:
     if s.select_on not in SELECT_ON:
         raise UserError(f"sweep.select_on (--select-on) must be one of {', '.join(SELECT_ON)}, got {s.select_on!r}")
     _fraction("sweep.val_fraction", s.val_fraction)
-    for key, values in (("sweep.lrs", s.lrs), ("sweep.base_widths", s.base_widths)):
-        if values is not None and (not values or any(v <= 0 for v in values)):
-            raise UserError(f"{key} must be a non-empty list of numbers > 0, got {list(values)}")
+    for key, values in (("sweep.lrs", s.lrs), ("sweep.base_widths", s.base_widths), ("sweep.factors", s.factors)):
+        if values is not None and (not values or not all(math.isfinite(v) and v > 0 for v in values)):
+            raise UserError(f"{key} must be a non-empty list of finite numbers > 0, got {list(values)}")
+    if s.widths is not None and s.factors is not None:
+        raise UserError("give widths (--widths) or widening factors (--factors), not both")
+    for key in ("seeds", "lrs", "widths", "factors", "base_widths", "methods", "last_layer_connectivity"):
+        values = list(getattr(s, key) or ())
+        twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if twice is not None:
+            raise UserError(f"sweep.{key} (--{key.replace('_', '-')}) lists {twice} twice")
     if s.methods is not None and not s.methods:
         raise UserError("sweep.methods must name at least one method")
     return s
