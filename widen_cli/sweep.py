@@ -13,9 +13,7 @@ import traceback
 from pathlib import Path
 
 import pandas as pd
-import submitit.helpers
-
-from widen_cli import checkpoint, results
+from widen_cli import checkpoint, results, slurm
 from widen_cli.config import SweepConfig
 from widen_cli.errors import UserError
 from widen_cli.jobs import Job, parent_run
@@ -31,17 +29,6 @@ def run_member(job: Job, threads: int | None = None, restart: bool = False) -> s
         os.environ["WIDEN_THREADS"] = str(threads)
     run_training(job, Console(stderr=True, quiet=True), restart=restart)
     return str(job.run_dir)
-
-
-class MemberJob(submitit.helpers.Checkpointable):
-    """run_member for submitit: a SLURM job that is pre-empted or times out is requeued, and the
-    requeued job resumes the member from its last checkpoint."""
-
-    def __call__(self, job: Job, threads: int | None = None, restart: bool = False) -> str:
-        return run_member(job, threads, restart)
-
-    def checkpoint(self, job: Job, threads: int | None = None, restart: bool = False):
-        return submitit.helpers.DelayedSubmission(self, job, threads)  # resume, never restart again
 
 
 def one_line(error: BaseException) -> str:
@@ -130,28 +117,10 @@ def _one_gpu_per_worker(slots, gpus: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ids[slot % len(ids)]
 
 
-def _submitit(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
-    """A SLURM job array (local processes where there is no SLURM), sweep.submitit's parameters."""
-    import dataclasses
-
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=sweep_dir / ".submitit")
-    params = {k: v for k, v in dataclasses.asdict(s.submitit).items() if v is not None}
-    executor.update_parameters(**params, slurm_array_parallelism=n_jobs)
-    submitted = executor.map_array(MemberJob(), todo, [None] * len(todo), [restart] * len(todo))
-    for job, sub in zip(todo, submitted):
-        try:
-            sub.result()
-            done(job)
-        except Exception as e:  # noqa: BLE001
-            done(job, e)
+LAUNCHERS = {"local": _local, "pool": _pool, "submitit": slurm.launch}
 
 
-LAUNCHERS = {"local": _local, "pool": _pool, "submitit": _submitit}
-
-
-def check_launch(launcher: str, n_jobs: int) -> None:
+def check_launch(launcher: str, n_jobs: int | None) -> None:
     """Refuse a launch that cannot work before anything is composed or written."""
     from widen_cli import distributed
 
@@ -160,7 +129,7 @@ def check_launch(launcher: str, n_jobs: int) -> None:
                         "at a time")
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
-    if n_jobs < 1:
+    if n_jobs is not None and n_jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {n_jobs}")
 
 
@@ -241,6 +210,8 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     todo = [j for j in jobs if not (j.run_dir / results.SUMMARY_FILE).exists()]
+    # --jobs unset: a SLURM array runs every member at once (SLURM queues what does not fit), others one
+    n_jobs = n_jobs or (max(1, len(todo)) if launcher == "submitit" else 1)
     console.print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; running {len(todo)} "
                   f"with the {launcher} launcher")
     errors: dict[Path, str] = {}
