@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-gpu bench clean
+.PHONY: setup demo test test-gpu test-slurm bench clean
 
 $(BIN)/widen: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: setup
 # The CUDA paths (tests marked gpu; they skip without CUDA): a few minutes on one GPU.
 test-gpu: setup
 	$(BIN)/python -m pytest -m gpu
+
+# --launcher submitit against a real single-node SLURM that scripts/test-slurm.sh starts (as root, with
+# Debian's slurm-wlm, munge, slurmdbd and mariadb-server installed) and stops again: about 10 minutes.
+test-slurm: setup
+	bash scripts/test-slurm.sh $(BIN)/python
 
 # Speed benchmarks (not tests): our path against plain loops, as ratios; a few minutes on CPU.
 # BENCH_ARGS="--device cuda" on a GPU machine.

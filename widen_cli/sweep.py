@@ -234,7 +234,7 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
                 errors[job.run_dir] = one_line(error)
                 console.print(f"[red]member width={m.width} method={m.method} seed={seed} failed: "
                               f"{errors[job.run_dir]} (see {job.run_dir / results.ERROR_FILE})[/red]",
-                              highlight=False)
+                              highlight=False, soft_wrap=True)
             lr = f" lr={job.run.optim.lr:g}" if s.lrs else ""
             progress.update(task, advance=1, last=f"{m.method} b={m.base_width} w={m.width}{lr} s={seed}")
 
