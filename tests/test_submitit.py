@@ -1,0 +1,31 @@
+"""The submitit launcher's parts that need no cluster (tests/test_slurm.py runs it against a real one)."""
+import json
+import time
+
+import pytest
+
+from widen_cli import claims
+
+
+def _claim_by(path, slurm_job):
+    path.write_text(json.dumps(dict(pid=1, host="another-node", heartbeat=time.time(), slurm_job=slurm_job)))
+
+
+@pytest.mark.parametrize("env,ours", [
+    ({"SLURM_ARRAY_JOB_ID": "26", "SLURM_ARRAY_TASK_ID": "1", "SLURM_RESTART_COUNT": "1"}, True),  # requeued
+    ({"SLURM_ARRAY_JOB_ID": "26", "SLURM_ARRAY_TASK_ID": "2", "SLURM_RESTART_COUNT": "1"}, False),  # another task
+    ({}, False),  # outside SLURM
+])
+def test_claim_of_an_earlier_run_of_this_slurm_job_is_stale_at_once(tmp_path, monkeypatch, env, ours):
+    """A requeued member (possibly on another node) takes over the fresh-looking claim its killed first
+    run left, instead of waiting 10 minutes for its heartbeat to age; anyone else still waits."""
+    for key in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_ID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    _claim_by(tmp_path / "claim.json", "26_1/0")
+    got = claims.acquire(tmp_path)
+    assert isinstance(got, claims.Claim) == ours
+    if ours:
+        assert json.loads((tmp_path / "claim.json").read_text())["slurm_job"] == "26_1/1"
+        got.release()
