@@ -126,7 +126,8 @@ def test_time_limit_and_requeue_resume_like_an_uninterrupted_run(tmp_path):
     epoch once and the numbers of the same sweep run here without interruption."""
     epochs = 3000  # long enough to be running when the signal comes, on any machine
     args = dict(widths="8,12", epochs=epochs)
-    reference = subprocess.Popen(sweep_cmd(tmp_path, "ref", **args, launcher="local"), stdout=subprocess.DEVNULL,
+    reference = subprocess.Popen(sweep_cmd(tmp_path, "ref", "sweep.batch_members=false", **args, launcher="local"),
+                                 stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, env=ENV)
     sweep = tmp_path / "limits"
     waiting = subprocess.Popen(sweep_cmd(tmp_path, "limits", "--jobs", "2", "sweep.submitit.timeout_min=10",
@@ -148,7 +149,7 @@ def test_time_limit_and_requeue_resume_like_an_uninterrupted_run(tmp_path):
         deadline = time.time() + 240
         while "USR2" not in Path(r1["log"]).read_text() and time.time() < deadline:
             time.sleep(2)
-        assert "Caught signal USR2" in Path(r1["log"]).read_text()
+        assert "Caught signal SIGUSR2" in Path(r1["log"]).read_text()
         while time.time() < deadline:  # the requeued job pends (BeginTime): give it its time back
             if sh("squeue", "-h", "-j", r1["job_id"], "-o", "%T").strip() in ("PENDING", "REQUEUED"):
                 break

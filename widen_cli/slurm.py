@@ -56,8 +56,10 @@ class MemberJob(submitit.helpers.Checkpointable):
         if threads:
             os.environ["WIDEN_THREADS"] = str(threads)
         env = os.environ
-        print(f"widen: member {job.run_dir.name} (SLURM job {env.get('SLURM_ARRAY_JOB_ID', '?')}_"
-              f"{env.get('SLURM_ARRAY_TASK_ID', '?')}, restart {env.get('SLURM_RESTART_COUNT', '0')})", flush=True)
+        slurm_job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if env.get("SLURM_ARRAY_TASK_ID")
+                     else env.get("SLURM_JOB_ID", "?"))
+        print(f"widen: member {job.run_dir.name} (SLURM job {slurm_job}, restart "
+              f"{env.get('SLURM_RESTART_COUNT', '0')})", flush=True)
         run_training(job, Console(file=sys.stdout, soft_wrap=True), restart=restart)
         return str(job.run_dir)
 
@@ -209,8 +211,9 @@ def launch(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, 
         console.print(f"submitted {len(subs)} members as SLURM array {array}, job name "
                       f"{executor.parameters.get('name', sweep_dir.name)}, {parallel} at a time"
                       + (" (--jobs sets how many)" if parallel < len(subs) else ""), highlight=False)
-        console.print(f"member logs: {folder}/{array}_<task>_0_log.out; which task is which member: "
-                      f"{sweep_dir / JOBS_FILE}", highlight=False, soft_wrap=True)
+        logs = f"{folder}/{array}_<task>_0_log.out" if len(subs) > 1 else str(subs[0].paths.stdout)
+        console.print(f"member logs: {logs}; which task is which member: {sweep_dir / JOBS_FILE}", highlight=False,
+                      soft_wrap=True)
         windows = f"{timeouts + 1} windows of {c.timeout_min} min" if c.timeout_min else f"{timeouts + 1} time limits"
         console.print(f"a member that reaches its time limit is requeued and resumes, {timeouts} times at most "
                       f"({windows}; sweep.submitit.slurm_max_num_timeout)", highlight=False)
@@ -274,6 +277,8 @@ def _wait(jobs: list, done, console) -> None:
 def _outcome(sub, state: str | None, slurm: bool = True) -> MemberFailed | None:
     """None for a member that returned; otherwise its cause, SLURM's state and the log, in one line."""
     try:
+        if slurm and not sub.paths.result_pickle.exists():  # killed, out of memory, cancelled: no result
+            raise RuntimeError(f"SLURM job {sub.job_id} ended without a result")
         sub.result()
         return None
     except Exception as e:  # noqa: BLE001

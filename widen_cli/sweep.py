@@ -211,7 +211,8 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
 
     todo = [j for j in jobs if not (j.run_dir / results.SUMMARY_FILE).exists()]
     # --jobs unset: a SLURM array runs every member at once (SLURM queues what does not fit), others one
-    n_jobs = n_jobs or (max(1, len(todo)) if launcher == "submitit" else 1)
+    array = launcher == "submitit" and s.submitit.cluster in (None, "slurm")
+    n_jobs = n_jobs or (max(1, len(todo)) if array else 1)
     console.print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; running {len(todo)} "
                   f"with the {launcher} launcher")
     errors: dict[Path, str] = {}
