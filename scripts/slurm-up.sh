@@ -86,7 +86,7 @@ chmod 600 "$DIR/etc/slurmdbd.conf"
 # Limits in minutes; the node's memory below the machine's. `short` has a 2-minute limit for tests.
 cat >"$SLURM_CONF" <<EOF
 ClusterName=widen
-SlurmctldHost=$HOST
+SlurmctldHost=$HOST(127.0.0.1)
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 SlurmUser=root
@@ -115,7 +115,7 @@ AccountingStorageHost=localhost
 AccountingStoragePort=$DBD_PORT
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-NodeName=$HOST CPUs=$CPUS RealMemory=4096 State=UNKNOWN
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=4096 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 PYTHON=${1:-python3}
 trap 'bash scripts/slurm-down.sh' EXIT
 eval "$(bash scripts/slurm-up.sh | tail -n 1)"  # export SLURM_CONF=...
-"$PYTHON" -m pytest -m slurm tests/test_slurm.py
+# Its own temporary folder: pytest run elsewhere on the machine prunes the shared one while jobs use it.
+"$PYTHON" -m pytest -m slurm tests/test_slurm.py --basetemp="${WIDEN_SLURM_DIR:-/var/tmp/widen-slurm}/pytest"

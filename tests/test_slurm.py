@@ -60,6 +60,14 @@ def metrics(run_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(run_dir / "metrics.parquet")
 
 
+def epochs_done(run_dir: Path) -> int:
+    """Epochs recorded so far by a member that is training (0 while its file is being replaced)."""
+    try:
+        return len(metrics(run_dir))
+    except OSError:
+        return 0
+
+
 def test_array_respects_jobs(tmp_path):
     res = widen(sweep_cmd(tmp_path, "arr", "--jobs", "1", widths="8,12,16"))
     assert res.returncode == 0, res.stderr
@@ -124,13 +132,14 @@ def test_time_limit_and_requeue_resume_like_an_uninterrupted_run(tmp_path):
     """Two members at once: one reaches its time limit (submitit checkpoints and requeues it), the other
     is requeued by `scontrol requeue` (SIGKILL: its claim is left behind). Both resume and end with every
     epoch once and the numbers of the same sweep run here without interruption."""
-    epochs = 3000  # long enough to be running when the signal comes, on any machine
+    epochs = 4000  # still training when the signal comes (the time-limit check runs every 30 s or so)
     args = dict(widths="8,12", epochs=epochs)
     reference = subprocess.Popen(sweep_cmd(tmp_path, "ref", "sweep.batch_members=false", **args, launcher="local"),
                                  stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, env=ENV)
-    sweep = tmp_path / "limits"
-    waiting = subprocess.Popen(sweep_cmd(tmp_path, "limits", "--jobs", "2", "sweep.submitit.timeout_min=10",
+    name = f"limits{os.getpid()}"  # the job name: this test's alone
+    sweep = tmp_path / name
+    waiting = subprocess.Popen(sweep_cmd(tmp_path, name, "--jobs", "2", "sweep.submitit.timeout_min=10",
                                          "sweep.submitit.slurm_max_num_timeout=5", **args),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
@@ -138,8 +147,7 @@ def test_time_limit_and_requeue_resume_like_an_uninterrupted_run(tmp_path):
         while time.time() < deadline:
             if (sweep / "slurm_jobs.json").exists():
                 recorded = jobs_of(sweep)
-                if all((sweep / run / "metrics.parquet").exists() and len(metrics(sweep / run)) >= 20
-                       for run in recorded):
+                if all(epochs_done(sweep / run) >= 20 for run in recorded):
                     break
             time.sleep(1)
         (limited, r1), (requeued, r2) = sorted(recorded.items(), key=lambda kv: kv[1]["task"])
@@ -162,6 +170,7 @@ def test_time_limit_and_requeue_resume_like_an_uninterrupted_run(tmp_path):
         for p in (waiting, reference):
             if p.poll() is None:
                 p.kill()
+        sh("scancel", "--name", name)
     for run, r in ((limited, r1), (requeued, r2)):
         log = Path(r["log"]).read_text()
         assert "restart 1" in log and f"resuming {sweep / run} after epoch" in log, log[-3000:]
