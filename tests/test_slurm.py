@@ -110,7 +110,7 @@ def test_crashed_member_is_failed_with_its_cause(tmp_path):
 
 def test_killed_wait_then_rerun_submits_nothing_twice(tmp_path):
     name = f"kill{os.getpid()}"  # the job name sacct looks for: this test's alone
-    cmd = sweep_cmd(tmp_path, name, "--jobs", "1", widths="8,12", epochs=200)
+    cmd = sweep_cmd(tmp_path, name, "--jobs", "1", widths="8,12", epochs=600)
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     record = tmp_path / name / "slurm_jobs.json"
     deadline = time.time() + 300
@@ -119,11 +119,25 @@ def test_killed_wait_then_rerun_submits_nothing_twice(tmp_path):
     first.send_signal(signal.SIGKILL)  # the waiting widen dies (a closed ssh session)
     first.wait()
     assert record.exists()
+    arrays = {r["array"] for r in jobs_of(tmp_path / name).values()}
+    assert len(arrays) == 1
+    array = arrays.pop()
+    # Run again, and stop that one with Ctrl-C: it says the jobs keep running and how to cancel them.
+    log = tmp_path / "second.log"
+    with open(log, "w") as f:
+        second = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env=ENV,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.time() + 300
+        while "still queued or running" not in log.read_text() and time.time() < deadline and second.poll() is None:
+            time.sleep(0.5)
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=120) == 130
+    said = " ".join(log.read_text().split())
+    assert f"keep running in SLURM (array {array})" in said and f"scancel {array}" in said, said
     res = widen(cmd)
     assert res.returncode == 0, res.stderr
-    arrays = {r["array"] for r in jobs_of(tmp_path / name).values()}
-    assert len(arrays) == 1 and "submitted" not in res.stderr
-    assert f"2 members are still queued or running in SLURM array {arrays.pop()}" in res.stderr
+    assert {r["array"] for r in jobs_of(tmp_path / name).values()} == {array} and "submitted" not in res.stderr
+    assert f"members are still queued or running in SLURM array {array}" in res.stderr
     assert len(sacct("--name", name, "-S", "now-1hour", "-o", "JobID")) == 2  # two tasks, one array
     assert (pd.read_parquet(tmp_path / name / "results.parquet").status == "finished").all()
 

@@ -29,3 +29,20 @@ def test_claim_of_an_earlier_run_of_this_slurm_job_is_stale_at_once(tmp_path, mo
     if ours:
         assert json.loads((tmp_path / "claim.json").read_text())["slurm_job"] == "26_1/1"
         got.release()
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("sweep.submitit.cluster=debug", "sweep.submitit.cluster must be one of slurm, local or null, got 'debug'"),
+    ("sweep.submitit.slurm_setup=5", "sweep.submitit.slurm_setup must be a list of (a string) or null, got 5"),
+    ("sweep.submitit.timeout_min=0", "sweep.submitit.timeout_min must be >= 1, got 0"),
+])
+def test_bad_submitit_settings_are_refused_before_anything_is_written(tmp_path, override, needle):
+    from typer.testing import CliRunner
+
+    from widen_cli.cli import app
+
+    res = CliRunner().invoke(app, ["sweep-width", "--dataset", "digits", "--base-width", "8", "--widths", "8",
+                                   "--launcher", "submitit", "--out", str(tmp_path), "--name", "s", override])
+    assert res.exit_code == 2, res.output
+    assert f"error: {needle}" in " ".join(res.output.split())
+    assert not (tmp_path / "s").exists()

@@ -180,7 +180,7 @@ class RunConfig:
 @dataclass(frozen=True)
 class SubmititConfig:
     """`sweep.submitit`: submitit's own AutoExecutor parameters (null leaves one unset), plus `cluster`."""
-    cluster: str | None = None  # slurm | local | debug; null: slurm, refused where SLURM is not installed
+    cluster: str | None = None  # slurm | local; null: slurm, refused where SLURM is not installed
     timeout_min: int | None = None
     slurm_partition: str | None = None
     gpus_per_node: int | None = None

@@ -31,7 +31,7 @@ from widen_cli.errors import Interrupted, UserError
 from widen_cli.jobs import Job
 
 JOBS_FILE = "slurm_jobs.json"  # in the sweep folder: {run folder name: job id, array, task, log, member}
-CLUSTERS = ("slurm", "local", "debug")
+CLUSTERS = ("slurm", "local")
 LIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
         "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "SPECIAL_EXIT"}
 # Pending reasons that mean SLURM will not start the job as it was asked for.
@@ -73,21 +73,22 @@ class MemberFailed(UserError):
 
 def check(s: SweepConfig) -> str:
     """The submitit cluster this sweep would use; a setting that cannot work is refused before anything
-    is written. Without SLURM here only an explicit sweep.submitit.cluster=local (or debug) runs."""
+    is written. Without SLURM here only an explicit sweep.submitit.cluster=local runs."""
     c = s.submitit
     if c.cluster is not None and c.cluster not in CLUSTERS:
         raise UserError(f"sweep.submitit.cluster must be one of {', '.join(CLUSTERS)} or null, got {c.cluster!r}")
+    least = dict(timeout_min=1, slurm_max_num_timeout=0, slurm_signal_delay_s=1, gpus_per_node=0, cpus_per_task=1)
+    for key, lowest in least.items():
+        value = getattr(c, key)
+        if value is not None and value < lowest:
+            raise UserError(f"sweep.submitit.{key} must be >= {lowest}, got {value}")
+    if c.mem_gb is not None and c.mem_gb <= 0:
+        raise UserError(f"sweep.submitit.mem_gb must be > 0, got {c.mem_gb}")
     cluster = c.cluster or "slurm"
     if cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
         raise UserError("--launcher submitit needs SLURM and there is no sbatch/srun on PATH here; run it where "
                         "SLURM is, or pass sweep.submitit.cluster=local to run the members as processes on this "
                         "machine (--jobs at a time)")
-    for key in ("timeout_min", "slurm_max_num_timeout", "slurm_signal_delay_s", "gpus_per_node", "cpus_per_task"):
-        value = getattr(c, key)
-        if value is not None and value < (0 if key in ("slurm_max_num_timeout", "gpus_per_node") else 1):
-            raise UserError(f"sweep.submitit.{key} must be >= {0 if key in ('slurm_max_num_timeout', 'gpus_per_node') else 1}, got {value}")
-    if c.mem_gb is not None and c.mem_gb <= 0:
-        raise UserError(f"sweep.submitit.mem_gb must be > 0, got {c.mem_gb}")
     return cluster
 
 
