@@ -2,8 +2,12 @@
 scripts/slurm-up.sh and stops it after). Marked `slurm`: plain `make test` leaves these out, and here a
 cluster that cannot be reached is a failure, never a skip.
 
-Members are tiny (digits, width 8) and run on one CPU each. SLURM holds a requeued job about two
-minutes before it starts again, so the two requeue trials share one sweep and wait together.
+Members are tiny (digits, width 8) and run on one CPU each. What the trials rely on: SLURM holds a
+requeued job about two minutes (BeginTime) before it starts again, so the two requeue trials share one
+sweep and wait together; time limits are whole minutes, and submitit asks for USR2 90 s before the
+limit, which SLURM's periodic time-limit check (about every 30 s) sends, at once when the limit is
+lowered below that; submitit ignores SIGTERM in the job, so `scontrol requeue` ends in SIGKILL after
+KillWait and the member leaves its claim behind.
 """
 from __future__ import annotations
 
