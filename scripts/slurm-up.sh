@@ -83,7 +83,8 @@ StorageLoc=widen_slurm_acct
 EOF
 chmod 600 "$DIR/etc/slurmdbd.conf"
 
-# Limits in minutes; the node's memory below the machine's. `short` has a 2-minute limit for tests.
+# Limits in minutes; the node's memory below the machine's. `short` (1 minute at most) is where a job
+# asking for more pends for ever (PartitionTimeLimit), what a test looks for.
 cat >"$SLURM_CONF" <<EOF
 ClusterName=widen
 SlurmctldHost=$HOST(127.0.0.1)
@@ -117,6 +118,7 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=4096 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=short Nodes=ALL MaxTime=1 State=UP
 EOF
 
 if ! alive "$DIR/run/slurmdbd.pid"; then
@@ -130,6 +132,8 @@ sacctmgr -i add user root Account=widen Cluster=widen >/dev/null 2>&1 || true
 if ! alive "$DIR/run/slurmctld.pid"; then
   slurmctld -f "$SLURM_CONF" 2>>"$DIR/log/slurmctld.log"
   wait_for 60 slurmctld scontrol ping
+else
+  scontrol reconfigure >/dev/null  # already up: read slurm.conf again
 fi
 if ! alive "$DIR/run/slurmd.pid"; then
   slurmd -f "$SLURM_CONF" 2>>"$DIR/log/slurmd.log"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,6 +96,26 @@ def test_sbatch_refusal_is_one_line(tmp_path):
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("error: sbatch refused the job array:")
     assert "invalid partition" in res.stderr.lower() and "Traceback" not in res.stderr
+
+
+def test_member_slurm_will_never_start_is_named(tmp_path):
+    """A time limit above the partition's: SLURM queues the job for ever (PartitionTimeLimit)."""
+    name = f"never{os.getpid()}"
+    log = tmp_path / "wait.log"
+    with open(log, "w") as f:
+        waiting = subprocess.Popen(sweep_cmd(tmp_path, name, "sweep.submitit.slurm_partition=short",
+                                             "sweep.submitit.timeout_min=5"), stdout=subprocess.DEVNULL, stderr=f,
+                                   env=ENV)
+        try:
+            deadline = time.time() + 120
+            while "will not start it" not in log.read_text() and time.time() < deadline and waiting.poll() is None:
+                time.sleep(1)
+        finally:
+            waiting.kill()
+            sh("scancel", "--name", name)
+    said = " ".join(log.read_text().split())
+    assert re.search(r"is pending with reason Partition(TimeLimit|Config): SLURM will not start it as asked", said), said
+    assert "SLURM: 1 pending, 0 running, 0 done, 0 failed" in said
 
 
 def test_crashed_member_is_failed_with_its_cause(tmp_path):

@@ -46,3 +46,19 @@ def test_bad_submitit_settings_are_refused_before_anything_is_written(tmp_path, 
     assert res.exit_code == 2, res.output
     assert f"error: {needle}" in " ".join(res.output.split())
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("timeout_min,delay,warned", [(1, None, True), (2, None, False), (2, 120, True)])
+def test_time_limit_within_the_signal_delay_is_warned(timeout_min, delay, warned):
+    """SLURM signals USR2 `delay` seconds before the limit: a shorter limit signals every member at start."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from widen_cli import slurm
+    from widen_cli.config import SubmititConfig
+
+    console = Console(record=True, width=300)
+    slurm.warn_limits(SimpleNamespace(submitit=SubmititConfig(timeout_min=timeout_min, slurm_signal_delay_s=delay)),
+                      console)
+    assert ("signalled to checkpoint and requeue as soon as it starts" in console.export_text()) == warned
