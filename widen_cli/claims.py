@@ -4,7 +4,9 @@ together (a double submit on a cluster).
 A process claims a run before training it by creating the folder's claim file with O_EXCL, which only
 one creator can win. The file holds the claimant's pid and host and a heartbeat time, refreshed by a
 background thread while the claim is held. A claim is stale, and may be taken over, when its process
-is gone: on the same host its pid is dead; anywhere, its heartbeat is older than `stale_seconds()`.
+is gone: on the same host its pid is dead; anywhere, its heartbeat is older than `stale_seconds()`;
+and at once when it was written by an earlier run of this very SLURM job (requeued or pre-empted: the
+earlier run was killed, and a SLURM job never runs twice at the same time).
 The claim file is removed when the run finishes, fails or is interrupted.
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Holder:
     pid: int
     host: str
     heartbeat: float  # time.time() of the holder's last refresh
+    slurm_job: str | None = None  # "job/restart count" of the SLURM job that wrote it, when it ran in one
 
     def __str__(self) -> str:
         return f"pid {self.pid} on {self.host}"
@@ -53,6 +56,10 @@ class Holder:
     def stale(self) -> bool:
         if self.host == socket.gethostname() and (self.pid == os.getpid() or not _alive(self.pid)):
             return True  # a dead process here (or a leftover of this very process)
+        mine = slurm_job()
+        if self.slurm_job and mine and self.slurm_job != mine \
+                and self.slurm_job.split("/")[0] == mine.split("/")[0]:
+            return True  # left by an earlier run of this SLURM job (it was requeued or pre-empted)
         return time.time() - self.heartbeat > stale_seconds()
 
 
@@ -66,8 +73,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def slurm_job() -> str | None:
+    """This process's SLURM job and how often it was restarted, "123_4/1" (array job 123, task 4, first
+    requeue); None outside SLURM. A requeued job keeps its id and counts up its restarts."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    else:
+        job = env.get("SLURM_JOB_ID")
+    return f"{job}/{env.get('SLURM_RESTART_COUNT') or 0}" if job else None
+
+
 def _me() -> dict:
-    return dict(pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time())
+    me = dict(pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time())
+    return {**me, "slurm_job": slurm_job()} if slurm_job() else me
 
 
 def read(path: Path) -> Holder | None:
@@ -79,7 +98,8 @@ def read(path: Path) -> Holder | None:
         return None
     try:
         data = json.loads(text)
-        return Holder(int(data["pid"]), str(data["host"]), float(data["heartbeat"]))
+        job = data.get("slurm_job")
+        return Holder(int(data["pid"]), str(data["host"]), float(data["heartbeat"]), str(job) if job else None)
     except (ValueError, KeyError, TypeError):
         return Holder(-1, "?", mtime)  # just created, content not written yet: judge by its age
 
