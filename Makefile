@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-gpu test-lowest bench clean
+.PHONY: setup demo test test-gpu test-lowest test-slurm bench clean
 
 $(BIN)/widen: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,11 @@ $(LOWEST)/floors.txt: pyproject.toml .ci/floors.py
 
 test-lowest: $(LOWEST)/floors.txt
 	$(LOWEST)/bin/python -m pytest --disable-warnings $(LOWEST_TESTS)  # warnings: old floors beside new deps
+
+# --launcher submitit against a real single-node SLURM that scripts/test-slurm.sh starts (as root, with
+# Debian's slurm-wlm, munge, slurmdbd and mariadb-server installed) and stops again: about 10 minutes.
+test-slurm: setup
+	bash scripts/test-slurm.sh $(BIN)/python
 
 # Speed benchmarks (not tests): our path against plain loops, as ratios; a few minutes on CPU.
 # BENCH_ARGS="--device cuda" on a GPU machine.

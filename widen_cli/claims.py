@@ -5,8 +5,10 @@ A process claims a run before training it by creating the folder's claim file (a
 fails where the name exists, so only one creator can win). The file holds the claimant's pid and host,
 a token unique to the claim and a heartbeat time, refreshed by a background thread while the claim is
 held. A claim is stale, and may be taken over, when its process is gone: on the same host its pid is
-dead; anywhere, its heartbeat is older than `stale_seconds()`. The claim file is removed when the run
-finishes, fails or is interrupted.
+dead; anywhere, its heartbeat is older than `stale_seconds()`; and at once when it was written by an
+earlier run of this very SLURM job (requeued or pre-empted: the earlier run was killed, and a SLURM job
+never runs twice at the same time). The claim file is removed when the run finishes, fails or is
+interrupted.
 
 A claim file is only ever created or replaced whole (written to a temporary name, then linked or
 renamed into place), so no reader sees one half-written: an empty or garbled claim file was left by a
@@ -60,6 +62,7 @@ class Holder:
     heartbeat: float  # time.time() of the holder's last refresh
     token: str = ""  # unique per claim: tells a holder its own claim from a later one of the same pid
     garbled: bool = False  # empty or unreadable: left by a crash, never by a live holder
+    slurm_job: str | None = None  # "job/restart count" of the SLURM job that wrote it, when it ran in one
 
     def __str__(self) -> str:
         return "an unreadable claim file" if self.garbled else f"pid {self.pid} on {self.host}"
@@ -70,6 +73,10 @@ class Holder:
             return True
         if self.host == socket.gethostname() and (self.pid == os.getpid() or not _alive(self.pid)):
             return True  # a dead process here (or a leftover of this very process)
+        mine = slurm_job()
+        if self.slurm_job and mine and self.slurm_job != mine \
+                and self.slurm_job.split("/")[0] == mine.split("/")[0]:
+            return True  # left by an earlier run of this SLURM job (it was requeued or pre-empted)
         return time.time() - self.heartbeat > stale_seconds()
 
 
@@ -83,8 +90,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def slurm_job() -> str | None:
+    """This process's SLURM job and how often it was restarted, "123_4/1" (array job 123, task 4, first
+    requeue); None outside SLURM. A requeued job keeps its id and counts up its restarts."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    else:
+        job = env.get("SLURM_JOB_ID")
+    return f"{job}/{env.get('SLURM_RESTART_COUNT') or 0}" if job else None
+
+
 def _me(token: str) -> str:
-    return json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time(), token=token))
+    me = dict(pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time(), token=token)
+    return json.dumps({**me, "slurm_job": slurm_job()} if slurm_job() else me)
 
 
 def read(path: Path) -> Holder | None:
@@ -99,7 +118,9 @@ def read(path: Path) -> Holder | None:
         return Holder(-1, "?", 0.0, garbled=True)
     try:
         data = json.loads(text)
-        return Holder(int(data["pid"]), str(data["host"]), float(data["heartbeat"]), str(data.get("token", "")))
+        job = data.get("slurm_job")
+        return Holder(int(data["pid"]), str(data["host"]), float(data["heartbeat"]), str(data.get("token", "")),
+                      slurm_job=str(job) if job else None)
     except (ValueError, KeyError, TypeError, AttributeError):
         return Holder(-1, "?", mtime, garbled=True)
 

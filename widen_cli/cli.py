@@ -246,7 +246,8 @@ def sweep_width(
     launcher: Annotated[str, _opt("local (one after another; MLP members batched unless sweep.batch_members=false), "
                                   "pool (--jobs processes here) or submitit (SLURM on a cluster, local processes "
                                   "elsewhere).")] = "local",
-    jobs: Annotated[int, _opt("Members run at once (pool processes; SLURM array parallelism).")] = 1,
+    jobs: Annotated[Optional[int], _opt("Members run at once: pool processes (default 1), or the SLURM array's "
+                                        "parallelism (default: the whole array).", show_default=False)] = None,
     dry_run: Annotated[bool, _opt("Print and write the plan only: no data, no training.", "--dry-run")] = False,
     epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None, device: Device = None,
     precision: Precision = None, compile_model: Compile = False, data_root: DataRoot = None,
@@ -288,6 +289,8 @@ def sweep_width(
         last_layer_connectivity=_numbers(last_layer_connectivity, float, "--last-layer-connectivity"),
         base_widths=budgets, methods=_names(methods) or ([method] if method else None),
         lrs=_numbers(lrs, float, "--lrs"), select_on=select_on)
+    if launcher == "submitit" and not dry_run:
+        sweep.slurm.check(settings)  # no SLURM here (and no explicit local executor): refused before writing
     family = plan.plan_sweep(run, settings, name, plan.methods(composing, config_dir or (), run, settings))
     # Refused before anything is shown or written: a member that cannot fit, data that is not there.
     needs = family.memory(refuse=not dry_run)

@@ -193,11 +193,22 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class SubmititConfig:
+    """`sweep.submitit`: submitit's own AutoExecutor parameters (null leaves one unset), plus `cluster`."""
+    cluster: str | None = None  # slurm | local; null: slurm, refused where SLURM is not installed
     timeout_min: int | None = None
     slurm_partition: str | None = None
     gpus_per_node: int | None = None
     cpus_per_task: int | None = None
     mem_gb: float | None = None
+    slurm_account: str | None = None
+    slurm_qos: str | None = None
+    slurm_constraint: str | None = None
+    slurm_exclude: str | None = None
+    slurm_setup: tuple[str, ...] | None = None  # shell lines before the member starts (module load ...)
+    name: str | None = None  # the job name; null: the sweep's --name
+    slurm_requeue: bool | None = None  # sbatch --requeue (true) or --no-requeue (false)
+    slurm_max_num_timeout: int | None = None  # timeouts requeued before a member fails (submitit: 3)
+    slurm_signal_delay_s: int | None = None  # USR2 this long before the time limit (submitit: 90)
 
 
 @dataclass(frozen=True)

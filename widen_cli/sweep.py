@@ -13,10 +13,9 @@ import traceback
 from pathlib import Path
 
 import pandas as pd
-import submitit.helpers
 from rich.markup import escape
 
-from widen_cli import checkpoint, results
+from widen_cli import checkpoint, results, slurm
 from widen_cli.config import SweepConfig
 from widen_cli.errors import MemberError, UserError
 from widen_cli.jobs import Job, parent_run
@@ -34,17 +33,6 @@ def run_member(job: Job, threads: int | None = None, restart: bool = False) -> s
     with epochlog.member_logs():  # its epochs to its own folder's log file
         run_training(job, Console(stderr=True, quiet=True), restart=restart)
     return str(job.run_dir)
-
-
-class MemberJob(submitit.helpers.Checkpointable):
-    """run_member for submitit: a SLURM job that is pre-empted or times out is requeued, and the
-    requeued job resumes the member from its last checkpoint."""
-
-    def __call__(self, job: Job, threads: int | None = None, restart: bool = False) -> str:
-        return run_member(job, threads, restart)
-
-    def checkpoint(self, job: Job, threads: int | None = None, restart: bool = False):
-        return submitit.helpers.DelayedSubmission(self, job, threads)  # resume, never restart again
 
 
 def one_line(error: BaseException) -> str:
@@ -134,28 +122,11 @@ def _pool_gpus(device: str) -> int:
     return torch.cuda.device_count()
 
 
-def _submitit(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
-    """A SLURM job array (local processes where there is no SLURM), sweep.submitit's parameters."""
-    import dataclasses
 
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=sweep_dir / ".submitit")
-    params = {k: v for k, v in dataclasses.asdict(s.submitit).items() if v is not None}
-    executor.update_parameters(**params, slurm_array_parallelism=n_jobs)
-    submitted = executor.map_array(MemberJob(), todo, [None] * len(todo), [restart] * len(todo))
-    for job, sub in zip(todo, submitted):
-        try:
-            sub.result()
-            done(job)
-        except Exception as e:  # noqa: BLE001
-            done(job, e)
+LAUNCHERS = {"local": _local, "pool": _pool, "submitit": slurm.launch}
 
 
-LAUNCHERS = {"local": _local, "pool": _pool, "submitit": _submitit}
-
-
-def check_launch(launcher: str, n_jobs: int) -> None:
+def check_launch(launcher: str, n_jobs: int | None) -> None:
     """Refuse a launch that cannot work before anything is composed or written."""
     from widen_cli import distributed
 
@@ -164,7 +135,7 @@ def check_launch(launcher: str, n_jobs: int) -> None:
                         "at a time")
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
-    if n_jobs < 1:
+    if n_jobs is not None and n_jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {n_jobs}")
 
 
@@ -315,6 +286,9 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     todo = [j for j in jobs if not (j.run_dir / results.SUMMARY_FILE).exists()]
+    # --jobs unset: a SLURM array runs every member at once (SLURM queues what does not fit), others one
+    array = launcher == "submitit" and s.submitit.cluster in (None, "slurm")
+    n_jobs = n_jobs or (max(1, len(todo)) if array else 1)
     console.print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; running {len(todo)} "
                   f"with the {launcher} launcher")
     errors = {} if errors is None else errors
@@ -337,7 +311,7 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
                 errors[job.run_dir] = one_line(error)
                 see = f" (see {job.run_dir / results.ERROR_FILE})" if recorded else ""
                 console.print(f"[red]member width={m.width} method={m.method} seed={seed} failed: "
-                              f"{escape(errors[job.run_dir])}{see}[/red]", highlight=False)
+                              f"{escape(errors[job.run_dir])}{see}[/red]", highlight=False, soft_wrap=True)
             lr = f" lr={job.run.optim.lr:g}" if s.lrs else ""
             progress.update(task, advance=1, last=f"{m.method} b={m.base_width} w={m.width}{lr} s={seed}")
 
