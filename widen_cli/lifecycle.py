@@ -121,17 +121,21 @@ def stored_identity(summary: dict, run_dir: Path) -> dict | None:
 
 
 def finished(job: Job) -> RunResult | None:
-    """The run's result read back if it has finished; refused if it finished with other settings."""
+    """The run's result read back if it has finished; refused if it finished with other settings, or
+    if its summary or metrics cannot be read. What a kill right after the summary left is tidied."""
     path = job.run_dir / results.SUMMARY_FILE
     if not path.exists():
         return None
-    summary = results.read_table(path).iloc[0].to_dict()
+    summary = results.read_finished(path, "summary", job.run_dir).iloc[0].to_dict()
     stored = stored_identity(summary, job.run_dir)
     diffs = differences(job.run.identity(), stored, job.run_dir) if stored is not None else []
     if diffs:
         raise UserError(f"{job.run_dir} holds a finished run with other settings ({'; '.join(diffs)}); "
                         f"choose another --name or --out, or delete the folder to retrain it")
-    return RunResult(results.read_table(job.run_dir / results.METRICS_FILE), summary, skipped=True)
+    metrics = results.read_finished(job.run_dir / results.METRICS_FILE, "metrics", job.run_dir)
+    if distributed.is_main_process():
+        checkpoint.tidy_finished(job.run_dir)
+    return RunResult(metrics, summary, skipped=True)
 
 
 # ---------------------------------------------------------------- start
@@ -232,6 +236,12 @@ class Run:
         if self.claim is not None:
             self.claim.release()
 
+    def check_claim(self) -> None:
+        """Before each write (and again just before its rename): stop (ClaimLost) if another process took
+        the run over meanwhile (this one was paused past the stale time)."""
+        if self.claim is not None:
+            self.claim.check()
+
     def prepare(self, restart: bool) -> Run:
         """config.yaml, and the checkpoint to resume from (`restart`: discard it instead)."""
         try:
@@ -263,6 +273,7 @@ class Run:
         if diffs:
             raise UserError(f"checkpoint {path} was written by a run with a different config ({'; '.join(diffs)}); "
                             f"pass --restart to discard it and start the run over (or choose another --name)")
+        checkpoint.check_epoch(self.state, self.job.epochs, path)
         self.rows, self.elapsed = list(self.state["rows"]), self.state["elapsed"]
         self.saved = self.state["epoch"]
         self.first = self.saved + 1
@@ -278,9 +289,17 @@ class Run:
                            else f"training {self.dir} ({epochs} epochs)", highlight=False, soft_wrap=True)
 
     def save_masks(self, masks) -> None:
-        """masks.pt, when the run starts (a resumed run goes on with its checkpoint's masks)."""
-        if masks is not None and self.main and self.state is None:
-            masks.save(self.dir / results.MASKS_FILE)
+        """masks.pt, when the run starts. A resumed run goes on with its checkpoint's masks: masks.pt is
+        checked against them and written again from them if it is damaged, missing or differs."""
+        if masks is None or not self.main:
+            return
+        path = self.dir / results.MASKS_FILE
+        if self.state is not None:
+            if checkpoint.file_holds(path, masks.state(), exactly=True):
+                return
+            self.console.print(f"[yellow]warning:[/yellow] {path} was damaged or missing; written again from the "
+                               f"checkpoint's masks", highlight=False, soft_wrap=True)
+        masks.save(path)
 
     def metrics(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=results.METRICS_COLUMNS)
@@ -294,10 +313,10 @@ class Run:
                               val_acc=t.val_acc))
         diverged = not math.isfinite(t.train_loss)
         if self.main:
-            results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics")
+            results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics", self.check_claim)
             if not diverged:  # a diverged run is over: nothing to resume
                 checkpoint.save(self.dir / checkpoint.FILENAME, identity=self.job.run.identity(), epoch=epoch,
-                                rows=self.rows, elapsed=self.elapsed + elapsed, **snapshot())
+                                rows=self.rows, elapsed=self.elapsed + elapsed, **snapshot(), check=self.check_claim)
         if diverged:
             self.status = "diverged"
             self.console.print(f"[red]{self.job.run.run_name()}: training loss is {t.train_loss} in epoch {epoch}: "
@@ -311,8 +330,9 @@ class Run:
         metrics = self.metrics()
         summary = summary_row(self.job, metrics, self.status, self.elapsed + elapsed)
         if self.main:
-            results.atomic_write(self.dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
-            results.write_table(pd.DataFrame([summary]), self.dir / results.SUMMARY_FILE, "summary")
+            results.atomic_write(self.dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp),
+                                 self.check_claim)
+            results.write_table(pd.DataFrame([summary]), self.dir / results.SUMMARY_FILE, "summary", self.check_claim)
             (self.dir / checkpoint.FILENAME).unlink(missing_ok=True)
         self.release()
         return RunResult(metrics, summary, model=model)

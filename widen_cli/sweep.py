@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from widen_cli import checkpoint, results, slurm
 from widen_cli.config import SweepConfig
-from widen_cli.errors import UserError
+from widen_cli.errors import MemberError, UserError
 from widen_cli.jobs import Job, parent_run
 
 
@@ -79,11 +79,27 @@ def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, 
                 family.train_family(batch, console)
             for job in batch:
                 done(job)
-        except UserError:
-            raise
         except Exception as e:  # noqa: BLE001 - one member's crash must not stop the family
+            if isinstance(e, UserError) and not isinstance(e, MemberError):
+                raise  # a mistake in the command: every member would fail the same way
+            if isinstance(e, MemberError) and len(batch) > 1:  # one member's damaged file or lost claim
+                for job in batch:  # each alone (resumed or read back), so that only the members concerned fail
+                    _alone(job, done, console)
+                continue
             for job in batch:
                 done(job, e)
+
+
+def _alone(job: Job, done, console) -> None:
+    from widen_cli.train import run_training
+
+    try:
+        run_training(job, console)
+        done(job)
+    except Exception as e:  # noqa: BLE001
+        if isinstance(e, UserError) and not isinstance(e, MemberError):
+            raise
+        done(job, e)
 
 
 def _pool(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
@@ -229,6 +245,7 @@ def run(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s
     from widen_cli.data import require
 
     require(jobs[0].run.dataset)
+    remove_stale_temporaries(sweep_dir)
     errors: dict[Path, str] = {}
     try:
         launch(jobs, launcher, n_jobs, sweep_dir, console, s, restart, errors)
@@ -236,6 +253,18 @@ def run(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s
         gather(jobs, sweep_dir, errors, s.select_on, interrupted=True)
         raise
     return gather(jobs, sweep_dir, errors, s.select_on)
+
+
+def remove_stale_temporaries(sweep_dir: Path) -> None:
+    """Temporaries in the sweep folder that a killed process left (a sweep with the same --name may be
+    writing its own right now: only those whose writer is gone go, see results.stale_temporaries)."""
+    from widen_cli import claims
+
+    try:
+        for tmp in results.stale_temporaries(sweep_dir, claims.stale_seconds()):
+            tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only folder: the write that follows says so
 
 
 def failures(table: pd.DataFrame, console) -> bool:
@@ -299,24 +328,28 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
     rows = []
     for job in jobs:
         path = job.run_dir / results.SUMMARY_FILE
+        error = (errors or {}).get(job.run_dir, "did not finish (no summary.parquet)")
+        row = damaged = None
         if path.exists():
-            row = results.read_table(path).iloc[0].to_dict()
+            try:  # a damaged summary fails this member, not the gather
+                row = results.read_finished(path, "summary", job.run_dir).iloc[0].to_dict()
+            except UserError as e:
+                error = damaged = str(e)
+        if row is not None:
             row.setdefault("status", "finished")  # summaries from before statuses were recorded
             row["error"] = None
+            checkpoint.tidy_finished(job.run_dir)
         else:
             m = job.member
-            metrics = job.run_dir / results.METRICS_FILE
-            epochs = len(results.read_table(metrics)) if metrics.exists() else 0
-            error = (errors or {}).get(job.run_dir)
-            stopped = interrupted and error is None
+            epochs = _epochs_done(job.run_dir)
+            stopped = interrupted and damaged is None and job.run_dir not in (errors or {})
             if stopped:
                 error = (f"interrupted after epoch {epochs} of {job.epochs}" if epochs else "interrupted before "
                          "its first epoch ended") + "; run the same command again to resume"
             row = dict(dataset=job.run.dataset.name, model=job.run.model.name, method=m.method, width=m.width,
                        base_width=m.base_width, n_weights=m.n_weights, n_weights_dense=m.n_weights_dense,
                        connectivity=m.connectivity, seed=job.run.seed, epochs=epochs,
-                       status="interrupted" if stopped else "failed",
-                       error=error or "did not finish (no summary.parquet)")
+                       status="interrupted" if stopped else "failed", error=error)
         pruned = job.member.method == "pruned"  # the pruning columns, for failed rows and older summaries
         row.setdefault("variant", job.member.variant)
         row.setdefault("parent_run", parent_run(job.run).run_name() if pruned else None)
@@ -329,6 +362,14 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
     df["selected"] = select(df, [_untuned(job) for job in jobs], select_on)
     results.write_table(df, sweep_dir / results.RESULTS_FILE, "results")
     return df
+
+
+def _epochs_done(run_dir: Path) -> int:
+    """The epochs an unfinished member recorded (0 where its metrics are missing or unreadable)."""
+    try:
+        return len(results.read_table(run_dir / results.METRICS_FILE))
+    except Exception:  # noqa: BLE001 - missing or damaged: the error column says what happened
+        return 0
 
 
 # What picks a member's learning rate: the paper's best test accuracy, or the last epoch's accuracy on
