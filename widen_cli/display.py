@@ -71,7 +71,12 @@ def sweep_cost(console: Console, c: dict) -> None:
     """One line on what the sweep starts, and a warning when it is far too much for a CPU."""
     from widen_cli.cost import CPU_WARN_FLOPS, flops_text
 
-    compute = f", about {flops_text(c['flops'])} of training compute" if c["flops"] is not None else ""
+    compute = ", training compute unknown (no training images to count yet)"
+    if c["flops"] is not None:
+        images = f"{c['images']:,} training images an epoch"
+        if c.get("documented"):
+            images += f", from {c['dataset']}'s documented size: its files are not there to count yet"
+        compute = f", about {flops_text(c['flops'])} of training compute ({images})"
     seeds = f"{c['seeds']} seed{'s' if c['seeds'] > 1 else ''}"
     lrs = f", {c['lrs']} learning rates" if c.get("lrs", 1) > 1 else ""
     console.print(f"{c['runs']} runs ({c['members']} members, {seeds}{lrs}), {c['epochs']:,} epochs in all{compute}",
