@@ -102,6 +102,16 @@ def test_theorem1_agrees_with_the_empirical_distance(allocation, widths):
     assert (table.distance_theorem1_bias.abs() < 0.05 * table.distance_theorem1).all()  # Gaussian: bias negligible
 
 
+def test_theorem1_standard_error_matches_its_spread_over_seeds():
+    # 12 seeds (pairs and masks redrawn), a sparse width (p1 = 0.2): the reported s.e. is the spread
+    # another seed gives. Masks shared by blocks of pairs make the spread several times what pairs
+    # with independent masks would give, so an SE over pairs rather than blocks would fail this.
+    rows = pd.concat([distances(100, [20], "uniform", pairs=1024, inits=2, samples=16, seed=s) for s in range(12)])
+    assert rows.first_layer_connectivity.iloc[0] < 0.5
+    spread, se = rows.distance_theorem1.std(), rows.distance_theorem1_se.mean()
+    assert 0.6 < spread / se < 1.6, (spread, se)
+
+
 def test_sparse_distance_differs_from_dense_at_the_same_width():
     # the mask adds variance: the same width at p = 0.05 is measurably further from the limit than dense
     # (32 inits: uniform masks now keep an exact count, a new random stream on which 16 left z = 4.7 of the
@@ -184,7 +194,7 @@ def test_command_writes_the_table(tmp_path):
         assert table[f"distance_{name}"].dtype == np.float64
         assert table[f"min_{name}"].sum() == 1
         assert table.width[table[f"min_{name}"]].item() == table.width[table[f"distance_{name}"].idxmin()]
-    assert (table.distance_empirical_se > 0).all()
+    assert (table.distance_empirical_se > 0).all() and (table.distance_theorem1_se > 0).all()
     assert "minimising width" in res.output and "216" in res.output
     assert (tmp_path / "fig7" / "kernel.yaml").read_text().count("- 635") == 1
 

@@ -112,7 +112,7 @@ def kernel_table(console: Console, df, run_dir: Path) -> None:
 
     r0 = df.iloc[0]
     table = _columns(f"[bold]{run_dir / results.KERNEL_FILE}[/bold]",
-                     ("width", "p1", "p1*d", "empirical", "s.e.", "Theorem 1", "bias", "eq. (6)", "leading"),
+                     ("width", "p1", "p1*d", "empirical", "s.e.", "Theorem 1", "s.e.", "bias", "eq. (6)", "leading"),
                      box=box.SIMPLE_HEAD, pad_edge=False,
                      caption=f"{r0.n_weights:,} weights, d={r0.input_dim}, {r0.outputs} outputs, {r0.inputs} "
                              f"inputs, {r0.distribution} distribution, {r0.reference} reference, "
@@ -123,7 +123,8 @@ def kernel_table(console: Console, df, run_dir: Path) -> None:
         table.add_row(
             str(r.width), f"{r.first_layer_connectivity:.2e}", f"{r.first_layer_connectivity * r.input_dim:.3g}",
             f"{r.distance_empirical:.2e}{mark['empirical']}", f"{r.distance_empirical_se:.1e}",
-            f"{r.distance_theorem1:.2e}{mark['theorem1']}", f"{r.distance_theorem1_bias:+.0e}",
+            f"{r.distance_theorem1:.2e}{mark['theorem1']}", f"{r.distance_theorem1_se:.1e}",
+            f"{r.distance_theorem1_bias:+.0e}",
             f"{r.distance_eq6:.2e}{mark['eq6']}", f"{r.distance_leading_order:.2e}{mark['leading_order']}")
     console.print(table)
     if len(df) > 1:
