@@ -301,3 +301,23 @@ def test_sweep_and_kernel_distance_keep_the_same_counts_per_layer(tmp_path, dist
     for m in K.plan([8, 32, 216, 328, 512, 635], 6352, 784, 10, distribution):
         assert [K.first_layer_weights(m), m.kept["layers.1"]] == list(m.kept.values())
         assert sum(m.kept.values()) == 6352
+
+
+def test_a_kernel_table_of_schema_2_is_still_read(tmp_path):
+    # Written by the previous version: no distance_theorem1_se, schema version 2 in its metadata.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from widen_cli.report.load import load
+
+    res = runner.invoke(app, ["kernel-distance", "--widths", "8,32", "--pairs", "128", "--inits", "2",
+                              "--out", str(tmp_path), "--name", "old"])
+    assert res.exit_code == 0, res.output
+    path = tmp_path / "old" / results.KERNEL_FILE
+    table = pq.read_table(path)
+    old = table.drop_columns(["distance_theorem1_se"])
+    pq.write_table(old.replace_schema_metadata({**table.schema.metadata, b"widen.schema_version": b"2"}), path)
+    warnings = []
+    kernels = load([tmp_path / "old"], warnings.append).kernels
+    assert not warnings and list(kernels) == ["old"]
+    assert kernels["old"].distance_theorem1_se.isna().all() and kernels["old"].width.tolist() == [8, 32]

@@ -97,7 +97,8 @@ TABLES = {
     "summary": Schema(SUMMARY_COLUMNS, 1, ("val_acc",)),  # budget appended: older readers pass over it
     "results": Schema(RESULTS_COLUMNS, 1, ("val_acc", "lr", "selected")),
     "plan": Schema(PLAN_COLUMNS, 1, ("base_width",)),
-    "kernel": Schema(KERNEL_COLUMNS, 3),  # 2: `allocation` renamed `distribution`; 3: distance_theorem1_se
+    # 2: `allocation` renamed `distribution`; 3: distance_theorem1_se (older tables read it as null)
+    "kernel": Schema(KERNEL_COLUMNS, 3, ("distance_theorem1_se",)),
 }
 KIND_KEY = b"widen.kind"
 VERSION_KEY = b"widen.schema_version"
