@@ -3,11 +3,12 @@ import math
 
 import pytest
 import torch
-from test_data import write_folders, write_mnist
+from test_data import WRITERS, write_folders, write_mnist
 from torch.utils.flop_counter import FlopCounterMode
+from rich.console import Console
 from typer.testing import CliRunner
 
-from widen_cli import cost, plan
+from widen_cli import cost, display, plan
 from widen_cli.budget import plan_member
 from widen_cli.cli import app
 from widen_cli.config import DatasetConfig, MethodConfig, ModelConfig, compose_config
@@ -88,6 +89,16 @@ def test_estimate_counts_the_images_on_disk(tmp_path):
     # no files yet (a dry run before --download): the documented size, and the line says so
     absent = _sweep(["dataset=mnist", f"dataset.root={tmp_path / 'nothing'}"]).cost()
     assert (absent["images"], absent["documented"]) == (60_000, True)
+    console = Console(record=True, width=400)
+    display.sweep_cost(console, absent)
+    assert "(60,000 training images an epoch, from mnist's documented size: its files are not there to count " \
+           "yet)" in console.export_text()
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_every_in_memory_format_is_counted_from_its_files(tmp_path, monkeypatch, name):
+    written = WRITERS[name](tmp_path, monkeypatch)  # the real on-disk formats: IDX, pickled batches, .mat
+    assert cost.train_images(written.cfg) == (len(written.train_labels), False)
 
 
 def test_image_folders_count_their_training_images(tmp_path):
