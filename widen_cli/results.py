@@ -79,7 +79,8 @@ PLAN_COLUMNS = [
 KERNEL_COLUMNS = [
     "width", "base_width", "n_weights", "input_dim", "outputs", "connectivity", "first_layer_connectivity",
     "first_layer_weights", "distribution", "inputs", "reference", "pairs", "inits", "mask_samples", "seed",
-    "distance_empirical", "distance_empirical_se", "distance_theorem1", "distance_theorem1_bias",
+    "distance_empirical", "distance_empirical_se", "distance_theorem1", "distance_theorem1_se",
+    "distance_theorem1_bias",
     "distance_eq6", "distance_leading_order",
     "min_empirical", "min_theorem1", "min_eq6", "min_leading_order",
     "dataset", "budget", "last_layer_weights", "width_eq29", "min_eq29",
@@ -99,7 +100,8 @@ TABLES = {
     "summary": Schema(SUMMARY_COLUMNS, 1, ("val_acc",)),  # budget appended: older readers pass over it
     "results": Schema(RESULTS_COLUMNS, 1, ("val_acc", "lr", "selected")),
     "plan": Schema(PLAN_COLUMNS, 1, ("base_width",)),
-    "kernel": Schema(KERNEL_COLUMNS, 2),  # 2: `allocation` renamed `distribution` (its names too)
+    # 2: `allocation` renamed `distribution`; 3: distance_theorem1_se (older tables read it as null)
+    "kernel": Schema(KERNEL_COLUMNS, 3, ("distance_theorem1_se",)),
 }
 KIND_KEY = b"widen.kind"
 VERSION_KEY = b"widen.schema_version"
