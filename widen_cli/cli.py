@@ -79,7 +79,7 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except UserError as e:
             if is_main_process():
-                err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+                err.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)  # text, not markup
             raise typer.Exit(2)
         except OSError as e:
             if disk_error(e) is None:
