@@ -169,3 +169,56 @@ def test_wandb_offline_run(tmp_path, monkeypatch):
         test_acc = pd.read_parquet(run / "metrics.parquet").test_acc.tolist()
         assert [h["epoch"] for h in history] == [1, 2]
         assert [h["test_acc"] for h in history] == pytest.approx(test_acc)
+
+
+def test_a_killed_run_resumes_its_tracker_runs(tmp_path, monkeypatch):
+    """SIGKILL mid-run, then the same command: TensorBoard holds each epoch once (what the killed session
+    logged past its checkpoint is purged), and MLflow, where installed, goes on in the same run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from widen_cli import checkpoint
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow = importlib.util.find_spec("mlflow") is not None
+    args = ["train", "--dataset", "synthetic", "--width", 256, "--epochs", 12, "dataset.train_size=4096",
+            "dataset.image_size=16", "optim.batch_size=64", "--track", "tensorboard" + (",mlflow" if mlflow else ""),
+            "--out", tmp_path, "--name", "cut"]
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "WIDEN_THREADS": "1", "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "widen_cli", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "cut"
+    while not (run / checkpoint.FILENAME).exists():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.parquet").exists()  # killed mid-run
+    res = widen(*args)
+    assert res.exit_code == 0 and "resuming" in res.output, res.output
+    metrics = pd.read_parquet(run / "metrics.parquet").set_index("epoch")
+    assert metrics.index.tolist() == list(range(1, 13))
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("test_acc")}
+    steps = [e.step for e in events.Scalars("test_acc")]
+    assert steps == sorted(set(steps)) and steps[-1] == 12, steps
+    assert [logged[s] for s in steps] == pytest.approx(metrics.test_acc[steps].tolist(), rel=1e-6)
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 2  # one file per session
+    if mlflow:
+        from mlflow.tracking import MlflowClient
+
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+        [one] = client.search_runs([client.get_experiment_by_name("widen").experiment_id])
+        assert one.info.status == "FINISHED"
+        history = client.get_metric_history(one.info.run_id, "test_acc")
+        assert [m.step for m in history][-3:] == [10, 11, 12]
+        assert {m.step: m.value for m in history}[12] == pytest.approx(metrics.test_acc[12])
