@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/widen: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,mlflow,wandb]'  # the trackers' extras: their tests read back real files
 	touch $(BIN)/widen
 
 setup: $(BIN)/widen
