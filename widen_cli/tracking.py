@@ -100,8 +100,8 @@ class MLflow:
         from mlflow.tracking import MlflowClient
 
         uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:
-            store = run.dir.parent / MLFLOW_DIR
+        store = None if uri else run.dir.parent / MLFLOW_DIR
+        if store is not None:
             store.mkdir(parents=True, exist_ok=True)
             uri = store.resolve().as_uri()
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for a database otherwise
@@ -109,8 +109,7 @@ class MLflow:
         sweep = sweep_of(run.dir)
         self.run_id = _ids(run.dir).get("mlflow") if run.state is not None else None
         if self.run_id is None:
-            experiment = self._experiment(sweep or DEFAULT_GROUP, None if os.environ.get("MLFLOW_TRACKING_URI")
-                                          else run.dir.parent / MLFLOW_DIR)
+            experiment = self._experiment(sweep or DEFAULT_GROUP, store)
             tags = {"widen.run_dir": str(run.dir), **({"widen.sweep": sweep} if sweep else {})}
             self.run_id = self.client.create_run(experiment, run_name=run.dir.name, tags=tags).info.run_id
             params = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in settings(run).items()]
@@ -201,9 +200,8 @@ class Trackers:
                     try:
                         self.open[id(run)].append((name, TRACKERS[name](run)))
                     except Exception as e:  # noqa: BLE001 - a tracker's own error (server, settings)
-                        raise UserError(f"tracking {name} could not start for {run.dir}: "
-                                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") \
-                            from None
+                        why = (str(e).strip() or type(e).__name__).splitlines()[0]
+                        raise UserError(f"tracking {name} could not start for {run.dir}: {why}") from None
         except BaseException:
             self.__exit__(None, None, None)
             raise
