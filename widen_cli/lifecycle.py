@@ -32,7 +32,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from widen_cli import checkpoint, claims, distributed, epochlog, results
+from widen_cli import checkpoint, claims, distributed, epochlog, results, tracking
 from widen_cli.config import RunConfig, to_yaml
 from widen_cli.validation import resolve_distribution
 from widen_cli.errors import Interrupted, UserError
@@ -391,7 +391,7 @@ def drive(runs: list[Run], title: str, step: Callable[[int, Progress], tuple[flo
 
     try:
         with Progress(*COLUMNS, console=runs[0].console, transient=False) as progress, \
-                epochlog.EpochLog(runs, epochs, progress) as log:
+                epochlog.EpochLog(runs, epochs, progress) as log, tracking.Trackers(runs) as trackers:
             task = log.epoch_task = progress.add_task(title, total=epochs, completed=first - 1, status="")
             for run in runs:
                 log.start(run)
@@ -406,6 +406,7 @@ def drive(runs: list[Run], title: str, step: Callable[[int, Progress], tuple[flo
                         if out[i] is None:
                             recorded = run.record(epoch, lr, totals[i], seconds, elapsed(), lambda: snapshot(i))
                             log.end(run, epoch, totals[i], wall)
+                            trackers.log(run)
                             if not recorded:
                                 out[i] = run.finish(model_of(i), elapsed())
                     log.ended()
