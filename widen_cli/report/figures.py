@@ -213,10 +213,10 @@ def fig_kernel_distance(kernels: dict[str, pd.DataFrame], runs: pd.DataFrame) ->
         if pd.notna(n_star):
             ax.axvline(n_star, color="0.6", ls="-.", lw=1, label=f"eq. (29): n* = {n_star:.0f}")
         ax.set_yscale("log")
-        log_axis(ax, k.width, "width")
+        log_axis(ax, [*k.width, *([round(n_star)] if pd.notna(n_star) else [])], "width")  # n* ticked too
         log_fractions(ax.yaxis)  # plain numbers at 1, 2, 5 x 10^k: one decade would show a single label
         ax.set_ylabel("mean squared kernel distance")
-        handles = ax.get_legend_handles_labels()
+        handles = _kernel_order(*ax.get_legend_handles_labels())
         lines = data[(data.table == name) & data.line.notna()] if len(data) else data
         if len(lines):
             twin = ax.twinx()
@@ -241,6 +241,15 @@ def fig_kernel_distance(kernels: dict[str, pd.DataFrame], runs: pd.DataFrame) ->
                 "at connectivity 1 counts as dense-last), with the Spearman and Pearson (on log distance) "
                 "correlations across the widths both have (kernel_tracking.csv).",
                 fig, data)
+
+
+def _kernel_order(handles: list, labels: list) -> tuple[list, list]:
+    """The kernel legend in reading order: the measurement, then Theorem 1 and its approximations."""
+    order = ("empirical", "Theorem 1", "Theorem 1, leading order", "eq. (6)", "eq. (29)")
+    rank = [next((i for i, o in enumerate(order) if label == o or (o == "eq. (29)" and label.startswith(o))),
+                 len(order)) for label in labels]
+    ranked = sorted(zip(rank, range(len(labels))))
+    return [handles[i] for _, i in ranked], [labels[i] for _, i in ranked]
 
 
 def fig_layer_kept(plans: dict[str, pd.DataFrame]) -> Plot | None:

@@ -84,8 +84,9 @@ def fig_improvement_fraction(runs: pd.DataFrame) -> Plot | None:
                  color="tab:red", marker="o", mfc="none", ls="-", label="sparse final train accuracy")
         bottom.set_ylabel("train acc. (%)", color="tab:red")
         peak = d.widening_factor[d.sparse_train.idxmax()]
-        for ax in (top, bottom):
-            ax.axvline(peak, color="tab:red", ls=":", lw=0.8)
+        for ax in (top, bottom):  # behind the points, which it would otherwise strike through
+            ax.axvline(peak, color="tab:red", ls=":", lw=0.8, zorder=0,
+                       label="its maximum" if ax is bottom else None)
         log_axis(bottom, d.widening_factor.round(2), "widening factor")
         top.tick_params(labelbottom=False)
         title(top, f"{setting}, {line}")

@@ -68,7 +68,8 @@ def _html(res: Results, plots: list[Plot], pngs: dict[str, bytes], table: pd.Dat
     parts = ["<h1>widen report</h1>",
              f"<p>{len(res.runs)} runs{again}, {len(res.plans)} plans, {len(res.kernels)} kernel-distance tables, "
              f"read from {len(res.sources)} Parquet files. Accuracies in percent; with several seeds, means with "
-             f"standard errors.</p>"]
+             f"standard errors (error bars, ±). Each figure's data table gives every point's mean, its standard "
+             f"error (<code>_sem</code>) and the seeds averaged (<code>runs</code>).</p>"]
     if res.skipped:
         parts.append("<p>Skipped: " + ", ".join(f"<code>{esc(s)}</code>" for s in res.skipped) + "</p>")
     if len(table):
