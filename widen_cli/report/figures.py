@@ -235,7 +235,8 @@ def fig_kernel_distance(kernels: dict[str, pd.DataFrame], runs: pd.DataFrame) ->
                      f"{keys['distribution']}")
     return Plot("kernel_distance", "Kernel distance vs width (Figure 7b)",
                 "Mean squared distance of the sparse network's GP kernel at initialisation from the infinite-width "
-                "kernel: empirical (error bars: standard error), Theorem 1 and its leading order, eq. (6), and "
+                "kernel: empirical and Theorem 1 (error bars: standard error, Theorem 1's where the table has "
+                "distance_theorem1_se), Theorem 1's leading order, eq. (6), and "
                 "eq. (29)'s optimum width; on the right axis, the test error of trained sparse one-hidden-layer "
                 "MLPs of the same family (same dataset, weight budget and allocation rule; a last layer fixed "
                 "at connectivity 1 counts as dense-last), with the Spearman and Pearson (on log distance) "
