@@ -54,7 +54,10 @@ def _remove_stale(out: Path, written: set[str]) -> None:
     would otherwise sit beside the new ones): only the report's own file names, never other files."""
     own = {f"{name}.{fmt}" for name in NAMES for fmt in ("png", "svg")} | set(TABLE_FILES)
     for name in sorted(own - written):
-        (out / name).unlink(missing_ok=True)
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot remove the earlier report's {out / name}: {e.strerror or e}") from None
 
 
 def _table_html(df: pd.DataFrame) -> str:
