@@ -15,7 +15,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import ScaledTranslation
-from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
+from matplotlib.ticker import (AutoLocator, FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter,
+                               NullLocator)
 
 COLUMN = 3.3  # inches: one column of a two-column paper
 PANEL_HEIGHT = 2.4
@@ -70,6 +71,9 @@ def _below(ax, inches: float):
 def settle(fig: Figure) -> Figure:
     """Put every legend just below its panel's axis label, measured on a drawn figure (a fixed offset in
     axes fractions collides with the label on short panels and leaves gaps on tall ones)."""
+    for ax in fig.get_axes():  # short panels get only two or three automatic ticks: ask for about six
+        if isinstance(ax.yaxis.get_major_locator(), AutoLocator):
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw(renderer)
     for ax in fig.get_axes():

@@ -86,7 +86,7 @@ def fig_improvement_fraction(runs: pd.DataFrame) -> Plot | None:
         peak = d.widening_factor[d.sparse_train.idxmax()]
         for ax in (top, bottom):  # behind the points, which it would otherwise strike through
             ax.axvline(peak, color="tab:red", ls=":", lw=0.8, zorder=0,
-                       label="its maximum" if ax is bottom else None)
+                       label="maximum of the train accuracy" if ax is bottom else None)
         log_axis(bottom, d.widening_factor.round(2), "widening factor")
         top.tick_params(labelbottom=False)
         title(top, f"{setting}, {line}")
