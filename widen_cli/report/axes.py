@@ -91,7 +91,7 @@ def log_axis(ax, values, label: str, base: float = 2) -> None:
     """A log axis ticked at exactly the values drawn."""
     ax.set_xscale("log", base=base)
     ticks = sorted({float(v) for v in values if pd.notna(v)})
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks], rotation=45 if len(ticks) > 5 else 0)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks], rotation=45 if len(ticks) > 7 else 0)
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel(label)
 

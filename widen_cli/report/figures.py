@@ -170,11 +170,12 @@ def fig_mlp_grid(runs: pd.DataFrame) -> Plot | None:
     fig, axes = panels(len(groups), height=2.8)
     for ax, ((setting, family), d) in zip(axes, groups):
         cells = d.pivot(index="y", columns="x", values="test_mean").reindex(
-            index=range(d.y.max() + 1), columns=range(d.x.max() + 1))  # impossible cells stay empty (white)
+            index=range(d.y.max() + 1), columns=range(d.x.max() + 1))  # impossible cells stay empty
         lo, hi, centre = d.test_mean.min(), d.test_mean.max(), d.baseline.iloc[0]
         if pd.isna(centre):
             centre = (lo + hi) / 2
         norm = TwoSlopeNorm(vcenter=centre, vmin=min(lo, centre - 1e-6), vmax=max(hi, centre + 1e-6))
+        ax.set_facecolor("0.75")  # empty (impossible) cells grey: white is the baseline's colour
         mesh = ax.pcolormesh(np.ma.masked_invalid(cells.to_numpy(dtype=float)), cmap="RdBu", norm=norm, edgecolors="0.85", linewidth=0.5)
         best = d.loc[d.test_mean.idxmax()]
         ax.scatter([best.x + 0.5], [best.y + 0.5], marker="*", s=120, c="white", edgecolors="k", zorder=3,
@@ -192,7 +193,7 @@ def fig_mlp_grid(runs: pd.DataFrame) -> Plot | None:
                 "Best test accuracy (colour, mean over seeds) of every member of a grid over width (equally "
                 "spaced categories) and last-layer connectivity; diverging colours centred on the dense "
                 "baseline's accuracy, blue above it, red below; the star marks the best cell, empty cells are "
-                "impossible combinations.", fig, data)
+                "impossible combinations (grey).", fig, data)
 
 
 def fig_kernel_distance(kernels: dict[str, pd.DataFrame], runs: pd.DataFrame) -> Plot | None:
