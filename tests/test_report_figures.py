@@ -20,7 +20,7 @@ def error_bars(ax) -> list[tuple[float, float, float]]:
     """(x, centre, half length) of every error bar drawn on the axes."""
     bars = []
     for container in ax.containers:
-        for segment in container.lines[2][0].get_segments():
+        for segment in (container.lines[2][0].get_segments() if container.has_yerr else []):
             (x, lo), (_, hi) = segment
             bars.append((x, (lo + hi) / 2, (hi - lo) / 2))
     return bars
