@@ -11,7 +11,10 @@ import textwrap
 from dataclasses import dataclass
 
 import matplotlib
+import numpy as np
 import pandas as pd
+from matplotlib.container import ErrorbarContainer
+from matplotlib.lines import Line2D
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import ScaledTranslation
@@ -59,9 +62,21 @@ def legend(ax, handles=None, labels=None, ncols: int = 1) -> None:
     it below the tick labels and axis label once their size is known."""
     if handles is None:
         handles, labels = ax.get_legend_handles_labels()
+    shown = [(h, label) for h, label in zip(handles, labels) if _drawn(h)]
+    handles, labels = [h for h, _ in shown], [label for _, label in shown]
     if handles:
         ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0), ncols=ncols,
                   bbox_transform=_below(ax, 0.4), borderaxespad=0, handlelength=1.8)
+
+
+def _drawn(handle) -> bool:
+    """Whether a legend entry has something on the axes: not a line whose every point is missing (an entry
+    with no data at all is a key, like `dashed: train`, and stays)."""
+    line = handle.lines[0] if isinstance(handle, ErrorbarContainer) else handle
+    if not isinstance(line, Line2D):
+        return True
+    y = np.asarray(line.get_ydata(), dtype=float)
+    return y.size == 0 or bool(np.isfinite(y).any())
 
 
 def _below(ax, inches: float):
