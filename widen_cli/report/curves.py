@@ -57,13 +57,15 @@ def curve_data(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
 def _fig_curves(data: pd.DataFrame, kind: str) -> Plot | None:
     families = list(data.groupby(["setting", "line"], sort=True))
     fig, axes = panels(len(families))
+    colour = {w: f"C{i % 10}" for i, w in enumerate(sorted(data.width.unique()))}  # one per width in every panel
     for ax, ((setting, line), d) in zip(axes, families):
         few = d.epoch.nunique() <= 10  # markers show single epochs (a pruned member's fine-tuning); many clutter
-        for i, (width, w) in enumerate(d.groupby("width", sort=True)):
+        for width, w in d.groupby("width", sort=True):
             for split, ls in (("test", "-"), ("train", "--")):
                 mean, sem = w[f"{split}_{kind}_mean"], w[f"{split}_{kind}_sem"].fillna(0)
-                ax.plot(w.epoch, mean, color=f"C{i % 10}", ls=ls, marker="o" if few else None, ms=2, label=f"width {width:g}" if split == "test" else None)
-                ax.fill_between(w.epoch, mean - sem, mean + sem, color=f"C{i % 10}", alpha=0.15, lw=0)
+                ax.plot(w.epoch, mean, color=colour[width], ls=ls, marker="o" if few else None, ms=2,
+                        label=f"width {width:g}" if split == "test" else None)
+                ax.fill_between(w.epoch, mean - sem, mean + sem, color=colour[width], alpha=0.15, lw=0)
         ax.plot([], [], "k-", label="test")
         ax.plot([], [], "k--", label="train")
         ax.set_xlabel("epoch")
