@@ -62,3 +62,18 @@ def test_time_limit_within_the_signal_delay_is_warned(timeout_min, delay, warned
     slurm.warn_limits(SimpleNamespace(submitit=SubmititConfig(timeout_min=timeout_min, slurm_signal_delay_s=delay)),
                       console)
     assert ("signalled to checkpoint and requeue as soon as it starts" in console.export_text()) == warned
+
+
+@pytest.mark.parametrize("kind", ["UserError", "MemberError", "MemberFailed"])
+def test_a_failed_members_cause_is_widens_message_alone(kind):
+    """What submitit reports of a member that raised one of widen's own errors: its message alone, as
+    `widen train` prints it; another exception keeps its type."""
+    from widen_cli import slurm
+
+    def reported(last_line: str) -> Exception:
+        return Exception(f"Job 1_0 failed with trace:\n----\nTraceback (most recent call last):\n{last_line}\n----\n")
+
+    assert slurm.cause(reported(f"widen_cli.errors.{kind}: cannot read checkpoint /r/checkpoint.pt"),
+                       "FAILED") == "cannot read checkpoint /r/checkpoint.pt"
+    assert slurm.cause(reported("RuntimeError: boom"), "FAILED") == "RuntimeError: boom"
+    assert slurm.cause(Exception("no trace"), "OUT_OF_MEMORY") == "ended without a result, OUT_OF_MEMORY"

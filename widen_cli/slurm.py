@@ -303,12 +303,17 @@ def cause(error: BaseException, state: str) -> str:
     name, sep, message = last.partition(": ")
     if sep and re.fullmatch(r"[\w.]+", name):
         short = name.rsplit(".", 1)[-1]
-        if short in ("UserError", "UncompletedJobError"):
+        if short in ("UncompletedJobError", *_user_error_names()):
             if "timed-out too many times" in message:
                 message += " (more time: raise sweep.submitit.timeout_min or slurm_max_num_timeout)"
             return message
         return f"{short}: {message}"
     return last
+
+
+def _user_error_names(kind: type = UserError) -> set[str]:
+    """UserError and its kinds (MemberError, ...): their message alone says what went wrong."""
+    return {kind.__name__}.union(*(_user_error_names(sub) for sub in kind.__subclasses__()))
 
 
 def _local(todo: list[Job], done, executor, n_jobs: int, console, restart: bool) -> None:
