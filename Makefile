@@ -3,12 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-gpu test-lowest bench clean
+.PHONY: setup demo test test-gpu test-lowest test-slurm bench clean
 
 $(BIN)/widen: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,mlflow,wandb]'  # the trackers' extras: their tests read back real files
 	touch $(BIN)/widen
 
 setup: $(BIN)/widen
@@ -28,7 +28,8 @@ test-gpu: setup
 # in turn need comes at its newest), in its own .venv-lowest, and the tests that touch each of them: train,
 # help, Hydra configs, a local sweep (nested progress displays), the submitit launcher, a killed run resumed
 # from its checkpoint, kernel-distance, the report, Parquet tables (read with DuckDB and polars), the sparse
-# ops. uv installs (pip's backtracking is far slower); the floors' PyTorch is a CUDA build of a few GB from PyPI.
+# ops, TensorBoard's event files. uv installs (pip's backtracking is far slower); the floors' PyTorch is a CUDA
+# build of a few GB from PyPI.
 LOWEST := .venv-lowest
 LOWEST_TESTS := tests/test_cli.py::test_train_digits_end_to_end tests/test_cli.py::test_help \
 	tests/test_config.py::test_config_dir_adds_presets_and_datasets \
@@ -40,7 +41,7 @@ LOWEST_TESTS := tests/test_cli.py::test_train_digits_end_to_end tests/test_cli.p
 	tests/test_kernels.py::test_command_writes_the_table tests/test_kernels.py::test_command_on_mnist_files \
 	tests/test_report.py::test_real_sweep_report tests/test_report.py::test_every_figure_is_drawn_and_linked \
 	tests/test_results.py tests/test_tables.py tests/test_sparse_ops.py tests/test_data.py::test_digits \
-	tests/test_data.py::test_reads_each_format
+	tests/test_data.py::test_reads_each_format tests/test_tracking.py::test_tensorboard_holds_each_epoch
 
 $(LOWEST)/floors.txt: pyproject.toml .ci/floors.py
 	rm -rf $(LOWEST)
@@ -52,6 +53,11 @@ $(LOWEST)/floors.txt: pyproject.toml .ci/floors.py
 
 test-lowest: $(LOWEST)/floors.txt
 	$(LOWEST)/bin/python -m pytest --disable-warnings $(LOWEST_TESTS)  # warnings: old floors beside new deps
+
+# --launcher submitit against a real single-node SLURM that scripts/test-slurm.sh starts (as root, with
+# Debian's slurm-wlm, munge, slurmdbd and mariadb-server installed) and stops again: about 10 minutes.
+test-slurm: setup
+	bash scripts/test-slurm.sh $(BIN)/python
 
 # Speed benchmarks (not tests): our path against plain loops, as ratios; a few minutes on CPU.
 # BENCH_ARGS="--device cuda" on a GPU machine.

@@ -96,3 +96,40 @@ def test_loader_workers_default_to_the_cpus_this_process_may_use(tmp_path):
     assert load_data(_folder_cfg(tmp_path, workers=0), 4, CPU, 0)[0].loader.num_workers == 0  # as configured
     with pytest.raises(Exception, match="dataset.workers must be an integer >= 0"):
         load_data(_folder_cfg(tmp_path, workers=-1), 4, CPU, 0)
+
+
+# ---------------------------------------------------------------- links (widen_cli/folders.py)
+
+@pytest.mark.parametrize("case,needle", [
+    ("loop", "loops back to"),  # train/ant/loop -> train: followed, it multiplied the samples with exit 0
+    ("folder out", "leads out of the dataset root"),
+    ("folder around", "points at another folder of the dataset"),  # its images under the wrong class
+    ("file out", "leads out of the dataset root"),
+])
+def test_a_link_that_loops_or_leaves_the_dataset_is_refused_in_one_line(tmp_path, case, needle):
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    write_folders(data)
+    write_folders(elsewhere)
+    link = data / "train" / "ant" / "link"
+    target = {"loop": data / "train", "folder out": elsewhere / "train" / "bee",
+              "folder around": data / "train" / "bee", "file out": elsewhere / "train" / "bee" / "img0.png"}[case]
+    link.symlink_to(target)
+    res = train(data, tmp_path / "runs", "dataset.workers=0")
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert needle in res.output and str(link) in res.output
+    assert not (tmp_path / "runs").exists()  # refused as the data is fingerprinted, before any run folder
+
+
+def test_links_to_class_folders_and_to_files_inside_the_root_are_read(tmp_path):
+    data, full = tmp_path / "data", tmp_path / "full"
+    written = write_folders(full)
+    (data / "val").mkdir(parents=True)
+    (data / "train").symlink_to(full / "train")  # a dataset assembled from linked folders
+    for cls in ("ant", "bee"):
+        (data / "val" / cls).symlink_to(full / "val" / cls)
+    (data / "extra").mkdir()
+    (data / "extra" / "more.png").write_bytes((full / "train" / "ant" / "img0.png").read_bytes())
+    (full / "train" / "ant" / "more.png").symlink_to(data / "extra" / "more.png")  # a file under the root
+    tr, te, _ = load_data(_folder_cfg(data), batch_size=4, device=CPU, seed=0)
+    assert (tr.num_samples, te.num_samples) == (len(written["train"]) + 1, len(written["val"]))

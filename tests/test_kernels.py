@@ -102,6 +102,16 @@ def test_theorem1_agrees_with_the_empirical_distance(allocation, widths):
     assert (table.distance_theorem1_bias.abs() < 0.05 * table.distance_theorem1).all()  # Gaussian: bias negligible
 
 
+def test_theorem1_standard_error_matches_its_spread_over_seeds():
+    # 12 seeds (pairs and masks redrawn), a sparse width (p1 = 0.2): the reported s.e. is the spread
+    # another seed gives. Masks shared by blocks of pairs make the spread several times what pairs
+    # with independent masks would give, so an SE over pairs rather than blocks would fail this.
+    rows = pd.concat([distances(100, [20], "uniform", pairs=1024, inits=2, samples=16, seed=s) for s in range(12)])
+    assert rows.first_layer_connectivity.iloc[0] < 0.5
+    spread, se = rows.distance_theorem1.std(), rows.distance_theorem1_se.mean()
+    assert 0.6 < spread / se < 1.6, (spread, se)
+
+
 def test_sparse_distance_differs_from_dense_at_the_same_width():
     # the mask adds variance: the same width at p = 0.05 is measurably further from the limit than dense
     # (32 inits: uniform masks now keep an exact count, a new random stream on which 16 left z = 4.7 of the
@@ -184,7 +194,7 @@ def test_command_writes_the_table(tmp_path):
         assert table[f"distance_{name}"].dtype == np.float64
         assert table[f"min_{name}"].sum() == 1
         assert table.width[table[f"min_{name}"]].item() == table.width[table[f"distance_{name}"].idxmin()]
-    assert (table.distance_empirical_se > 0).all()
+    assert (table.distance_empirical_se > 0).all() and (table.distance_theorem1_se > 0).all()
     assert "minimising width" in res.output and "216" in res.output
     assert (tmp_path / "fig7" / "kernel.yaml").read_text().count("- 635") == 1
 
@@ -291,3 +301,23 @@ def test_sweep_and_kernel_distance_keep_the_same_counts_per_layer(tmp_path, dist
     for m in K.plan([8, 32, 216, 328, 512, 635], 6352, 784, 10, distribution):
         assert [K.first_layer_weights(m), m.kept["layers.1"]] == list(m.kept.values())
         assert sum(m.kept.values()) == 6352
+
+
+def test_a_kernel_table_of_schema_2_is_still_read(tmp_path):
+    # Written by the previous version: no distance_theorem1_se, schema version 2 in its metadata.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from widen_cli.report.load import load
+
+    res = runner.invoke(app, ["kernel-distance", "--widths", "8,32", "--pairs", "128", "--inits", "2",
+                              "--out", str(tmp_path), "--name", "old"])
+    assert res.exit_code == 0, res.output
+    path = tmp_path / "old" / results.KERNEL_FILE
+    table = pq.read_table(path)
+    old = table.drop_columns(["distance_theorem1_se"])
+    pq.write_table(old.replace_schema_metadata({**table.schema.metadata, b"widen.schema_version": b"2"}), path)
+    warnings = []
+    kernels = load([tmp_path / "old"], warnings.append).kernels
+    assert not warnings and list(kernels) == ["old"]
+    assert kernels["old"].distance_theorem1_se.isna().all() and kernels["old"].width.tolist() == [8, 32]

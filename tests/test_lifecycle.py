@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
-from test_reliability import start  # Ctrl-C must reach these subprocesses however the suite was started
+from test_reliability import start, wait_for  # Ctrl-C must reach these subprocesses however the suite was started
 
 from widen_cli import checkpoint, config, results
 from widen_cli.cli import app
@@ -129,6 +129,44 @@ def test_run_claimed_by_a_live_process_is_waited_for(tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert f"training {folder}" in stderr and (folder / results.SUMMARY_FILE).exists()
+
+
+@pytest.mark.parametrize("content", ["", "{\"pid\": 12", "not json at all"])
+def test_an_empty_or_garbled_claim_is_a_crash_leftover_and_taken_over_at_once(tmp_path, content):
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / results.CLAIM_FILE).write_text(content)  # claims are written whole: only a crash leaves these
+    res = widen(*SMALL, "--out", tmp_path, "--name", "r")
+    assert res.exit_code == 0 and "waiting for" not in res.output, res.output
+    assert (folder / results.SUMMARY_FILE).exists() and not (folder / results.CLAIM_FILE).exists()
+
+
+def test_a_paused_holder_that_was_taken_over_stops_without_writing(tmp_path):
+    folder = tmp_path / "r"
+    args = ["train", "--dataset", "digits", "--model", "mlp", "--width", 16, "--epochs", 40, "--out", tmp_path,
+            "--name", "r"]
+    first = start(*args)
+    wait_for(folder / checkpoint.FILENAME, first)
+    os.kill(first.pid, signal.SIGSTOP)  # a frozen node: its heartbeat stops
+    try:
+        claim = json.loads((folder / results.CLAIM_FILE).read_text())
+        assert claim["pid"] == first.pid
+        write_claim(folder, claim["pid"], claim["host"], claim["heartbeat"] - 3600)  # as it looks 1 h later
+        second = subprocess.run([WIDEN, *map(str, args)], env=ENV, capture_output=True, text=True, timeout=600)
+        assert second.returncode == 0 and f"resuming {folder}" in second.stderr, second.stderr
+        done = {name: (folder / name).read_bytes() for name in (results.SUMMARY_FILE, results.METRICS_FILE,
+                                                                 results.MODEL_FILE)}
+        assert not (folder / results.CLAIM_FILE).exists() and not (folder / checkpoint.FILENAME).exists()
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 2, stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: another process took over"), stderr
+    assert "Traceback" not in stderr
+    # The run is the second process's, untouched: no file rewritten, no claim or checkpoint put back.
+    assert {name: (folder / name).read_bytes() for name in done} == done
+    assert not (folder / results.CLAIM_FILE).exists() and not (folder / checkpoint.FILENAME).exists()
+    assert pd.read_parquet(folder / results.METRICS_FILE).epoch.tolist() == list(range(1, 41))
 
 
 SWEEP = ["sweep-width", "--dataset", "synthetic", "--model", "mlp", "--base-width", 32, "--widths", "32,128",

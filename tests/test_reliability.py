@@ -239,7 +239,7 @@ def test_parallel_sweep_records_a_failed_member_and_the_others(tmp_path):
     assert (failed.status, failed.method, failed.width, failed.seed, failed.base_width) == ("failed", "sparse", 32, 0, 8)
     assert failed.n_weights == 3 * 8 * 8 * 8 + 8 * 10 and failed.epochs == 0 and pd.isna(failed.best_test_acc)
     assert "--restart" in failed.error and str(folder / checkpoint.FILENAME) in failed.error
-    assert "UserError" in (folder / "error.txt").read_text()
+    assert "MemberError" in (folder / "error.txt").read_text()  # a UserError of this member only
     others = df.drop(index=folder.name)
     assert (others.status == "finished").all() and others.best_test_acc.between(0, 1).all()
     assert others.error.isna().all()

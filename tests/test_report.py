@@ -198,7 +198,8 @@ def test_real_sweep_report(tmp_path):
     assert "6 runs, 1 plans" in res.output  # 2 members + dense-wide, 2 seeds, each read once
     made = sorted(p.stem for p in (tmp_path / "report").glob("*.png"))
     assert made == sorted(["test_acc_vs_width", "train_acc_vs_width", "test_acc_vs_connectivity",
-                           "improvement_fraction", "widening_gain", "layer_kept_fraction"])
+                           "improvement_fraction", "widening_gain", "layer_kept_fraction",
+                           "training_accuracy", "training_loss"])
     gathered = pd.read_parquet(tmp_path / "runs" / "tiny" / "results.parquet")
     table = pd.read_csv(tmp_path / "report" / "table.csv").set_index("row")
     sparse8 = gathered[(gathered.method == "sparse") & (gathered.width == 8)]

@@ -133,7 +133,9 @@ def test_missing_member_is_run_on_rerun(local_sweep, tmp_path):
 @pytest.mark.parametrize("launcher", ["pool", "submitit"])
 def test_launchers_give_the_same_rows(local_sweep, launcher):
     out, _ = local_sweep
-    res = widen(*SWEEP, "--out", out, "--name", launcher, "--launcher", launcher, "--jobs", 2)
+    # submitit on this machine's processes, never a SLURM that may be installed here (tests/test_slurm.py)
+    local = ["sweep.submitit.cluster=local"] if launcher == "submitit" else []
+    res = widen(*SWEEP, *local, "--out", out, "--name", launcher, "--launcher", launcher, "--jobs", 2)
     assert res.exit_code == 0, res.output
     local = sorted_rows(pd.read_parquet(out / "local" / "results.parquet"))
     other = sorted_rows(pd.read_parquet(out / launcher / "results.parquet"))
@@ -343,3 +345,23 @@ def test_pool_workers_take_one_gpu_each(monkeypatch):
     assert seen == ["0", "1", "0", "5", "3"]  # worker k: GPU k mod 2, among those already visible
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
     assert pool.gpu_of(0, 0) is None  # no GPUs to share (cpu, or a fixed cuda:N): left alone
+
+
+
+def test_submitit_without_slurm_is_refused(tmp_path, monkeypatch):
+    """No sbatch/srun on PATH (a login node without SLURM): one line, nothing run or written, unless
+    local processes are asked for."""
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no srun there, whatever this machine has
+    res = widen(*SWEEP, "--out", tmp_path, "--name", "s", "--launcher", "submitit", "--jobs", 2)
+    assert res.exit_code == 2, res.output
+    assert "error: --launcher submitit needs SLURM" in res.output and "sweep.submitit.cluster=local" in res.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_submitit_local_honours_jobs(tmp_path):
+    res = widen(*sweep_args(widths="8", seeds="0,1,2"), "sweep.submitit.cluster=local", "--out", tmp_path,
+                "--name", "s", "--launcher", "submitit", "--jobs", 1)
+    assert res.exit_code == 0, res.output
+    assert "members run as processes on this machine, 1 at a time" in res.output
+    logs = sorted((tmp_path / "s" / ".submitit").glob("*_log.out"))
+    assert len(logs) == 3 and all("training" in p.read_text() for p in logs)  # each member's own log

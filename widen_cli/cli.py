@@ -79,7 +79,7 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except UserError as e:
             if is_main_process():
-                err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+                err.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)  # text, not markup
             raise typer.Exit(2)
         except OSError as e:
             if disk_error(e) is None:
@@ -141,6 +141,9 @@ ImageSize = Annotated[Optional[int], _opt("Image side in pixels (ImageNet defaul
 Subset = Annotated[Optional[int], _opt("Train on a fixed random subset of N training samples.")]
 SkipBadImages = Annotated[bool, _opt("Image folders: leave out (and count) files that cannot be decoded instead of "
                                      "stopping at the first.", "--skip-bad-images")]
+Track = Annotated[Optional[str], _opt("Log each run as it trains to these trackers, comma-separated: tensorboard "
+                                     "(<run>/tb/), mlflow (a file store beside the runs), wandb (offline, in "
+                                     "<run>/wandb/). Not part of the run's identity.")]
 Out = Annotated[Optional[Path], _opt("Output root; the run or sweep goes to <out>/<name>/. Default: runs.")]
 Name = Annotated[Optional[str], _opt("Folder name. Default: made from the settings plus a short hash, so the same "
                                      "command always finds the same folder.")]
@@ -167,7 +170,7 @@ def train(
     base_width: BaseWidth = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
     device: Device = None, precision: Precision = None, compile_model: Compile = False, data_root: DataRoot = None,
     download: Download = False, image_size: ImageSize = None, subset: Subset = None,
-    skip_bad_images: SkipBadImages = False,
+    skip_bad_images: SkipBadImages = False, track: Track = None,
     seed: Annotated[Optional[int], _opt("Seeds data order, initialisation and masks. Default: 0.")] = None,
     out: Out = None, name: Name = None, experiment: Experiment = None, config_dir: ConfigDir = None,
     show_config: Annotated[bool, _opt("Print the resolved config and exit.", "--show-config")] = False,
@@ -246,12 +249,13 @@ def sweep_width(
     launcher: Annotated[str, _opt("local (one after another; MLP members batched unless sweep.batch_members=false), "
                                   "pool (--jobs processes here) or submitit (SLURM on a cluster, local processes "
                                   "elsewhere).")] = "local",
-    jobs: Annotated[int, _opt("Members run at once (pool processes; SLURM array parallelism).")] = 1,
+    jobs: Annotated[Optional[int], _opt("Members run at once: pool processes (default 1), or the SLURM array's "
+                                        "parallelism (default: the whole array).", show_default=False)] = None,
     dry_run: Annotated[bool, _opt("Print and write the plan only: no data, no training.", "--dry-run")] = False,
     epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None, device: Device = None,
     precision: Precision = None, compile_model: Compile = False, data_root: DataRoot = None,
     download: Download = False, image_size: ImageSize = None, subset: Subset = None,
-    skip_bad_images: SkipBadImages = False, out: Out = None,
+    skip_bad_images: SkipBadImages = False, track: Track = None, out: Out = None,
     name: Name = None, experiment: Experiment = None, config_dir: ConfigDir = None,
     restart: Annotated[bool, _opt("Start unfinished members from epoch 1 instead of resuming their checkpoints "
                                   "(finished members are kept).", "--restart")] = False,
@@ -288,6 +292,8 @@ def sweep_width(
         last_layer_connectivity=_numbers(last_layer_connectivity, float, "--last-layer-connectivity"),
         base_widths=budgets, methods=_names(methods) or ([method] if method else None),
         lrs=_numbers(lrs, float, "--lrs"), select_on=select_on)
+    if launcher == "submitit" and not dry_run:
+        sweep.slurm.check(settings)  # no SLURM here (and no explicit local executor): refused before writing
     family = plan.plan_sweep(run, settings, name, plan.methods(composing, config_dir or (), run, settings))
     # Refused before anything is shown or written: a member that cannot fit, data that is not there.
     needs = family.memory(refuse=not dry_run)

@@ -130,6 +130,7 @@ class RunConfig:
     name: str | None = None
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     compile: bool = False  # torch.compile the model
+    tracking: tuple[str, ...] = ()  # experiment trackers to log to (tracking.py): where results are watched
     # What data the run trains on (fingerprint.py), computed once per command from the files: no setting
     # (COMPUTED: validate refuses it in a composed config).
     data_fingerprint: str | None = field(default=None, metadata={COMPUTED: True})
@@ -141,11 +142,11 @@ class RunConfig:
         bf16 changes the numbers, so it is part of the identity; fp32 is left out so that runs named
         before the option existed keep their folders. So is model.init when unset (MLPs) or
         `torchvision`, the ResNet initialisation of every run before the option existed. Compiling
-        changes only the speed. data_fingerprint is left out where it is unknown (a config composed
+        changes only the speed, and trackers only who watches. data_fingerprint is left out where it is unknown (a config composed
         without reading the data: plans, runs from before) and for data the config alone makes.
         """
         d = asdict(self)
-        for k in ("out", "name", "device", "compile"):
+        for k in ("out", "name", "device", "compile", "tracking"):
             d.pop(k)
         if d["data_fingerprint"] is None or self.dataset.name in GENERATED_DATASETS:
             d.pop("data_fingerprint")
@@ -193,11 +194,22 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class SubmititConfig:
+    """`sweep.submitit`: submitit's own AutoExecutor parameters (null leaves one unset), plus `cluster`."""
+    cluster: str | None = None  # slurm | local; null: slurm, refused where SLURM is not installed
     timeout_min: int | None = None
     slurm_partition: str | None = None
     gpus_per_node: int | None = None
     cpus_per_task: int | None = None
     mem_gb: float | None = None
+    slurm_account: str | None = None
+    slurm_qos: str | None = None
+    slurm_constraint: str | None = None
+    slurm_exclude: str | None = None
+    slurm_setup: tuple[str, ...] | None = None  # shell lines before the member starts (module load ...)
+    name: str | None = None  # the job name; null: the sweep's --name
+    slurm_requeue: bool | None = None  # sbatch --requeue (true) or --no-requeue (false)
+    slurm_max_num_timeout: int | None = None  # timeouts requeued before a member fails (submitit: 3)
+    slurm_signal_delay_s: int | None = None  # USR2 this long before the time limit (submitit: 90)
 
 
 @dataclass(frozen=True)
@@ -222,7 +234,7 @@ class SweepConfig:
 
 GROUPS = ("dataset", "model", "method", "optim", "experiment")
 TOP_LEVEL = ("dataset", "model", "method", "optim", "width", "base_width", "seed", "device", "precision", "compile",
-             "out", "name", "sweep")
+             "tracking", "out", "name", "sweep")
 
 
 def config_dirs(extra: list[Path] | tuple = ()) -> list[Path]:
@@ -294,6 +306,7 @@ OPTION_KEYS = {
     "download": "dataset.download", "image_size": "dataset.image_size", "subset": "dataset.subset", "seed": "seed",
     "out": "out", "name": "name", "distribution": "method.distribution",
     "skip_bad_images": "++dataset.skip_bad_images",  # ++: accepted (and unused) by datasets without the key
+    "track": "tracking",  # comma-separated names, made a list
 }
 QUOTED = ("name", "out", "dataset.root")
 
@@ -322,6 +335,8 @@ def overrides_from_options(experiment: str | None, options: dict, extra: list[st
             continue
         if isinstance(value, bool):
             value = str(value).lower()
+        elif key == "tracking":
+            value = f"[{value}]"
         elif key in QUOTED and "'" not in str(value):
             value = f"'{value}'"  # a name or path stays a string: --name nan, --out "my runs"
         overrides.append(f"{key}={value}")

@@ -361,7 +361,9 @@ class FolderLoader:
 
 def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: int):
     from torch.utils.data import DataLoader, Subset
-    from torchvision import datasets, transforms
+    from torchvision import transforms
+
+    from widen_cli.folders import ImageFolder  # links handled safely (no loops, nothing out of the root)
 
     if cfg.val_fraction or cfg.normalize != "per-channel":
         raise UserError(f"{cfg.name}: dataset.val_fraction and dataset.normalize are for in-memory datasets "
@@ -382,10 +384,10 @@ def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, se
     if "flip" in cfg.augment:
         train_tf = [*train_tf, transforms.RandomHorizontalFlip()]
     try:
-        train = datasets.ImageFolder(root / "train", transforms.Compose([*train_tf, transforms.ToTensor(), normalize]),
-                                     loader=images.read_rgb)
-        test = datasets.ImageFolder(root / "val", transforms.Compose([*test_tf, transforms.ToTensor(), normalize]),
-                                    loader=images.read_rgb)
+        train = ImageFolder(root / "train", transforms.Compose([*train_tf, transforms.ToTensor(), normalize]),
+                            loader=images.read_rgb)
+        test = ImageFolder(root / "val", transforms.Compose([*test_tf, transforms.ToTensor(), normalize]),
+                           loader=images.read_rgb)
     except (FileNotFoundError, OSError) as e:
         raise UserError(f"{cfg.name}: could not read images under {root}: {str(e).splitlines()[0]}") from None
     if train.classes != test.classes:

@@ -71,7 +71,12 @@ def sweep_cost(console: Console, c: dict) -> None:
     """One line on what the sweep starts, and a warning when it is far too much for a CPU."""
     from widen_cli.cost import CPU_WARN_FLOPS, flops_text
 
-    compute = f", about {flops_text(c['flops'])} of training compute" if c["flops"] is not None else ""
+    compute = ", training compute unknown (no training images to count yet)"
+    if c["flops"] is not None:
+        images = f"{c['images']:,} training images an epoch"
+        if c.get("documented"):
+            images += f", from {c['dataset']}'s documented size: its files are not there to count yet"
+        compute = f", about {flops_text(c['flops'])} of training compute ({images})"
     seeds = f"{c['seeds']} seed{'s' if c['seeds'] > 1 else ''}"
     lrs = f", {c['lrs']} learning rates" if c.get("lrs", 1) > 1 else ""
     console.print(f"{c['runs']} runs ({c['members']} members, {seeds}{lrs}), {c['epochs']:,} epochs in all{compute}",
@@ -107,7 +112,7 @@ def kernel_table(console: Console, df, run_dir: Path) -> None:
 
     r0 = df.iloc[0]
     table = _columns(f"[bold]{run_dir / results.KERNEL_FILE}[/bold]",
-                     ("width", "p1", "p1*d", "empirical", "s.e.", "Theorem 1", "bias", "eq. (6)", "leading"),
+                     ("width", "p1", "p1*d", "empirical", "s.e.", "Theorem 1", "s.e.", "bias", "eq. (6)", "leading"),
                      box=box.SIMPLE_HEAD, pad_edge=False,
                      caption=f"{r0.n_weights:,} weights, d={r0.input_dim}, {r0.outputs} outputs, {r0.inputs} "
                              f"inputs, {r0.distribution} distribution, {r0.reference} reference, "
@@ -118,7 +123,8 @@ def kernel_table(console: Console, df, run_dir: Path) -> None:
         table.add_row(
             str(r.width), f"{r.first_layer_connectivity:.2e}", f"{r.first_layer_connectivity * r.input_dim:.3g}",
             f"{r.distance_empirical:.2e}{mark['empirical']}", f"{r.distance_empirical_se:.1e}",
-            f"{r.distance_theorem1:.2e}{mark['theorem1']}", f"{r.distance_theorem1_bias:+.0e}",
+            f"{r.distance_theorem1:.2e}{mark['theorem1']}", f"{r.distance_theorem1_se:.1e}",
+            f"{r.distance_theorem1_bias:+.0e}",
             f"{r.distance_eq6:.2e}{mark['eq6']}", f"{r.distance_leading_order:.2e}{mark['leading_order']}")
     console.print(table)
     if len(df) > 1:

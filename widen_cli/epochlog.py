@@ -7,8 +7,9 @@ when stdout is not a terminal every epoch also prints one greppable line there:
 
 (val_loss and val_acc follow test_acc where the run holds data out; runs trained together as one batch
 add `run <folder>`). An epoch longer than HEARTBEAT_SECONDS gets a line each time they pass,
-`epoch 3/300  batch 120/390  612 s so far`. Sweep members run by the pool and submitit launchers write
-their lines to their own run folder instead (results.LOG_FILE), after a line saying where they start.
+`epoch 3/300  batch 120/390  612 s so far`. Sweep members run by the pool launcher write their lines to
+their own run folder instead (results.LOG_FILE), after a line saying where they start; SLURM members
+write theirs to stdout, which is their SLURM log.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from widen_cli import results
 
 HEARTBEAT_SECONDS = 300.0  # an epoch longer than this gets a line each time it passes
 
-_to_run_folders = False  # set in a pool or submitit member's process (member_logs)
+_to_run_folders = False  # set in a pool member's process (member_logs)
 
 
 @contextmanager

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from widen_cli import hardware, lifecycle
+from widen_cli import checkpoint, hardware, lifecycle
 from widen_cli.budget import Member
 from widen_cli.config import RunConfig
 from widen_cli.data import FOLDER_DATASETS, TensorLoader
@@ -143,9 +143,12 @@ def build(runs: list[RunConfig], members: list[Member], states: list[dict | None
         model = build_model(r.model, r.width, spec, inner=member.inner, ranks=member.ranks).to(device)
         if state is None:
             masks.append(sparsify(model, member, r.seed, r.method.rescale_init) if r.method.name == "sparse" else None)
-        else:
+        else:  # a damaged checkpoint is refused in one line (checkpoint.py), as when resuming alone
+            path = r.run_dir / checkpoint.FILENAME
+            checkpoint.check_fits(state, model, path)
             model.load_state_dict(state["model"])
-            masks.append(Masks(model, state["masks"]) if state["masks"] is not None else None)
+            shapes = {n: torch.zeros(shape, dtype=torch.bool) for n, shape in member.layers.items()}
+            masks.append(Masks(model, checkpoint.saved_masks(state, shapes, path)) if state["masks"] is not None else None)
         models.append(model)
     sparse = run.method.name == "sparse"
     stacked = StackedMLP(models, [mk.state() if mk is not None else None for mk in masks],
@@ -228,7 +231,7 @@ def _train_batch(runs: list[lifecycle.Run], until: int | None = None) -> list[Ru
     for i, (run, masks) in enumerate(zip(runs, stack.masks)):
         run.save_masks(masks)
         run.uses(next(stack.model.parameters()).device, stack.loaders[0], stack.test_loader, stack.val_loader)
-        keep_weights(run, _member_model(stack, i, jobs[i].run), 0)
+        keep_weights(run, _member_model(stack, i, jobs[i].run), 0, initial=states[i] is None)
     model = stack.model
     opt, sched = make_optimizer(model, jobs[0].run.optim)
     if states[0] is not None:

@@ -65,9 +65,12 @@ def _files(root: Path, names: list[str]) -> str | None:
 
 
 def _folders(root: Path) -> str | None:
-    """Class names and (path, size) of every file the ImageFolder of each split lists (torchvision's own
-    listing: the same files the loader reads)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    """Class names and (path, size) of every file the ImageFolder of each split lists (the loader's own
+    listing, folders.py: the same files it reads; a link it refuses is refused here, before anything
+    is written)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+
+    from widen_cli.folders import samples as make_dataset
 
     try:
         classes, index = find_classes(str(root / "train"))

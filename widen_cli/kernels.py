@@ -187,13 +187,20 @@ def empirical(x, y, ref, member: budget.Member, inits: int, generator) -> tuple[
     return per_init.mean().item(), se
 
 
-def theorem1(x, y, p: float, n: int, samples: int, generator, reference: int | None) -> tuple[float, float]:
-    """Theorem 1 (eq. 3), averaged over the pairs: (bias^2 + variance, bias^2).
+def theorem1(x, y, p: float, n: int, samples: int, generator, reference: int | None
+             ) -> tuple[float, float, float]:
+    """Theorem 1 (eq. 3), averaged over the pairs: (bias^2 + variance, its standard error, bias^2).
 
     The Gaussian integrals are the arc-cosine kernels of the masked inputs; the sum over the 2^d masks
     is a Monte Carlo average over `samples` Bernoulli(p) masks per pair, fresh for every block of
-    MASK_BLOCK pairs so that the mask noise averages out over the pairs too. That noise is removed from
-    the squares, so a tiny bias can come out slightly negative. A dense width-N reference adds its variance.
+    MASK_BLOCK pairs. The pairs of a block share their masks, so their mask noise does not average out
+    over the pairs: it is correlated within the block and only averages over the blocks. The standard
+    error is therefore the one of a mean over independent blocks (block sums, unequal last block
+    allowed): it covers both the mask noise and the choice of pairs, i.e. what another seed would
+    change. (A fresh mask per pair spreads ~8x less, but costs ~10x the time: more than the empirical
+    column at every width; docs/kernel-theory.md, section 5.) NaN with a single block.
+    The mask noise is removed from the squares, so a tiny bias can come out slightly negative.
+    A dense width-N reference adds its variance.
     """
     d = x.shape[1]
     k1, k2 = arccos_kernels(*_moments(x, y))
@@ -223,7 +230,22 @@ def theorem1(x, y, p: float, n: int, samples: int, generator, reference: int | N
     total = bias + variance
     if reference is not None:
         total = total + (k2 - k1 * k1) / (d ** 2 * reference)
-    return total.mean().item(), bias.mean().item()
+    return total.mean().item(), block_se(total), bias.mean().item()
+
+
+def block_se(values: torch.Tensor) -> float:
+    """Standard error of values.mean() when each block of MASK_BLOCK consecutive values shares its
+    masks: the blocks are the independent units (a cluster-robust SE; the last block may be partial)."""
+    count = len(values)
+    blocks = math.ceil(count / MASK_BLOCK)
+    if blocks < 2:
+        return math.nan
+    padded = torch.zeros(blocks * MASK_BLOCK, dtype=values.dtype, device=values.device)
+    padded[:count] = values
+    sizes = torch.full((blocks,), float(MASK_BLOCK), dtype=values.dtype, device=values.device)
+    sizes[-1] = count - (blocks - 1) * MASK_BLOCK
+    residual = padded.view(blocks, MASK_BLOCK).sum(1) - sizes * values.mean()
+    return math.sqrt((residual ** 2).sum().item() * blocks / (blocks - 1)) / count
 
 
 # ---------------------------------------------------------------- inputs
@@ -263,13 +285,13 @@ def distance_table(x, y, members: list[budget.Member], *, inits: int, mask_sampl
     for m in members:
         g = torch.Generator().manual_seed(seed * 1_000_003 + m.width)  # a width's numbers do not depend on the others
         emp, se = empirical(x, y, ref, m, inits, g)
-        th, th_bias = theorem1(x, y, p1(m), m.width, mask_samples, g, reference)
+        th, th_se, th_bias = theorem1(x, y, p1(m), m.width, mask_samples, g, reference)
         rows.append({
             "width": m.width, "n_weights": m.n_weights, "input_dim": d, "connectivity": m.connectivity,
             "first_layer_connectivity": p1(m), "first_layer_weights": first_layer_weights(m),
             "last_layer_weights": m.kept[LAST], "distribution": m.distribution, "budget": m.budget,
             "distance_empirical": emp, "distance_empirical_se": se,
-            "distance_theorem1": th, "distance_theorem1_bias": th_bias,
+            "distance_theorem1": th, "distance_theorem1_se": th_se, "distance_theorem1_bias": th_bias,
             "distance_eq6": eq6(p1(m), m.width, d) + ref_excess,
             "distance_leading_order": leading_order(p1(m), m.width, d) + ref_excess,
         })

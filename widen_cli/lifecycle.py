@@ -33,7 +33,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from widen_cli import checkpoint, claims, distributed, epochlog, provenance, results
+from widen_cli import checkpoint, claims, distributed, epochlog, provenance, results, tracking
 from widen_cli.config import RunConfig, to_yaml
 from widen_cli.validation import resolve_distribution
 from widen_cli.errors import Interrupted, UserError
@@ -122,17 +122,21 @@ def stored_identity(summary: dict, run_dir: Path) -> dict | None:
 
 
 def finished(job: Job) -> RunResult | None:
-    """The run's result read back if it has finished; refused if it finished with other settings."""
+    """The run's result read back if it has finished; refused if it finished with other settings, or
+    if its summary or metrics cannot be read. What a kill right after the summary left is tidied."""
     path = job.run_dir / results.SUMMARY_FILE
     if not path.exists():
         return None
-    summary = results.read_table(path).iloc[0].to_dict()
+    summary = results.read_finished(path, "summary", job.run_dir).iloc[0].to_dict()
     stored = stored_identity(summary, job.run_dir)
     diffs = differences(job.run.identity(), stored, job.run_dir) if stored is not None else []
     if diffs:
         raise UserError(f"{job.run_dir} holds a finished run with other settings ({'; '.join(diffs)}); "
                         f"choose another --name or --out, or delete the folder to retrain it")
-    return RunResult(results.read_table(job.run_dir / results.METRICS_FILE), summary, skipped=True)
+    metrics = results.read_finished(job.run_dir / results.METRICS_FILE, "metrics", job.run_dir)
+    if distributed.is_main_process():
+        checkpoint.tidy_finished(job.run_dir)
+    return RunResult(metrics, summary, skipped=True)
 
 
 # ---------------------------------------------------------------- start
@@ -235,6 +239,12 @@ class Run:
         if self.claim is not None:
             self.claim.release()
 
+    def check_claim(self) -> None:
+        """Before each write (and again just before its rename): stop (ClaimLost) if another process took
+        the run over meanwhile (this one was paused past the stale time)."""
+        if self.claim is not None:
+            self.claim.check()
+
     def prepare(self, restart: bool) -> Run:
         """config.yaml, and the checkpoint to resume from (`restart`: discard it instead)."""
         try:
@@ -283,6 +293,7 @@ class Run:
         if diffs:
             raise UserError(f"checkpoint {path} was written by a run with a different config ({'; '.join(diffs)}); "
                             f"pass --restart to discard it and start the run over (or choose another --name)")
+        checkpoint.check_epoch(self.state, self.job.epochs, path)
         self.rows, self.elapsed = list(self.state["rows"]), self.state["elapsed"]
         self.saved = self.state["epoch"]
         self.first = self.saved + 1
@@ -298,9 +309,17 @@ class Run:
                            else f"training {self.dir} ({epochs} epochs)", highlight=False, soft_wrap=True)
 
     def save_masks(self, masks) -> None:
-        """masks.pt, when the run starts (a resumed run goes on with its checkpoint's masks)."""
-        if masks is not None and self.main and self.state is None:
-            masks.save(self.dir / results.MASKS_FILE)
+        """masks.pt, when the run starts. A resumed run goes on with its checkpoint's masks: masks.pt is
+        checked against them and written again from them if it is damaged, missing or differs."""
+        if masks is None or not self.main:
+            return
+        path = self.dir / results.MASKS_FILE
+        if self.state is not None:
+            if checkpoint.file_holds(path, masks.state(), exactly=True):
+                return
+            self.console.print(f"[yellow]warning:[/yellow] {path} was damaged or missing; written again from the "
+                               f"checkpoint's masks", highlight=False, soft_wrap=True)
+        masks.save(path)
 
     def metrics(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=results.METRICS_COLUMNS).assign(run=self.dir.name)
@@ -314,10 +333,10 @@ class Run:
                               val_acc=t.val_acc))
         diverged = not math.isfinite(t.train_loss)
         if self.main:
-            results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics")
+            results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics", self.check_claim)
             if not diverged:  # a diverged run is over: nothing to resume
                 checkpoint.save(self.dir / checkpoint.FILENAME, identity=self.job.run.identity(), epoch=epoch,
-                                rows=self.rows, elapsed=self.elapsed + elapsed, **snapshot())
+                                rows=self.rows, elapsed=self.elapsed + elapsed, **snapshot(), check=self.check_claim)
         if diverged:
             self.status = "diverged"
             self.console.print(f"[red]{self.job.run.run_name()}: training loss is {t.train_loss} in epoch {epoch}: "
@@ -332,9 +351,10 @@ class Run:
         ended = provenance.now()
         summary = {**summary_row(self.job, metrics, self.status, self.elapsed + elapsed), **self.produced_by(ended)}
         if self.main:
-            results.atomic_write(self.dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
+            results.atomic_write(self.dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp),
+                                 self.check_claim)
             self.write_config(ended)
-            results.write_table(pd.DataFrame([summary]), self.dir / results.SUMMARY_FILE, "summary")
+            results.write_table(pd.DataFrame([summary]), self.dir / results.SUMMARY_FILE, "summary", self.check_claim)
             (self.dir / checkpoint.FILENAME).unlink(missing_ok=True)
         self.release()
         return RunResult(metrics, summary, model=model)
@@ -402,7 +422,7 @@ def drive(runs: list[Run], title: str, step: Callable[[int, Progress], tuple[flo
 
     try:
         with Progress(*COLUMNS, console=runs[0].console, transient=False) as progress, \
-                epochlog.EpochLog(runs, epochs, progress) as log:
+                epochlog.EpochLog(runs, epochs, progress) as log, tracking.Trackers(runs) as trackers:
             task = log.epoch_task = progress.add_task(title, total=epochs, completed=first - 1, status="")
             for run in runs:
                 log.start(run)
@@ -417,6 +437,7 @@ def drive(runs: list[Run], title: str, step: Callable[[int, Progress], tuple[flo
                         if out[i] is None:
                             recorded = run.record(epoch, lr, totals[i], seconds, elapsed(), lambda: snapshot(i))
                             log.end(run, epoch, totals[i], wall)
+                            trackers.log(run)
                             if not recorded:
                                 out[i] = run.finish(model_of(i), elapsed())
                     log.ended()

@@ -215,7 +215,9 @@ class SweepPlan:
 
     def cost(self) -> dict:
         """What the sweep is about to start: runs, epochs in all, training compute (widen_cli/cost.py;
-        None where the image count is unknown before reading the data), and where it would run."""
+        None where the image count is unknown before reading the data), the images an epoch trains on
+        (`documented`: the dataset's documented size, its files not there yet), and where it would run.
+        Each distinct member's forward pass is counted once, whatever its seeds and learning rates."""
         from widen_cli import cost
         from widen_cli.data import spec_from_config
         from widen_cli.hardware import resolve_device
@@ -223,12 +225,17 @@ class SweepPlan:
         run, jobs = self.run, self.jobs()
         images = cost.train_images(run.dataset)
         flops = None
-        if images is not None:
+        if images.count is not None:
             spec = spec_from_config(run.dataset)
-            flops = sum(cost.training_flops(cost.forward_macs(run.model, spec, j.member), images, j.epochs)
-                        for j in jobs)
+            macs = {}
+            for j in jobs:
+                key = cost.member_key(j.member)
+                if key not in macs:
+                    macs[key] = cost.forward_macs(run.model, spec, j.member)
+            flops = sum(cost.training_flops(macs[cost.member_key(j.member)], images.count, j.epochs) for j in jobs)
         return dict(members=len(self.members), seeds=len(self.settings.seeds), lrs=len(self.lrs),
-                    runs=len(jobs), epochs=sum(j.epochs for j in jobs), flops=flops,
+                    runs=len(jobs), epochs=sum(j.epochs for j in jobs), flops=flops, images=images.count,
+                    documented=images.documented, dataset=run.dataset.name,
                     cpu=resolve_device(run.device).type == "cpu")
 
     def memory(self, refuse: bool = True) -> str:

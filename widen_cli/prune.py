@@ -24,11 +24,13 @@ from torch import nn
 from widen_cli import results
 from widen_cli.budget import Member
 from widen_cli.config import RunConfig
+from widen_cli.errors import MemberError
 from widen_cli.models import InputSpec, build_model, weight_layers
 
 
-class ParentUnusable(RuntimeError):
-    """The dense parent cannot be pruned (it diverged, or lacks the weights to rewind to): the member fails."""
+class ParentUnusable(MemberError):
+    """The dense parent cannot be pruned (it diverged, lacks the weights to rewind to, or they are damaged):
+    the member fails."""
 
 
 def _top(score: torch.Tensor, k: int) -> torch.Tensor:
@@ -125,7 +127,22 @@ def _load(path: Path, what: str) -> dict:
         raise ParentUnusable(f"{path} is missing: the parent has no {what} (it was trained before widen kept "
                              f"them, or in a sweep whose members did not need them); delete the parent's folder "
                              f"to retrain it, or choose method.rewind_epoch 0")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, garbled, not a torch file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ParentUnusable(f"cannot read {path}, the parent's {what} ({reason[:200]}); delete the parent's "
+                             f"folder {path.parent} to retrain it") from None
+
+
+def _fill(model: nn.Module, path: Path, what: str) -> None:
+    """Load the parent's weights file into `model`; one that does not fit it fails the member."""
+    try:
+        model.load_state_dict(_load(path, what))
+    except (RuntimeError, TypeError, AttributeError) as e:
+        reason = " ".join(str(e).split())
+        raise ParentUnusable(f"{path}, the parent's {what}, does not fit its model ({reason[:200]}); delete the "
+                             f"parent's folder {path.parent} to retrain it") from None
 
 
 def pruned_model(run: RunConfig, member: Member, spec: InputSpec, parent_dir: Path, parent_status: str):
@@ -136,12 +153,11 @@ def pruned_model(run: RunConfig, member: Member, spec: InputSpec, parent_dir: Pa
         raise ParentUnusable(f"the dense parent {parent_dir} ended with status {parent_status}: nothing to prune")
     method = run.method
     parent = build_model(run.model, run.width, spec)
-    parent.load_state_dict(_load(parent_dir / results.MODEL_FILE, "trained weights"))
+    _fill(parent, parent_dir / results.MODEL_FILE, "trained weights")
     if method.prune == "structured":
         small = build_model(run.model, run.base_width, spec)
         return structured(parent, small, run.model.name, member.layers), None
     masks = magnitude_masks(parent, member, method.scope)
     if method.prune == "magnitude-rewind":
-        parent.load_state_dict(_load(results.weights_at_epoch(parent_dir, method.rewind_epoch),
-                                     f"weights at epoch {method.rewind_epoch}"))
+        _fill(parent, results.weights_at_epoch(parent_dir, method.rewind_epoch), f"weights at epoch {method.rewind_epoch}")
     return parent, masks

@@ -2,12 +2,15 @@
 
 Each Parquet table carries its kind and schema version in its metadata (keys `widen.kind` and
 `widen.schema_version`), so readers ask the file what it is instead of guessing from its columns.
-Every file is written to a temporary name and renamed into place.
+Every file is written to a temporary name, flushed to disk and renamed into place (the folder flushed
+too), so that a kill or a power loss leaves the old file or the new one under the final name, never
+an empty or partial one.
 """
 from __future__ import annotations
 
 import errno
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,7 +111,7 @@ KERNEL_FIELDS = _fields(
     "width:int base_width:int n_weights:int input_dim:int outputs:int connectivity:float "
     "first_layer_connectivity:float first_layer_weights:int distribution:str inputs:str reference:str "
     "pairs:int inits:int mask_samples:int seed:int distance_empirical:float distance_empirical_se:float "
-    "distance_theorem1:float distance_theorem1_bias:float distance_eq6:float distance_leading_order:float "
+    "distance_theorem1:float distance_theorem1_se:float distance_theorem1_bias:float distance_eq6:float distance_leading_order:float "
     "min_empirical:bool min_theorem1:bool min_eq6:bool min_leading_order:bool dataset:str budget:int "
     "last_layer_weights:int width_eq29:float min_eq29:bool", required=("width",))
 
@@ -138,14 +141,15 @@ class Schema:
 
 
 # Every table kind. Tables written before kinds existed carry no metadata (see table_kind). The versions
-# raised last (metrics, summary, results and plan to 2, kernel to 3) brought declared column types, the
+# raised last (metrics, summary, results and plan to 2, kernel to 4) brought declared column types, the
 # `run` column of metrics and summaries and the provenance columns; older files are still read.
 TABLES = {
     "metrics": Schema(METRICS_FIELDS, 2, ("val_loss", "val_acc", "run")),  # a run's own are never without run
     "summary": Schema([*SUMMARY_FIELDS, *PROVENANCE_FIELDS], 2, ("val_acc", "run", *PROVENANCE_COLUMNS)),
     "results": Schema(RESULTS_FIELDS, 2, ("val_acc", "lr", "selected", *PROVENANCE_COLUMNS)),
     "plan": Schema(PLAN_FIELDS, 2, ("base_width",)),
-    "kernel": Schema(KERNEL_FIELDS, 3),  # 2 renamed `allocation` to `distribution` (its names too)
+    # 2: `allocation` renamed `distribution`; 3: distance_theorem1_se (older tables read it as null); 4: types
+    "kernel": Schema(KERNEL_FIELDS, 4, ("distance_theorem1_se",)),
 }
 KIND_KEY = b"widen.kind"
 VERSION_KEY = b"widen.schema_version"
@@ -155,12 +159,40 @@ def weights_at_epoch(run_dir: Path, epoch: int) -> Path:
     return Path(run_dir) / WEIGHTS_AT_EPOCH_FILE.format(epoch=epoch)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp) on a temporary name beside `path`, then rename it into place."""
+def temporary(path: Path) -> Path:
+    """The temporary name `path` is written under: hidden, ending .tmp, naming the writer's host and
+    pid (so that a leftover can be told from a live writer's: see stale_temporaries)."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where the platform cannot."""
+    try:
+        _fsync(folder, getattr(os, "O_DIRECTORY", 0) | os.O_RDONLY)
+    except OSError:  # Windows, some network file systems: folders cannot be opened or synced
+        pass
+
+
+def atomic_write(path: Path, write, check=None) -> None:
+    """Call write(tmp) on a temporary name beside `path`, flush it to disk, rename it into place and
+    flush the folder: after a power loss the old file or the new one is there, never an empty one.
+    check(), if given, runs just before the rename and may raise to leave `path` as it is (a run's
+    writer that lost its claim: lifecycle.py)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary(path)
     try:
         write(tmp)
+        _fsync(tmp)
+        if check is not None:
+            check()
         os.replace(tmp, path)
     except OSError as e:  # name the file meant (pyarrow and torch name none, others the temporary one)
         if e.errno is None or e.filename not in (None, str(tmp)):
@@ -175,6 +207,7 @@ def atomic_write(path: Path, write) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:  # a read-only folder refuses even this; the error that matters is raised already
             pass
+    sync_folder(path.parent)
 
 
 def _full(folder: Path) -> bool:
@@ -184,9 +217,40 @@ def _full(folder: Path) -> bool:
         return False
 
 
-def write_table(df: pd.DataFrame, path: Path, kind: str) -> None:
+def stale_temporaries(folder: Path, older_than: float) -> list[Path]:
+    """Temporaries in `folder` left by writers that are gone: from this host, those whose pid is dead;
+    from another host (or named as older versions did), those unchanged for `older_than` seconds."""
+    import time
+
+    stale = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        stem, _, pid = tmp.name[:-len(".tmp")].rpartition(".")
+        if stem.endswith(f".{socket.gethostname()}") and pid.isdigit():
+            if not _alive(int(pid)):
+                stale.append(tmp)
+            continue
+        try:
+            if time.time() - tmp.stat().st_mtime > older_than:
+                stale.append(tmp)
+        except FileNotFoundError:
+            pass
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def write_table(df: pd.DataFrame, path: Path, kind: str, check=None) -> None:
     """Write a DataFrame as a table of `kind`: exactly its columns, in order (a missing one is a bug:
-    KeyError, unless the schema calls it optional), with the kind and schema version in the Parquet metadata."""
+    KeyError, unless the schema calls it optional), with the kind and schema version in the Parquet metadata.
+    check: as for atomic_write."""
     import pyarrow as pa  # here, not at import time: most commands never write a table
     import pyarrow.parquet as pq
 
@@ -196,7 +260,7 @@ def write_table(df: pd.DataFrame, path: Path, kind: str) -> None:
         df = df.assign(**{c: None for c in missing})
     table = pa.Table.from_arrays([_column(df[f.name], f) for f in schema.arrow()], schema=schema.arrow())
     meta = {KIND_KEY: kind.encode(), VERSION_KEY: str(schema.version).encode()}
-    atomic_write(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp), check)
 
 
 def _column(values: pd.Series, field):
@@ -236,6 +300,25 @@ def read_table(path: Path) -> pd.DataFrame:
         if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
             df[f.name] = pd.Series(table.column(f.name).to_pylist(), index=df.index, dtype=object)
     return df
+
+
+def read_finished(path: Path, kind: str, run_dir: Path) -> pd.DataFrame:
+    """A finished run's summary or metrics table; a file that cannot be read (truncated, garbled, empty
+    or missing) is a UserError naming it and saying how to get it back."""
+    from widen_cli.errors import MemberError
+
+    try:
+        df = read_table(path)
+        problem = "it holds no rows" if df.empty else None
+    except FileNotFoundError:
+        problem = "it is missing"
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
+        text = str(e).strip().splitlines()
+        problem = (text[0] if text else type(e).__name__)[:200]
+    if problem is None:
+        return df
+    raise MemberError(f"cannot read {kind} table {path} of a finished run ({problem}); delete the run folder "
+                    f"{run_dir} to train it again")
 
 
 def write_text(text: str, path: Path) -> None:

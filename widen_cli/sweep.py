@@ -13,12 +13,11 @@ import traceback
 from pathlib import Path
 
 import pandas as pd
-import submitit.helpers
 from rich.markup import escape
 
-from widen_cli import checkpoint, results
+from widen_cli import checkpoint, results, slurm
 from widen_cli.config import SweepConfig
-from widen_cli.errors import UserError
+from widen_cli.errors import MemberError, UserError
 from widen_cli.jobs import Job, parent_run
 
 
@@ -34,17 +33,6 @@ def run_member(job: Job, threads: int | None = None, restart: bool = False) -> s
     with epochlog.member_logs():  # its epochs to its own folder's log file
         run_training(job, Console(stderr=True, quiet=True), restart=restart)
     return str(job.run_dir)
-
-
-class MemberJob(submitit.helpers.Checkpointable):
-    """run_member for submitit: a SLURM job that is pre-empted or times out is requeued, and the
-    requeued job resumes the member from its last checkpoint."""
-
-    def __call__(self, job: Job, threads: int | None = None, restart: bool = False) -> str:
-        return run_member(job, threads, restart)
-
-    def checkpoint(self, job: Job, threads: int | None = None, restart: bool = False):
-        return submitit.helpers.DelayedSubmission(self, job, threads)  # resume, never restart again
 
 
 def one_line(error: BaseException) -> str:
@@ -91,11 +79,27 @@ def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, 
                 family.train_family(batch, console)
             for job in batch:
                 done(job)
-        except UserError:
-            raise
         except Exception as e:  # noqa: BLE001 - one member's crash must not stop the family
+            if isinstance(e, UserError) and not isinstance(e, MemberError):
+                raise  # a mistake in the command: every member would fail the same way
+            if isinstance(e, MemberError) and len(batch) > 1:  # one member's damaged file or lost claim
+                for job in batch:  # each alone (resumed or read back), so that only the members concerned fail
+                    _alone(job, done, console)
+                continue
             for job in batch:
                 done(job, e)
+
+
+def _alone(job: Job, done, console) -> None:
+    from widen_cli.train import run_training
+
+    try:
+        run_training(job, console)
+        done(job)
+    except Exception as e:  # noqa: BLE001
+        if isinstance(e, UserError) and not isinstance(e, MemberError):
+            raise
+        done(job, e)
 
 
 def _pool(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
@@ -118,28 +122,11 @@ def _pool_gpus(device: str) -> int:
     return torch.cuda.device_count()
 
 
-def _submitit(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
-    """A SLURM job array (local processes where there is no SLURM), sweep.submitit's parameters."""
-    import dataclasses
 
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=sweep_dir / ".submitit")
-    params = {k: v for k, v in dataclasses.asdict(s.submitit).items() if v is not None}
-    executor.update_parameters(**params, slurm_array_parallelism=n_jobs)
-    submitted = executor.map_array(MemberJob(), todo, [None] * len(todo), [restart] * len(todo))
-    for job, sub in zip(todo, submitted):
-        try:
-            sub.result()
-            done(job)
-        except Exception as e:  # noqa: BLE001
-            done(job, e)
+LAUNCHERS = {"local": _local, "pool": _pool, "submitit": slurm.launch}
 
 
-LAUNCHERS = {"local": _local, "pool": _pool, "submitit": _submitit}
-
-
-def check_launch(launcher: str, n_jobs: int) -> None:
+def check_launch(launcher: str, n_jobs: int | None) -> None:
     """Refuse a launch that cannot work before anything is composed or written."""
     from widen_cli import distributed
 
@@ -148,7 +135,7 @@ def check_launch(launcher: str, n_jobs: int) -> None:
                         "at a time")
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
-    if n_jobs < 1:
+    if n_jobs is not None and n_jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {n_jobs}")
 
 
@@ -258,6 +245,7 @@ def run(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s
     from widen_cli.data import require
 
     require(jobs[0].run.dataset)
+    remove_stale_temporaries(sweep_dir)
     errors: dict[Path, str] = {}
     try:
         launch(jobs, launcher, n_jobs, sweep_dir, console, s, restart, errors)
@@ -265,6 +253,18 @@ def run(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s
         gather(jobs, sweep_dir, errors, s.select_on, interrupted=True)
         raise
     return gather(jobs, sweep_dir, errors, s.select_on)
+
+
+def remove_stale_temporaries(sweep_dir: Path) -> None:
+    """Temporaries in the sweep folder that a killed process left (a sweep with the same --name may be
+    writing its own right now: only those whose writer is gone go, see results.stale_temporaries)."""
+    from widen_cli import claims
+
+    try:
+        for tmp in results.stale_temporaries(sweep_dir, claims.stale_seconds()):
+            tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only folder: the write that follows says so
 
 
 def failures(table: pd.DataFrame, console) -> bool:
@@ -286,6 +286,9 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     todo = [j for j in jobs if not (j.run_dir / results.SUMMARY_FILE).exists()]
+    # --jobs unset: a SLURM array runs every member at once (SLURM queues what does not fit), others one
+    array = launcher == "submitit" and s.submitit.cluster in (None, "slurm")
+    n_jobs = n_jobs or (max(1, len(todo)) if array else 1)
     console.print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; running {len(todo)} "
                   f"with the {launcher} launcher")
     errors = {} if errors is None else errors
@@ -308,7 +311,7 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
                 errors[job.run_dir] = one_line(error)
                 see = f" (see {job.run_dir / results.ERROR_FILE})" if recorded else ""
                 console.print(f"[red]member width={m.width} method={m.method} seed={seed} failed: "
-                              f"{escape(errors[job.run_dir])}{see}[/red]", highlight=False)
+                              f"{escape(errors[job.run_dir])}{see}[/red]", highlight=False, soft_wrap=True)
             lr = f" lr={job.run.optim.lr:g}" if s.lrs else ""
             progress.update(task, advance=1, last=f"{m.method} b={m.base_width} w={m.width}{lr} s={seed}")
 
@@ -325,24 +328,28 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
     rows = []
     for job in jobs:
         path = job.run_dir / results.SUMMARY_FILE
+        error = (errors or {}).get(job.run_dir, "did not finish (no summary.parquet)")
+        row = damaged = None
         if path.exists():
-            row = results.read_table(path).iloc[0].to_dict()
+            try:  # a damaged summary fails this member, not the gather
+                row = results.read_finished(path, "summary", job.run_dir).iloc[0].to_dict()
+            except UserError as e:
+                error = damaged = str(e)
+        if row is not None:
             row.setdefault("status", "finished")  # summaries from before statuses were recorded
             row["error"] = None
+            checkpoint.tidy_finished(job.run_dir)
         else:
             m = job.member
-            metrics = job.run_dir / results.METRICS_FILE
-            epochs = len(results.read_table(metrics)) if metrics.exists() else 0
-            error = (errors or {}).get(job.run_dir)
-            stopped = interrupted and error is None
+            epochs = _epochs_done(job.run_dir)
+            stopped = interrupted and damaged is None and job.run_dir not in (errors or {})
             if stopped:
                 error = (f"interrupted after epoch {epochs} of {job.epochs}" if epochs else "interrupted before "
                          "its first epoch ended") + "; run the same command again to resume"
             row = dict(dataset=job.run.dataset.name, model=job.run.model.name, method=m.method, width=m.width,
                        base_width=m.base_width, n_weights=m.n_weights, n_weights_dense=m.n_weights_dense,
                        connectivity=m.connectivity, seed=job.run.seed, epochs=epochs,
-                       status="interrupted" if stopped else "failed",
-                       error=error or "did not finish (no summary.parquet)")
+                       status="interrupted" if stopped else "failed", error=error)
         pruned = job.member.method == "pruned"  # the pruning columns, for failed rows and older summaries
         row.setdefault("variant", job.member.variant)
         row.setdefault("parent_run", parent_run(job.run).run_name() if pruned else None)
@@ -355,6 +362,14 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
     df["selected"] = select(df, [_untuned(job) for job in jobs], select_on)
     results.write_table(df, sweep_dir / results.RESULTS_FILE, "results")
     return df
+
+
+def _epochs_done(run_dir: Path) -> int:
+    """The epochs an unfinished member recorded (0 where its metrics are missing or unreadable)."""
+    try:
+        return len(results.read_table(run_dir / results.METRICS_FILE))
+    except Exception:  # noqa: BLE001 - missing or damaged: the error column says what happened
+        return 0
 
 
 # What picks a member's learning rate: the paper's best test accuracy, or the last epoch's accuracy on

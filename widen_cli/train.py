@@ -132,15 +132,27 @@ def train_run(run: lifecycle.Run, parent: tuple[Path, str] | None = None) -> Run
         distributed.close(ctx)
 
 
-def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int) -> None:
+def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int, initial: bool = True) -> None:
     """A dense run keeps its initial weights (epoch 0) and those of the epochs its job asks for: what
-    magnitude-rewind members pruned from it go back to."""
+    magnitude-rewind members pruned from it go back to. `initial`: at epoch 0 of a resumed run, whether
+    `model` still holds the initial weights (drawn again from the seed; not yet restored)."""
     job = run.job
-    if not run.main or job.run.method.name != "dense" or (epoch == 0 and run.state is not None):
+    if not run.main or job.run.method.name != "dense" or not (epoch == 0 or epoch in job.keep_weights):
         return
-    if epoch == 0 or epoch in job.keep_weights:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        results.atomic_write(results.weights_at_epoch(run.dir, epoch), lambda tmp: torch.save(state, tmp))
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    path = results.weights_at_epoch(run.dir, epoch)
+    if epoch == 0 and run.state is not None:  # resuming: the file was written when the run started
+        if checkpoint.file_holds(path, state, exactly=False):
+            return
+        # Damaged or missing (a crash, a disk fault): the initial weights are drawn on the CPU from the
+        # run's seed, so a model not yet restored holds the very same ones again.
+        again = "written again from the run's seed" if initial else \
+            "members rewound to epoch 0 from this run will fail (train it again with --restart to keep it)"
+        run.console.print(f"[yellow]warning:[/yellow] {path} was damaged or missing; {again}", highlight=False,
+                          soft_wrap=True)
+        if not initial:
+            return
+    results.atomic_write(path, lambda tmp: torch.save(state, tmp), run.check_claim)
 
 
 def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device,
@@ -168,14 +180,16 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
         masks = Masks(model, kept)
         masks.apply_()
     if masks is not None:
-        if state is not None and state["masks"] is not None:
-            masks = Masks(model, state["masks"])  # go on with exactly the masks the run started with
+        if state is not None and state["masks"] is not None:  # go on with exactly the masks the run started with
+            masks = Masks(model, checkpoint.saved_masks(state, masks.state(), opened.dir / checkpoint.FILENAME))
         distributed.check_identical(ctx, masks.state(), "masks")
         opened.save_masks(masks)
+    if state is not None:  # refused before anything is written from this model
+        checkpoint.check_fits(state, model, opened.dir / checkpoint.FILENAME)
     keep_weights(opened, model, 0)
     opt, sched = make_optimizer(model, opened.job.optim)
     if state is not None:
-        checkpoint.restore(state, model, opt, sched)
+        checkpoint.restore(state, model, opt, sched, opened.dir / checkpoint.FILENAME)
     # What forward passes go through (DDP, bf16 autocast, compile); `model` stays the plain module the
     # optimiser, masks and saved state refer to.
     net = hardware.accelerate(distributed.wrap(model, ctx, device), device, run.precision, run.compile)

@@ -11,6 +11,7 @@ from widen_cli.budget import DISTRIBUTIONS, default_distribution, fix_last_layer
 from widen_cli.config import (AUGMENTATIONS, COMPUTED, FOLDER_DATASETS, INITS, NORMALIZATIONS, PRECISIONS,
                               PRUNE_VARIANTS, SELECT_ON, DatasetConfig, MethodConfig, ModelConfig, OptimConfig,
                               RunConfig, SubmititConfig, SweepConfig)
+from widen_cli import tracking
 from widen_cli.errors import UserError
 from widen_cli.schedules import SCHEDULES
 
@@ -152,6 +153,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     _check_dataset(run.dataset)
     check_name(run.name)
     check_device(run.device)
+    tracking.check(run.tracking)
     return run
 
 

@@ -2,7 +2,9 @@
 
 Tables are read by the kind their Parquet metadata names: run summaries, sweep results, sweep plans and
 kernel-distance tables, in any mix (load.py). Runs are labelled and pooled over seeds only (runs.py);
-each figure is drawn when its data is present (figures.py); runs joined to kernel tables (overlay.py);
+each figure is drawn when its data is present (figures.py; widening gains in gains.py, training
+curves from the runs' metrics.parquet in curves.py, shared print sizes and axes in axes.py); runs joined to
+kernel tables (overlay.py);
 Table 1 (table.py); the files (page.py).
 """
 from widen_cli.report.figures import Plot, figures

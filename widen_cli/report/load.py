@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from widen_cli import results
 from widen_cli.errors import UserError
+from widen_cli.report.curves import read_metrics
 from widen_cli.report.runs import label_runs, listing, repeats
 
 # Tables without a kind in their metadata: the columns each kind had to have, tried in this order.
@@ -29,7 +30,7 @@ OLD_KINDS = {
                "distance_eq6", "distance_leading_order"],
     "metrics": results.METRICS_COLUMNS,
 }
-DRAWN = ("summary", "results", "plan", "kernel")  # metrics (per-epoch curves) are known, not drawn
+DRAWN = ("summary", "results", "plan", "kernel")  # metrics are read beside the runs they belong to (curves.py)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Results:
     sources: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     repeats: int = 0  # runs that repeat another run's experiment (counted once: runs.repeats)
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-epoch rows of the runs, by run_dir
 
 
 def find_tables(paths: list[Path]) -> list[Path]:
@@ -123,7 +125,7 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
                 warn(f"leaving out {these.sum()} {status} run(s): " + ", ".join(sorted(map(str, table.run_dir[these]))))
         table = table[~failed]
     labelled = label_runs(table.reset_index(drop=True), warn)
-    return Results(labelled, plans, kernels, sources, skipped, repeats(labelled, warn))
+    return Results(labelled, plans, kernels, sources, skipped, repeats(labelled, warn), read_metrics(labelled, warn))
 
 
 # Kernel tables of schema 1 named the allocation rule `allocation`, with names of their own.

@@ -10,13 +10,14 @@ import pandas as pd
 
 from widen_cli import results
 from widen_cli.errors import UserError
-from widen_cli.report.figures import Plot, figures
+from widen_cli.report.figures import NAMES, Plot, figures
 from widen_cli.report.load import Results
 from widen_cli.report.overlay import kernel_overlay, tracking
 from widen_cli.report.table import markdown, table1, table1_display
 
-DPI = 110
+DPI = 200  # print resolution: a one-column panel (3.3 inches) is 660 pixels wide
 TRACKING_FILE = "kernel_tracking.csv"  # the report's own output, beside table.csv
+TABLE_FILES = ("table.csv", "table.md", TRACKING_FILE)
 
 
 def write(res: Results, out: Path) -> tuple[list[Plot], pd.DataFrame]:
@@ -26,6 +27,7 @@ def write(res: Results, out: Path) -> tuple[list[Plot], pd.DataFrame]:
     except OSError as e:
         raise UserError(f"cannot write to output folder {out}: {e.strerror or e}") from None
     plots = figures(res)
+    assert {p.name for p in plots} <= set(NAMES), "every figure's name is in figures.NAMES"
     pngs = {}
     for plot in plots:
         for fmt in ("png", "svg"):
@@ -42,7 +44,20 @@ def write(res: Results, out: Path) -> tuple[list[Plot], pd.DataFrame]:
     if len(tracked):
         results.write_text(tracked.to_csv(index=False, float_format="%.4g"), out / TRACKING_FILE)
     results.write_text(_html(res, plots, pngs, table, tracked), out / "index.html")
+    _remove_stale(out, {f"{p.name}.{fmt}" for p in plots for fmt in ("png", "svg")}
+                  | {f for f, made in zip(TABLE_FILES, (len(table), len(table), len(tracked))) if made})
     return plots, table
+
+
+def _remove_stale(out: Path, written: set[str]) -> None:
+    """Remove what an earlier report wrote into `out` and this one did not (a figure whose data is gone
+    would otherwise sit beside the new ones): only the report's own file names, never other files."""
+    own = {f"{name}.{fmt}" for name in NAMES for fmt in ("png", "svg")} | set(TABLE_FILES)
+    for name in sorted(own - written):
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot remove the earlier report's {out / name}: {e.strerror or e}") from None
 
 
 def _table_html(df: pd.DataFrame) -> str:
@@ -56,7 +71,8 @@ def _html(res: Results, plots: list[Plot], pngs: dict[str, bytes], table: pd.Dat
     parts = ["<h1>widen report</h1>",
              f"<p>{len(res.runs)} runs{again}, {len(res.plans)} plans, {len(res.kernels)} kernel-distance tables, "
              f"read from {len(res.sources)} Parquet files. Accuracies in percent; with several seeds, means with "
-             f"standard errors.</p>"]
+             f"standard errors (error bars, ±). Each figure's data table gives every point's mean, its standard "
+             f"error (<code>_sem</code>) and the seeds averaged (<code>runs</code>).</p>"]
     if res.skipped:
         parts.append("<p>Skipped: " + ", ".join(f"<code>{esc(s)}</code>" for s in res.skipped) + "</p>")
     if len(table):
