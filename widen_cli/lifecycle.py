@@ -23,7 +23,6 @@ import time
 import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -262,7 +261,7 @@ class Run:
                     checkpoint.discard(self.dir)
                 checkpoint.remove_stale_temporaries(self.dir)
                 if (self.dir / checkpoint.FILENAME).exists():  # resuming: it started when its config was written
-                    self.started = _started(self.dir) or self.started
+                    self.started = provenance.started(self.dir / results.CONFIG_FILE) or self.started
                 self.write_config()
             except OSError as e:
                 raise UserError(f"cannot write to output folder {self.dir}: {e.strerror or e}") from None
@@ -377,15 +376,6 @@ def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: floa
         identity=json.dumps(run.identity(), sort_keys=True), budget=member.budget,
         val_acc=_last(metrics, "val_acc"), run=job.run_dir.name,
     )
-
-
-def _started(run_dir: Path):
-    """When an unfinished run first started, from its config.yaml's provenance; None if not recorded."""
-    try:
-        data = yaml.safe_load((run_dir / results.CONFIG_FILE).read_text()) or {}
-        return datetime.fromisoformat(data["provenance"]["started_at"])
-    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError):
-        return None
 
 
 def _last(metrics: pd.DataFrame, column: str) -> float | None:

@@ -6,6 +6,7 @@ no finished run is retrained for it.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import shlex
 import socket
@@ -59,8 +60,10 @@ def git_state(root: Path) -> tuple[str | None, bool | None]:
 
 
 def _git(root: Path, *args: str) -> str:
+    # GIT_OPTIONAL_LOCKS=0: `git status` must not take the index lock a user's git may hold
     return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
-                          timeout=GIT_TIMEOUT, stdin=subprocess.DEVNULL).stdout.strip()
+                          timeout=GIT_TIMEOUT, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"}).stdout.strip()
 
 
 def device(used) -> dict:
@@ -79,6 +82,17 @@ def samples(train, test, val=None) -> dict:
         return None if loader is None else int(loader.num_samples)
 
     return dict(train_samples=count(train), val_samples=count(val), test_samples=count(test))
+
+
+def started(config: Path) -> datetime | None:
+    """When an unfinished run first started, from its config.yaml's `provenance:`; None if not recorded."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(config).read_text()) or {}
+        return datetime.fromisoformat(data["provenance"]["started_at"])
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def to_yaml(record: dict) -> dict:

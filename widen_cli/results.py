@@ -111,7 +111,8 @@ KERNEL_FIELDS = _fields(
     "width:int base_width:int n_weights:int input_dim:int outputs:int connectivity:float "
     "first_layer_connectivity:float first_layer_weights:int distribution:str inputs:str reference:str "
     "pairs:int inits:int mask_samples:int seed:int distance_empirical:float distance_empirical_se:float "
-    "distance_theorem1:float distance_theorem1_se:float distance_theorem1_bias:float distance_eq6:float distance_leading_order:float "
+    "distance_theorem1:float distance_theorem1_se:float distance_theorem1_bias:float distance_eq6:float "
+    "distance_leading_order:float "
     "min_empirical:bool min_theorem1:bool min_eq6:bool min_leading_order:bool dataset:str budget:int "
     "last_layer_weights:int width_eq29:float min_eq29:bool", required=("width",))
 
