@@ -10,9 +10,10 @@ is embedding_bag in sum mode with per-sample weights: x's rows are the "embeddin
 - "private": torch's private ATen embedding_bag ops, the fastest (the row of each entry is passed in,
   not recomputed from the offsets). Private ops can vanish in a torch release, hence the others.
 - "csr": public CSR products: S @ x with S a CSR tensor, and the entries' gradient by
-  `torch.sparse.sampled_addmm` (grad @ x^T at the kept positions only); ~1.3x the private path's step time (CPU, `make bench`).
-- "embedding_bag": public `F.embedding_bag` and an index_select product; 5-9x the private path's step time,
-  the last resort for a torch without CPU/CUDA CSR products.
+  `torch.sparse.sampled_addmm` (grad @ x^T at the kept positions only); ~1.3x the private path's step
+  time (CPU, `make bench` 3c).
+- "embedding_bag": public `F.embedding_bag` and an index_select product; 5-9x the private path's step
+  time, the last resort for a torch without CSR products.
 """
 from __future__ import annotations
 
