@@ -16,8 +16,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from widen_cli import completion
 from widen_cli.errors import UserError, disk_error
 from widen_cli.kernel_config import KERNEL_INPUTS, kernel_defaults
+
+# Flags take no value: typer's help would show them as `<bool>`, which invites `--dry-run true`.
+_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
 
 app = typer.Typer(
     help="Fixed-parameter-budget width experiments: is a wider network better because it is wider, "
@@ -123,7 +128,7 @@ Overrides = Annotated[Optional[List[str]], typer.Argument(
     "model.activation=linear method.distribution=erk (see train --show-config for every key).", show_default=False)]
 Dataset = Annotated[Optional[str], _opt("A dataset from conf/dataset/ (or a --config-dir): cifar10, cifar100, svhn, "
                                         "mnist, imagenet, imagefolder, digits (default for train: built in, "
-                                        "offline) or synthetic.")]
+                                        "offline) or synthetic.", autocompletion=completion.datasets)]
 BaseWidth = Annotated[Optional[int], _opt("Width of the family's dense baseline: its weight count is the budget.")]
 Epochs = Annotated[Optional[int], _opt("Default: the paper's recipe for the dataset (300; ImageNet 150).")]
 BatchSize = Annotated[Optional[int], _opt("Default: the paper's recipe (128 CIFAR/SVHN, 100 MNIST).")]
@@ -148,7 +153,7 @@ Out = Annotated[Optional[Path], _opt("Output root; the run or sweep goes to <out
 Name = Annotated[Optional[str], _opt("Folder name. Default: made from the settings plus a short hash, so the same "
                                      "command always finds the same folder.")]
 Experiment = Annotated[Optional[str], _opt("A preset from conf/experiment/ (or a --config-dir), e.g. smoke, "
-                                           "fig1_cifar100.")]
+                                           "fig1_cifar100.", autocompletion=completion.experiments)]
 ConfigDir = Annotated[Optional[List[Path]], _opt(
     "A folder of your own configs (experiment/, dataset/, ... as in conf/), searched before conf/; repeatable. "
     "WIDEN_CONFIG_PATH (colon-separated) adds folders too.", "--config-dir")]
@@ -319,7 +324,8 @@ KERNEL = kernel_defaults()  # conf/kernel.yaml: shown in --help, applied by kern
 
 
 def _kernel(key: str, help: str):
-    return typer.Option(help=help, show_default=str(KERNEL[key]))
+    # The default in the text: typer prints a show_default string in parentheses, "[default: (8)]".
+    return typer.Option(help=f"{help} Default: {KERNEL[key]}.")
 
 
 @app.command("kernel-distance")
