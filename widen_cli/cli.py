@@ -143,7 +143,8 @@ Overrides = Annotated[Optional[List[str]], typer.Argument(
 Dataset = Annotated[Optional[str], _opt("cifar10, cifar100, svhn, mnist, imagenet, imagefolder, digits or synthetic.",
                                         panel=DATA,
                                         autocompletion=completion.datasets)]
-Model = Annotated[Optional[str], _opt("mlp or resnet18. Default: mlp for mnist/digits/synthetic.", autocompletion=completion.models)]
+Model = Annotated[Optional[str], _opt("mlp or resnet18. Default: mlp for mnist/digits/synthetic.",
+                                      autocompletion=completion.models)]
 BaseWidth = Annotated[Optional[int], _opt("Width of the family's dense baseline: its weight count is the budget.")]
 Epochs = Annotated[Optional[int], _opt("Default: the paper's (300; ImageNet 150).")]
 BatchSize = Annotated[Optional[int], _opt("Default: the paper's (128 CIFAR/SVHN, 100 MNIST).")]
@@ -161,7 +162,8 @@ SkipBadImages = Annotated[bool, _opt("Image folders: skip (and count) files that
 Track = Annotated[Optional[str], _opt("tensorboard, mlflow, wandb (offline): comma-separated trackers.")]
 Out = Annotated[Optional[Path], _opt("Output root; results go to <out>/<name>/. Default: runs.", panel=RUN)]
 Name = Annotated[Optional[str], _opt("Folder name. Default: the settings plus a short hash.", panel=RUN)]
-Experiment = Annotated[Optional[str], _opt("A preset from conf/experiment/, e.g. smoke, fig1_cifar100.", panel=RUN, autocompletion=completion.experiments)]
+Experiment = Annotated[Optional[str], _opt("A preset from conf/experiment/, e.g. smoke, fig1_cifar100.", panel=RUN,
+                                           autocompletion=completion.experiments)]
 ConfigDir = Annotated[Optional[List[Path]], _opt(
     "Your own config folder (laid out as conf/), searched first; repeatable. Also: WIDEN_CONFIG_PATH.",
     "--config-dir", panel=RUN)]
@@ -176,7 +178,8 @@ def train(
     method: Annotated[Optional[str], _opt("dense (default), or how a member wider than --base-width keeps its "
                                           "budget: sparse, linear-bottleneck, nonlinear-bottleneck, pruned "
                                           "(method.prune=structured|magnitude|magnitude-rewind; trains or reuses "
-                                          "the dense run at --width first).", autocompletion=completion.methods)] = None,
+                                          "the dense run at --width first).",
+                                          autocompletion=completion.methods)] = None,
     width: Annotated[Optional[int], _opt("MLP: hidden units; ResNet-18: output channels of the first conv "
                                          "(stages at 1:2:4:8).")] = None,
     base_width: BaseWidth = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
@@ -237,7 +240,8 @@ def sweep_width(
     factors: Annotated[Optional[str], _opt("Or widening factors, e.g. 1,2,4. Default: powers of sqrt(2).",
                                            panel=FAMILY)] = None,
     seeds: Annotated[Optional[str], _opt("Comma-separated seeds, e.g. 0,1,2. Default: 0.", panel=FAMILY)] = None,
-    method: Annotated[Optional[str], _opt("sparse (default), linear-/nonlinear-bottleneck, pruned, dense.", panel=FAMILY, autocompletion=completion.methods)] = None,
+    method: Annotated[Optional[str], _opt("sparse (default), linear-/nonlinear-bottleneck, pruned, dense.",
+                                          panel=FAMILY, autocompletion=completion.methods)] = None,
     methods: Annotated[Optional[str], _opt("Several, e.g. sparse,linear-bottleneck (same budgets).",
                                            panel=FAMILY, autocompletion=completion.method_lists)] = None,
     distribution: Annotated[Optional[str], _opt(
