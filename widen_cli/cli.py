@@ -21,8 +21,10 @@ from widen_cli.errors import UserError, disk_error
 from widen_cli.kernel_config import KERNEL_INPUTS, kernel_defaults
 
 # Flags take no value: typer's help would show them as `<bool>`, which invites `--dry-run true`.
-_option_type = typer.core.TyperOption.display_type_rich
-typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
+# (An older typer without display_type_rich keeps its own help.)
+_option_type = getattr(typer.core.TyperOption, "display_type_rich", None)
+if _option_type is not None:
+    typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
 
 app = typer.Typer(
     help="Fixed-parameter-budget width experiments: is a wider network better because it is wider, "
