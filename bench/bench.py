@@ -10,6 +10,9 @@
            on CPU. For information also whole epochs, evaluation on 10,000 test images included.
 4. memory  the peak memory of each variant, each run alone in a subprocess (the OS's peak resident
            set of the process, VmHWM; on CUDA also torch's peak allocated memory).
+3c. sparse the same batched family's training steps on each path of widen_cli/sparse_ops.py: torch's
+           private embedding_bag ops (used when present), public CSR products, public embedding_bag; as
+           ratios to the private path, for information.
 5. process the whole process (bench/process.py): `widen sweep-width` on the Figure 7 MLP family (7
            sparse widths, 30 epochs, batch 100, 5,000 MNIST-format images) against a plain PyTorch loop
            (bench/plain_loop.py) training the same models one at a time, both timed as subprocesses
@@ -20,7 +23,7 @@ turns; each variant's fastest round gives its steps/s (every round is printed). 
 random images written in the real on-disk format (pickled batches) to a temporary folder. CPU threads:
 as training uses them (WIDEN_THREADS to choose). Not part of the test suite.
 
-    python bench/bench.py [--device cpu|cuda] [--rounds 5] [--only resnet,masks,family,process] [--no-memory]
+    python bench/bench.py [--device cpu|cuda] [--rounds 5] [--only resnet,masks,family,sparse,process] [--no-memory]
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from widen_cli import family, hardware  # noqa: E402
+from widen_cli import family, hardware, sparse_ops  # noqa: E402
 from widen_cli.budget import plan_member  # noqa: E402
 from widen_cli.config import load  # noqa: E402
 from widen_cli.data import load_data, spec_from_config  # noqa: E402
@@ -205,8 +208,8 @@ class FamilyBatched:
     """The Figure 7 family as one stacked model (what sweep-width's local launcher does). `epochs`:
     run(n) is n whole epochs as a sweep runs them (2,048 training samples, then the 10,000 test samples)."""
 
-    def __init__(self, device: str, epochs: bool = False):
-        self.device_name, self.epochs = device, epochs
+    def __init__(self, device: str, epochs: bool = False, path: str | None = None):
+        self.device_name, self.epochs, self.path = device, epochs, path or sparse_ops.PATH
 
     def setup(self):
         runs, members = _fig7(self.device_name)
@@ -215,6 +218,7 @@ class FamilyBatched:
 
     def run(self, n: int):
         model, loaders = self.stack.model, self.stack.loaders
+        sparse_ops.PATH = self.path  # variants take turns in one process
         for _ in range(n if self.epochs else 1):
             totals = family.train_epoch(model, loaders if self.epochs else [Steps(l, n) for l in loaders], self.opt)
             totals.loss.tolist()
@@ -256,6 +260,8 @@ def make_variant(name: str, args, data: Path):
         "resnet-reference": lambda: ReferenceResNet(data, args.device, args.workers),
         "family-batched": lambda: FamilyBatched(args.device),
         "family-one-by-one": lambda: FamilyOneByOne(args.device),
+        "family-batched-csr": lambda: FamilyBatched(args.device, path="csr"),
+        "family-batched-embedding_bag": lambda: FamilyBatched(args.device, path="embedding_bag"),
         "family-batched-epochs": lambda: FamilyBatched(args.device, epochs=True),
         "family-one-by-one-epochs": lambda: FamilyOneByOne(args.device, epochs=True),
     }[name]()
@@ -332,8 +338,8 @@ def machine(device: torch.device) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--only", default="resnet,masks,family,process",
-                   help="comma-separated: resnet, masks, family, process")
+    p.add_argument("--only", default="resnet,masks,family,sparse,process",
+                   help="comma-separated: resnet, masks, family, sparse, process")
     p.add_argument("--process-epochs", type=int, default=30, help="epochs of the whole-process benchmark")
     p.add_argument("--process-rounds", type=int, default=1, help="rounds of the whole-process benchmark")
     p.add_argument("--resnet-steps", type=int, default=3, help="steps per round, ResNet benchmarks")
@@ -397,6 +403,20 @@ def main() -> None:
                          "for information), epochs/s",
                          f"{1 / t['family-batched-epochs']:.2f} vs {1 / t['family-one-by-one-epochs']:.2f}",
                          f"{ratio:.2f}x faster", "-", None))
+        if "sparse" in only:
+            default = sparse_ops.PATH
+            labels = {"family-batched": default, "family-batched-csr": "csr",
+                      "family-batched-embedding_bag": "embedding_bag"}
+            names = [n for n in labels if n == "family-batched" or labels[n] != default]
+            print(f"timing {', '.join(names)} ...", flush=True)
+            t = time_side_by_side({n: make_variant(n, args, data) for n in names}, args.family_steps,
+                                  args.warmup * 5, args.rounds, device)
+            base = t[names[0]]
+            rows.append(("3c. the same steps on each sparse_ops path: " + " vs ".join(labels[n] for n in names)
+                         + " (ms/step; step time as a multiple of the first)",
+                         " vs ".join(f"{1e3 * t[n]:.1f}" for n in names),
+                         " vs ".join(f"{t[n] / base:.2f}x" for n in names), "-", None))
+            sparse_ops.PATH = default
         if "process" in only:
             import process
 

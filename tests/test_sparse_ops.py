@@ -1,5 +1,6 @@
 """The batched family's sparse matmul (sparse_ops behind models.stacked._SparseMatmul): gradients checked
-numerically, on torch's private ATen ops and on the public fallback, which must agree."""
+numerically on each path (torch's private ATen ops, public CSR products, public embedding_bag), forced
+explicitly on every machine, and the paths must agree."""
 from __future__ import annotations
 
 import pytest
@@ -24,14 +25,29 @@ def _dense(layer: SparseLayer) -> torch.Tensor:
     return torch.cat([layer.member_weight(i) for i in range(2)])
 
 
-@pytest.fixture(params=["private", "fallback"])
+@pytest.fixture(params=sparse_ops.PATHS)
 def path(request, monkeypatch):
-    if request.param == "private":
-        if not sparse_ops.PRIVATE_OPS:
-            pytest.skip("this torch has no private embedding_bag ops")
-    else:
-        monkeypatch.setattr(sparse_ops, "PRIVATE_OPS", False)
+    monkeypatch.setattr(sparse_ops, "PATH", request.param)
     return request.param
+
+
+def test_the_supported_torch_has_the_fast_ops():
+    """The private ops are ~2.5x faster than the CSR path: a torch release that drops them must be
+    noticed here (then widen warns once and falls back), not found later as slow training."""
+    assert sparse_ops.PRIVATE_OPS, f"torch {torch.__version__} lacks the private embedding_bag ops"
+    assert sparse_ops.CSR_OPS, f"torch {torch.__version__} lacks CSR products or sparse.sampled_addmm"
+    assert sparse_ops.PATH == "private"
+
+
+def test_fallback_warns_once(monkeypatch, capsys):
+    monkeypatch.setattr(sparse_ops, "PRIVATE_OPS", False)
+    monkeypatch.setattr(sparse_ops, "PATH", "csr")
+    monkeypatch.setattr(sparse_ops, "_warned", False)
+    layer = _layer(2)
+    for _ in range(3):
+        layer(torch.randn(6, 2, dtype=torch.float64)).sum().backward()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "csr" in err[0], err
 
 
 def test_sparse_matmul_gradcheck(path):
@@ -42,12 +58,13 @@ def test_sparse_matmul_gradcheck(path):
     torch.testing.assert_close(_SparseMatmul.apply(w, x, layer), _dense(layer) @ x)
 
 
-def test_private_and_fallback_paths_agree(monkeypatch):
-    if not sparse_ops.PRIVATE_OPS:
-        pytest.skip("this torch has no private embedding_bag ops")
-    layer = _layer(1)
-    x = torch.randn(6, 4, dtype=torch.float64)
-    grad = torch.randn(12, 4, dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("fallback", ["csr", "embedding_bag"])
+def test_private_and_fallback_paths_agree(monkeypatch, fallback, dtype):
+    layer = _layer(1).to(dtype)
+    x = torch.randn(6, 4, dtype=dtype)
+    grad = torch.randn(12, 4, dtype=dtype)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
 
     def outputs():
         w = layer.values.detach().clone().requires_grad_()
@@ -56,9 +73,10 @@ def test_private_and_fallback_paths_agree(monkeypatch):
         out.backward(grad)
         return out.detach(), w.grad, xg.grad
 
+    monkeypatch.setattr(sparse_ops, "PATH", "private")
     private = outputs()
-    monkeypatch.setattr(sparse_ops, "PRIVATE_OPS", False)
-    fallback = outputs()
-    assert torch.equal(private[0], fallback[0])
-    for a, b in zip(private[1:], fallback[1:]):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(sparse_ops, "PATH", fallback)
+    other = outputs()
+    for a, b in zip(private, other):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)

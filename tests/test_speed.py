@@ -10,7 +10,7 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from widen_cli import family, hardware
+from widen_cli import family, hardware, sparse_ops
 from widen_cli.budget import plan_member
 from widen_cli.cli import app
 from widen_cli.config import MethodConfig, ModelConfig, load
@@ -77,6 +77,14 @@ def test_sparse_family_batched_equals_each_alone(tmp_path, options):
             # Masked weights are exactly zero after training, in both paths.
             assert (layer.weight[~masks[name]] == 0).all()
             assert (weight_layers(alone.model)[name].weight[~masks[name]] == 0).all()
+
+
+@pytest.mark.parametrize("path", ["csr", "embedding_bag"])
+def test_sparse_family_batched_on_the_public_paths_equals_each_alone(tmp_path, monkeypatch, path):
+    """The fallbacks of torch's private ops (sparse_ops.PATH), forced here on any torch, train the same."""
+    monkeypatch.setattr(sparse_ops, "PATH", path)
+    for run, alone, batched in train_both(tmp_path, [*TINY, "method=sparse", "base_width=4"], [(4, 0), (16, 1)]):
+        assert_same_run(run, alone, batched, tmp_path)
 
 
 def test_dense_family_of_seeds_equals_each_alone(tmp_path):

@@ -231,7 +231,11 @@ def sparse_member(cfg: ModelConfig, spec: InputSpec, width: int, budget: int, me
     try:
         kept = distribute(dense, budget, method)
     except ValueError as e:
-        raise Infeasible(f"width {width} cannot keep {budget:,} weights: {e}") from None
+        # dense-last's cap is the dense classifier alone; staggered thins the classifier too, which lifts it.
+        lift = (" (--distribution staggered, i.e. method.distribution=staggered, thins the last layer too and "
+                "lifts this cap)" if fix_last_layer(method, method.last_layer_connectivity).distribution == DENSE_LAST
+                else "")
+        raise Infeasible(f"width {width} cannot keep {budget:,} weights: {e}{lift}") from None
     if min(kept.values()) < 1:
         raise Infeasible(f"width {width} would leave a layer with no weights")
     return Member(width=width, base_width=base_width, method="sparse", budget=budget, n_weights=sum(kept.values()),

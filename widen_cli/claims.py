@@ -71,23 +71,13 @@ class Holder:
     def stale(self) -> bool:
         if self.garbled:
             return True
-        if self.host == socket.gethostname() and (self.pid == os.getpid() or not _alive(self.pid)):
+        if self.host == socket.gethostname() and (self.pid == os.getpid() or not results.pid_alive(self.pid)):
             return True  # a dead process here (or a leftover of this very process)
         mine = slurm_job()
         if self.slurm_job and mine and self.slurm_job != mine \
                 and self.slurm_job.split("/")[0] == mine.split("/")[0]:
             return True  # left by an earlier run of this SLURM job (it was requeued or pre-empted)
         return time.time() - self.heartbeat > stale_seconds()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def slurm_job() -> str | None:

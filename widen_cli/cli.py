@@ -16,8 +16,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from widen_cli import completion
 from widen_cli.errors import UserError, disk_error
 from widen_cli.kernel_config import KERNEL_INPUTS, kernel_defaults
+
+# Flags take no value: typer's help would show them as `<bool>`, which invites `--dry-run true`.
+# (An older typer without display_type_rich keeps its own help.)
+_option_type = getattr(typer.core.TyperOption, "display_type_rich", None)
+if _option_type is not None:
+    typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
 
 app = typer.Typer(
     help="Fixed-parameter-budget width experiments: is a wider network better because it is wider, "
@@ -114,44 +121,54 @@ def _names(text: str | None) -> list[str] | None:
 
 # ---------------------------------------------------------------- options shared by train and sweep-width
 
-def _opt(help: str, *flags: str, **kw):
-    return typer.Option(*flags, help=help, **kw)
+# train's and sweep-width's parameters reach the config through config.OPTION_KEYS, by parameter name;
+# these are the ones the commands use themselves. tests/test_cli_ux.py checks that every parameter is one
+# or the other, so a renamed parameter cannot silently lose its option.
+COMMAND_ONLY = {
+    "train": {"overrides", "experiment", "config_dir", "show_config", "restart"},
+    "sweep-width": {"overrides", "experiment", "config_dir", "restart", "methods", "widths", "factors", "seeds",
+                    "last_layer_connectivity", "connectivity_floor", "dense_wide", "lrs", "select_on", "launcher",
+                    "jobs", "dry_run"},
+}
+
+# Help panels, so that sweep-width's three dozen options read in groups.
+FAMILY, EXTRA, DATA, TRAINING, RUN = "Family", "More runs", "Data", "Training", "Output and running"
+
+
+def _opt(help: str, *flags: str, panel: str = TRAINING, **kw):
+    return typer.Option(*flags, help=help, rich_help_panel=panel, **kw)
 
 
 Overrides = Annotated[Optional[List[str]], typer.Argument(
-    help="Hydra overrides applied after the options (to every member of a sweep), e.g. optim.lr=0.05 "
-    "model.activation=linear method.distribution=erk (see train --show-config for every key).", show_default=False)]
-Dataset = Annotated[Optional[str], _opt("A dataset from conf/dataset/ (or a --config-dir): cifar10, cifar100, svhn, "
-                                        "mnist, imagenet, imagefolder, digits (default for train: built in, "
-                                        "offline) or synthetic.")]
+    help="Hydra overrides after the options (every member's), e.g. optim.lr=0.05 method.distribution=erk; "
+    "train --show-config lists the keys.", show_default=False)]
+Dataset = Annotated[Optional[str], _opt("cifar10, cifar100, svhn, mnist, imagenet, imagefolder, digits or synthetic.",
+                                        panel=DATA,
+                                        autocompletion=completion.datasets)]
+Model = Annotated[Optional[str], _opt("mlp or resnet18. Default: mlp for mnist/digits/synthetic.",
+                                      autocompletion=completion.models)]
 BaseWidth = Annotated[Optional[int], _opt("Width of the family's dense baseline: its weight count is the budget.")]
-Epochs = Annotated[Optional[int], _opt("Default: the paper's recipe for the dataset (300; ImageNet 150).")]
-BatchSize = Annotated[Optional[int], _opt("Default: the paper's recipe (128 CIFAR/SVHN, 100 MNIST).")]
+Epochs = Annotated[Optional[int], _opt("Default: the paper's (300; ImageNet 150).")]
+BatchSize = Annotated[Optional[int], _opt("Default: the paper's (128 CIFAR/SVHN, 100 MNIST).")]
 Lr = Annotated[Optional[float], _opt("Initial learning rate. Default: 0.1.")]
 Device = Annotated[Optional[str], _opt("auto (CUDA when present), cpu, cuda or cuda:N.")]
-Precision = Annotated[Optional[str], _opt(
-    "fp32 (default) or bf16 (autocast; on CPU too, where it is usually slower). Part of the run's identity.")]
-Compile = Annotated[bool, _opt("torch.compile the model (slow to start; pays off on long GPU runs). Not part of "
-                               "the run's identity.", "--compile")]
-DataRoot = Annotated[Optional[Path], _opt("Where the dataset lies (torchvision layout; ImageNet/imagefolder: a "
-                                          "folder with train/ and val/).")]
-Download = Annotated[bool, _opt("Fetch the dataset into --data-root if missing.", "--download")]
-ImageSize = Annotated[Optional[int], _opt("Image side in pixels (ImageNet default 224). ResNet stem: CIFAR-style "
-                                          "up to 64 px.")]
-Subset = Annotated[Optional[int], _opt("Train on a fixed random subset of N training samples.")]
-SkipBadImages = Annotated[bool, _opt("Image folders: leave out (and count) files that cannot be decoded instead of "
-                                     "stopping at the first.", "--skip-bad-images")]
-Track = Annotated[Optional[str], _opt("Log each run as it trains to these trackers, comma-separated: tensorboard "
-                                     "(<run>/tb/), mlflow (a file store beside the runs), wandb (offline, in "
-                                     "<run>/wandb/). Not part of the run's identity.")]
-Out = Annotated[Optional[Path], _opt("Output root; the run or sweep goes to <out>/<name>/. Default: runs.")]
-Name = Annotated[Optional[str], _opt("Folder name. Default: made from the settings plus a short hash, so the same "
-                                     "command always finds the same folder.")]
-Experiment = Annotated[Optional[str], _opt("A preset from conf/experiment/ (or a --config-dir), e.g. smoke, "
-                                           "fig1_cifar100.")]
+Precision = Annotated[Optional[str], _opt("fp32 (default) or bf16 (autocast). Part of the run's identity.")]
+Compile = Annotated[bool, _opt("torch.compile the model (pays off on long GPU runs).", "--compile")]
+DataRoot = Annotated[Optional[Path], _opt("Dataset folder (torchvision layout; image folders: train/, val/).",
+                                          panel=DATA)]
+Download = Annotated[bool, _opt("Fetch the dataset into --data-root if missing.", "--download", panel=DATA)]
+ImageSize = Annotated[Optional[int], _opt("Image side in pixels (ImageNet default 224).", panel=DATA)]
+Subset = Annotated[Optional[int], _opt("Train on a fixed random subset of N samples.", panel=DATA)]
+SkipBadImages = Annotated[bool, _opt("Image folders: skip (and count) files that cannot be decoded.",
+                                     "--skip-bad-images", panel=DATA)]
+Track = Annotated[Optional[str], _opt("tensorboard, mlflow, wandb (offline): comma-separated trackers.")]
+Out = Annotated[Optional[Path], _opt("Output root; results go to <out>/<name>/. Default: runs.", panel=RUN)]
+Name = Annotated[Optional[str], _opt("Folder name. Default: the settings plus a short hash.", panel=RUN)]
+Experiment = Annotated[Optional[str], _opt("A preset from conf/experiment/, e.g. smoke, fig1_cifar100.", panel=RUN,
+                                           autocompletion=completion.experiments)]
 ConfigDir = Annotated[Optional[List[Path]], _opt(
-    "A folder of your own configs (experiment/, dataset/, ... as in conf/), searched before conf/; repeatable. "
-    "WIDEN_CONFIG_PATH (colon-separated) adds folders too.", "--config-dir")]
+    "Your own config folder (laid out as conf/), searched first; repeatable. Also: WIDEN_CONFIG_PATH.",
+    "--config-dir", panel=RUN)]
 
 
 @app.command(no_args_is_help=False)
@@ -159,12 +176,12 @@ ConfigDir = Annotated[Optional[List[Path]], _opt(
 def train(
     overrides: Overrides = None,
     dataset: Dataset = None,
-    model: Annotated[Optional[str], _opt("mlp or resnet18. Default: by dataset, mlp for mnist, digits and "
-                                         "synthetic, resnet18 for the image datasets.")] = None,
+    model: Model = None,
     method: Annotated[Optional[str], _opt("dense (default), or how a member wider than --base-width keeps its "
                                           "budget: sparse, linear-bottleneck, nonlinear-bottleneck, pruned "
                                           "(method.prune=structured|magnitude|magnitude-rewind; trains or reuses "
-                                          "the dense run at --width first).")] = None,
+                                          "the dense run at --width first).",
+                                          autocompletion=completion.methods)] = None,
     width: Annotated[Optional[int], _opt("MLP: hidden units; ResNet-18: output channels of the first conv "
                                          "(stages at 1:2:4:8).")] = None,
     base_width: BaseWidth = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
@@ -173,9 +190,9 @@ def train(
     skip_bad_images: SkipBadImages = False, track: Track = None,
     seed: Annotated[Optional[int], _opt("Seeds data order, initialisation and masks. Default: 0.")] = None,
     out: Out = None, name: Name = None, experiment: Experiment = None, config_dir: ConfigDir = None,
-    show_config: Annotated[bool, _opt("Print the resolved config and exit.", "--show-config")] = False,
+    show_config: Annotated[bool, _opt("Print the resolved config and exit.", "--show-config", panel=RUN)] = False,
     restart: Annotated[bool, _opt("Discard an unfinished run's checkpoint and partial metrics and start it from "
-                                  "epoch 1 (a finished run is kept).", "--restart")] = False,
+                                  "epoch 1 (a finished run is kept).", "--restart", panel=RUN)] = False,
 ):
     """Train one model and write config.yaml, metrics.parquet and summary.parquet to <out>/<name>/.
 
@@ -219,52 +236,48 @@ def train(
 def sweep_width(
     overrides: Overrides = None,
     dataset: Dataset = None,
-    model: Annotated[Optional[str], _opt("mlp or resnet18. Default (without --experiment): by dataset, as for "
-                                         "train: mlp for mnist, digits and synthetic, resnet18 otherwise.")] = None,
-    method: Annotated[Optional[str], _opt("sparse (default without --experiment), linear-bottleneck, "
-                                          "nonlinear-bottleneck, pruned (with its dense parents) or dense.")] = None,
-    methods: Annotated[Optional[str], _opt("Several methods over the same budgets, e.g. sparse,linear-bottleneck "
-                                           "(each its conf/method/ file; shared dense members run once).")] = None,
-    base_width: Annotated[Optional[str], _opt("Width of the dense baseline whose weight count is the budget; "
-                                              "several, e.g. 8,12,18, plan one family per budget in one sweep.")] = None,
-    lrs: Annotated[Optional[str], _opt("Train every member at each learning rate, e.g. 0.01,0.03,0.1,0.3, and "
-                                       "select one per member and seed (results.parquet `selected`).")] = None,
-    select_on: Annotated[Optional[str], _opt("What selects each member's lr: test (best test accuracy, the "
-                                             "paper's way) or val (accuracy on sweep.val_fraction of the training "
-                                             "split, held out). Default test.")] = None,
-    widths: Annotated[Optional[str], _opt("Comma-separated widths, e.g. 18,25,36,51,72.")] = None,
-    factors: Annotated[Optional[str], _opt("Or widening factors, e.g. 1,1.41,2,2.83,4. Default: powers of sqrt(2) "
-                                           "down to the connectivity floor.")] = None,
-    seeds: Annotated[Optional[str], _opt("Comma-separated seeds, e.g. 0,1,2. Default: 0.")] = None,
+    base_width: Annotated[Optional[str], _opt("Dense baseline width (its weights are the budget); several: 8,12,18.",
+                                              panel=FAMILY)] = None,
+    widths: Annotated[Optional[str], _opt("Comma-separated widths, e.g. 18,25,36,51,72.", panel=FAMILY)] = None,
+    factors: Annotated[Optional[str], _opt("Or widening factors, e.g. 1,2,4. Default: powers of sqrt(2).",
+                                           panel=FAMILY)] = None,
+    seeds: Annotated[Optional[str], _opt("Comma-separated seeds, e.g. 0,1,2. Default: 0.", panel=FAMILY)] = None,
+    method: Annotated[Optional[str], _opt("sparse (default), linear-/nonlinear-bottleneck, pruned, dense.",
+                                          panel=FAMILY, autocompletion=completion.methods)] = None,
+    methods: Annotated[Optional[str], _opt("Several, e.g. sparse,linear-bottleneck (same budgets).",
+                                           panel=FAMILY, autocompletion=completion.method_lists)] = None,
     distribution: Annotated[Optional[str], _opt(
-        "sparse, how the budget is spread across layers: dense-last (the classifier stays dense, the rest "
-        "staggered; Figure 7, the default for mlp), staggered (Appendix B; the default for resnet18), uniform "
-        "(one connectivity in every layer) or erk. kernel-distance takes the same names.")] = None,
+        "sparse: dense-last (mlp default; caps the width), staggered (resnet18 default), uniform or erk.",
+        panel=FAMILY)] = None,
     last_layer_connectivity: Annotated[Optional[str], _opt(
-        "sparse: the classifier's connectivity; several values make the Figure 4 grid.")] = None,
+        "sparse: classifier connectivity (several: Figure 4).", panel=FAMILY)] = None,
     connectivity_floor: Annotated[Optional[float], _opt(
-        "Default widths stop before connectivity (n_weights / n_weights_dense) falls below this. 0.01.")] = None,
-    dense_wide: Annotated[Optional[bool], _opt("Also train the dense model at every wider width. Default on.",
-                                               "--dense-wide/--no-dense-wide")] = None,
-    launcher: Annotated[str, _opt("local (one after another; MLP members batched unless sweep.batch_members=false), "
-                                  "pool (--jobs processes here) or submitit (SLURM on a cluster, local processes "
-                                  "elsewhere).")] = "local",
-    jobs: Annotated[Optional[int], _opt("Members run at once: pool processes (default 1), or the SLURM array's "
-                                        "parallelism (default: the whole array).", show_default=False)] = None,
-    dry_run: Annotated[bool, _opt("Print and write the plan only: no data, no training.", "--dry-run")] = False,
+        "Default widths keep connectivity above it (0.01).", panel=FAMILY)] = None,
+    dense_wide: Annotated[Optional[bool], _opt("Also train dense at every width. Default on.",
+                                               "--dense-wide/--no-dense-wide", panel=EXTRA)] = None,
+    lrs: Annotated[Optional[str], _opt("Learning rates to train each member at; one is selected.",
+                                       panel=EXTRA)] = None,
+    select_on: Annotated[Optional[str], _opt("What selects the lr: test (default) or val (sweep.val_fraction).",
+                                             panel=EXTRA)] = None,
+    model: Model = None,
+    launcher: Annotated[str, _opt("local (in turn), pool (--jobs processes) or submitit (SLURM).", panel=RUN,
+                                  autocompletion=completion.launchers)] = "local",
+    jobs: Annotated[Optional[int], _opt("Members at once (pool: default 1; SLURM: array parallelism).",
+                                        panel=RUN, show_default=False)] = None,
+    dry_run: Annotated[bool, _opt("Print and write the plan only: no data, no training.", "--dry-run",
+                                  panel=RUN)] = False,
     epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None, device: Device = None,
     precision: Precision = None, compile_model: Compile = False, data_root: DataRoot = None,
     download: Download = False, image_size: ImageSize = None, subset: Subset = None,
     skip_bad_images: SkipBadImages = False, track: Track = None, out: Out = None,
     name: Name = None, experiment: Experiment = None, config_dir: ConfigDir = None,
-    restart: Annotated[bool, _opt("Start unfinished members from epoch 1 instead of resuming their checkpoints "
-                                  "(finished members are kept).", "--restart")] = False,
+    restart: Annotated[bool, _opt("Start unfinished members from epoch 1 (not their checkpoints).", "--restart",
+                                  panel=RUN)] = False,
 ):
     """Train a fixed-parameter-budget family: every member keeps the base width's weight count.
 
-    Prints the plan and writes <out>/<name>/plan.parquet, then runs each member (and seed) as a
-    `widen train` run under <out>/<name>/ and writes <out>/<name>/results.parquet. Running the same
-    command again runs only what is missing, resuming interrupted members.
+    Writes <out>/<name>/plan.parquet, runs each member and seed as a `widen train` run there,
+    then writes results.parquet. The same command again runs only what is missing.
 
     Example: widen sweep-width --dataset cifar100 --base-width 18 --seeds 0,1,2
     """
@@ -319,7 +332,8 @@ KERNEL = kernel_defaults()  # conf/kernel.yaml: shown in --help, applied by kern
 
 
 def _kernel(key: str, help: str):
-    return typer.Option(help=help, show_default=str(KERNEL[key]))
+    # The default in the text: typer prints a show_default string in parentheses, "[default: (8)]".
+    return typer.Option(help=f"{help} Default: {KERNEL[key]}.")
 
 
 @app.command("kernel-distance")

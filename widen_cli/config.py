@@ -285,7 +285,8 @@ def compose_config(overrides: list[str] = (), extra_dirs: list[Path] | tuple = (
     for o in overrides:
         key = o.lstrip("+~").split("=", 1)[0]
         if "=" not in o and not o.startswith("~"):
-            raise UserError(f"override {o!r} is not of the form key=value")
+            flag = " (flags such as --dry-run take no value)" if o.lower() in ("true", "false") else ""
+            raise UserError(f"override {o!r} is not of the form key=value{flag}")
         if key in GROUPS and "=" in o and o.split("=", 1)[1] not in choices(key, dirs):
             raise UserError(f"unknown {key} {o.split('=', 1)[1]!r}; valid: {', '.join(choices(key, dirs))}")
     try:

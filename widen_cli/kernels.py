@@ -74,7 +74,8 @@ def plan(widths, n_weights: int, d: int, outputs: int, distribution: str) -> lis
     if bad:
         low, high = width_range(n_weights, d, outputs, distribution)
         valid = f"{low}..{high}" if high is not None else f">= {low}"
-        why = " (the dense last layer must leave a first-layer weight)" if distribution == DENSE_LAST else ""
+        why = (" (the dense last layer must leave a first-layer weight; --distribution staggered lifts this cap)"
+               if distribution == DENSE_LAST else "")
         raise UserError(f"width {', '.join(map(str, bad))} impossible for {n_weights:,} weights with "
                         f"input_dim {d}, {outputs} outputs and --distribution {distribution}{why}; valid widths: "
                         f"{valid}")

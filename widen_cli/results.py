@@ -227,7 +227,7 @@ def stale_temporaries(folder: Path, older_than: float) -> list[Path]:
     for tmp in Path(folder).glob(".*.tmp"):
         stem, _, pid = tmp.name[:-len(".tmp")].rpartition(".")
         if stem.endswith(f".{socket.gethostname()}") and pid.isdigit():
-            if not _alive(int(pid)):
+            if not pid_alive(int(pid)):
                 stale.append(tmp)
             continue
         try:
@@ -238,7 +238,8 @@ def stale_temporaries(folder: Path, older_than: float) -> list[Path]:
     return stale
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid is running (what temporaries and claims record)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
