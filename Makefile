@@ -27,8 +27,9 @@ test-gpu: setup
 # Every dependency at the lowest version pyproject.toml allows (.ci/floors.py pins each floor; what they
 # in turn need comes at its newest), in its own .venv-lowest, and the tests that touch each of them: train,
 # help, Hydra configs, a local sweep (nested progress displays), the submitit launcher, a killed run resumed
-# from its checkpoint, kernel-distance, the report, Parquet tables, the sparse ops, TensorBoard's event files.
-# uv installs (pip's backtracking is far slower); the floors' PyTorch is a CUDA build of a few GB from PyPI.
+# from its checkpoint, kernel-distance, the report, Parquet tables (read with DuckDB and polars), the sparse
+# ops, TensorBoard's event files. uv installs (pip's backtracking is far slower); the floors' PyTorch is a CUDA
+# build of a few GB from PyPI.
 LOWEST := .venv-lowest
 LOWEST_TESTS := tests/test_cli.py::test_train_digits_end_to_end tests/test_cli.py::test_help \
 	tests/test_config.py::test_config_dir_adds_presets_and_datasets \
@@ -39,8 +40,8 @@ LOWEST_TESTS := tests/test_cli.py::test_train_digits_end_to_end tests/test_cli.p
 	tests/test_reliability.py::test_sigkill_then_resume_equals_an_uninterrupted_run \
 	tests/test_kernels.py::test_command_writes_the_table tests/test_kernels.py::test_command_on_mnist_files \
 	tests/test_report.py::test_real_sweep_report tests/test_report.py::test_every_figure_is_drawn_and_linked \
-	tests/test_results.py tests/test_sparse_ops.py tests/test_data.py::test_digits tests/test_data.py::test_reads_each_format \
-	tests/test_tracking.py::test_tensorboard_holds_each_epoch
+	tests/test_results.py tests/test_tables.py tests/test_sparse_ops.py tests/test_data.py::test_digits \
+	tests/test_data.py::test_reads_each_format tests/test_tracking.py::test_tensorboard_holds_each_epoch
 
 $(LOWEST)/floors.txt: pyproject.toml .ci/floors.py
 	rm -rf $(LOWEST)

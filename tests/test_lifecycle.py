@@ -49,11 +49,11 @@ def one_error_line(res, *needles):
 def test_finished_run_with_other_settings_is_refused(tmp_path):
     first = widen(*SMALL, "--out", tmp_path, "--name", "x")
     assert first.exit_code == 0, first.output
-    summary = pd.read_parquet(tmp_path / "x" / results.SUMMARY_FILE).iloc[0]
+    summary = results.read_table(tmp_path / "x" / results.SUMMARY_FILE).iloc[0]  # missing text: None
     _, run = config.load(["width=16", "optim.epochs=2", f"out={tmp_path}", "name=x"])
     assert summary.identity == json.dumps(run.identity(), sort_keys=True)
     assert (summary.activation, summary.distribution, summary.within) == ("relu", None, None)
-    assert summary.last_layer_connectivity is None
+    assert pd.isna(summary.last_layer_connectivity)  # a number column (typed, not null-typed): NaN
     before = (tmp_path / "x" / results.SUMMARY_FILE).stat().st_mtime_ns
 
     changed = widen(*SMALL[:-1], 3, "--out", tmp_path, "--name", "x", "optim.lr=0.05")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from widen_cli import checkpoint, config
+from widen_cli import checkpoint, config, results
 from widen_cli.cli import app
 from widen_cli.results import METRICS_COLUMNS
 
@@ -67,7 +67,8 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 def metrics(run: Path) -> pd.DataFrame:
-    return pd.read_parquet(run / "metrics.parquet").drop(columns="seconds")  # wall time is not reproducible
+    # wall time is not reproducible; run: the folder's name
+    return pd.read_parquet(run / "metrics.parquet").drop(columns=["seconds", "run"])
 
 
 # A run slow enough (~0.1 s an epoch) that a kill lands mid-run, with everything that has state:
@@ -80,6 +81,7 @@ SLOW = ["train", "--dataset", "synthetic", "--model", "mlp", "--method", "sparse
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     proc = start(*SLOW, "--out", tmp_path, "--name", "cut")
     wait_for(tmp_path / "cut" / checkpoint.FILENAME, proc)
+    killed = pd.Timestamp.now(tz="UTC")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "cut" / "summary.parquet").exists()  # killed mid-run
@@ -101,8 +103,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     a, b = (torch.load(r / "masks.pt", weights_only=True) for r in (cut, ref))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    sa, sb = (pd.read_parquet(r / "summary.parquet").drop(columns="wall_seconds") for r in (cut, ref))
+    produced = ["wall_seconds", "run", *results.PROVENANCE_COLUMNS]  # where and when, not what
+    sa, sb = (pd.read_parquet(r / "summary.parquet").drop(columns=produced) for r in (cut, ref))
     pd.testing.assert_frame_equal(sa, sb)
+    started = pd.read_parquet(cut / "summary.parquet").started_at.item()
+    assert started < killed  # the resumed run started when its first epoch did, in the killed process
     assert sa.status.item() == "finished"
     assert not (cut / checkpoint.FILENAME).exists() and not list(cut.glob(".*.tmp"))
 

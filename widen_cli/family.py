@@ -230,6 +230,7 @@ def _train_batch(runs: list[lifecycle.Run], until: int | None = None) -> list[Ru
     stack = build([j.run for j in jobs], [j.member for j in jobs], states)
     for i, (run, masks) in enumerate(zip(runs, stack.masks)):
         run.save_masks(masks)
+        run.uses(next(stack.model.parameters()).device, stack.loaders[0], stack.test_loader, stack.val_loader)
         keep_weights(run, _member_model(stack, i, jobs[i].run), 0, initial=states[i] is None)
     model = stack.model
     opt, sched = make_optimizer(model, jobs[0].run.optim)

@@ -32,7 +32,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from widen_cli import checkpoint, claims, distributed, epochlog, results, tracking
+from widen_cli import checkpoint, claims, distributed, epochlog, provenance, results, tracking
 from widen_cli.config import RunConfig, to_yaml
 from widen_cli.validation import resolve_distribution
 from widen_cli.errors import Interrupted, UserError
@@ -204,6 +204,8 @@ class Run:
         self.first, self.saved, self.elapsed = 1, 0, 0.0  # first epoch to train, last one saved, time so far
         self.status = "finished"
         self.announced = False
+        self.started = provenance.now()  # when its first epoch began (a resumed run: in an earlier process)
+        self.used: dict = {}  # the device and data sizes the trainer reports (uses)
 
     def __enter__(self) -> Run:
         return self
@@ -258,10 +260,27 @@ class Run:
                 if restart:
                     checkpoint.discard(self.dir)
                 checkpoint.remove_stale_temporaries(self.dir)
-                results.write_text(to_yaml(run), self.dir / results.CONFIG_FILE)
+                if (self.dir / checkpoint.FILENAME).exists():  # resuming: it started when its config was written
+                    self.started = provenance.started(self.dir / results.CONFIG_FILE) or self.started
+                self.write_config()
             except OSError as e:
                 raise UserError(f"cannot write to output folder {self.dir}: {e.strerror or e}") from None
         return self if restart else self.reload()
+
+    def write_config(self, ended=None) -> None:
+        """config.yaml: the run's settings, then what produced it (`provenance:`, not read back as settings)."""
+        record = provenance.to_yaml(self.produced_by(ended))
+        results.write_text(to_yaml(self.job.run) + yaml.safe_dump({"provenance": record}, sort_keys=False),
+                           self.dir / results.CONFIG_FILE)
+
+    def produced_by(self, ended=None) -> dict:
+        """The run's provenance columns: what is known so far (ended: when it finished)."""
+        return {**dict.fromkeys(results.PROVENANCE_COLUMNS), **provenance.environment(), **self.used,
+                "started_at": self.started, "ended_at": ended}
+
+    def uses(self, device: torch.device, train, test, val=None) -> None:
+        """What the trainer runs on: the resolved device and the data loaders (their sizes are recorded)."""
+        self.used = {**provenance.device(device), **provenance.samples(train, test, val)}
 
     def reload(self) -> Run:
         """The checkpoint, if any, as what training goes on from (refused if its settings differ)."""
@@ -302,7 +321,7 @@ class Run:
         masks.save(path)
 
     def metrics(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=results.METRICS_COLUMNS)
+        return pd.DataFrame(self.rows, columns=results.METRICS_COLUMNS).assign(run=self.dir.name)
 
     def record(self, epoch: int, lr: float, t: EpochTotals, seconds: float, elapsed: float,
                snapshot: Callable[[], dict]) -> bool:
@@ -328,10 +347,12 @@ class Run:
     def finish(self, model: torch.nn.Module, elapsed: float) -> RunResult:
         """model.pt, then summary.parquet, which marks the run as done; then the checkpoint and claim go."""
         metrics = self.metrics()
-        summary = summary_row(self.job, metrics, self.status, self.elapsed + elapsed)
+        ended = provenance.now()
+        summary = {**summary_row(self.job, metrics, self.status, self.elapsed + elapsed), **self.produced_by(ended)}
         if self.main:
             results.atomic_write(self.dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp),
                                  self.check_claim)
+            self.write_config(ended)
             results.write_table(pd.DataFrame([summary]), self.dir / results.SUMMARY_FILE, "summary", self.check_claim)
             (self.dir / checkpoint.FILENAME).unlink(missing_ok=True)
         self.release()
@@ -353,7 +374,7 @@ def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: floa
         distribution=member.distribution, within=member.within,
         last_layer_connectivity=run.method.last_layer_connectivity if run.method.name == "sparse" else None,
         identity=json.dumps(run.identity(), sort_keys=True), budget=member.budget,
-        val_acc=_last(metrics, "val_acc"),
+        val_acc=_last(metrics, "val_acc"), run=job.run_dir.name,
     )
 
 

@@ -36,10 +36,30 @@ RESULTS_FILE = "results.parquet"  # a sweep's gathered rows
 KERNEL_FILE = "kernel_distance.parquet"  # a kernel-distance table
 KERNEL_CONFIG_FILE = "kernel.yaml"  # its settings
 
+# Every table's columns with their Arrow types, declared once: each file is written with exactly this
+# schema, so that all files of one kind read together as one table (DuckDB, polars, pyarrow.dataset),
+# whatever values happen to be null in one of them. Columns are nullable unless named `required`.
+def _types() -> dict:
+    import pyarrow as pa
+
+    def list_of(t):  # items named as Parquet stores them, so that a file's schema reads back equal
+        return pa.list_(pa.field("element", t))
+
+    return dict(str=pa.string(), int=pa.int64(), float=pa.float64(), bool=pa.bool_(),
+                time=pa.timestamp("us", tz="UTC"), strs=list_of(pa.string()), ints=list_of(pa.int64()),
+                floats=list_of(pa.float64()))
+
+
+def _fields(spec: str, required: tuple[str, ...] = ()) -> list[tuple[str, str, bool]]:
+    """'name:type name:type ...' as (name, type, nullable)."""
+    return [(n, t, n not in required) for n, t in (item.split(":") for item in spec.split())]
+
+
 # One row per epoch. Accuracies are fractions in [0, 1]; seconds is the epoch's wall time. val_*: on the
-# held-out part of the training split (dataset.val_fraction), null without one.
-METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
-                   "seconds"]
+# held-out part of the training split (dataset.val_fraction), null without one. run: the run's folder
+# name (a summary's and a results row's `run`), so that the metrics of many runs read together are told apart.
+METRICS_FIELDS = _fields("epoch:int lr:float train_loss:float train_acc:float test_loss:float test_acc:float "
+                         "val_loss:float val_acc:float seconds:float run:str", required=("epoch",))
 
 # One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
 # distribution and within are the member's (None for dense); identity is json.dumps(run.identity(),
@@ -49,59 +69,88 @@ METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_
 # accuracy on the held-out part of the training split (dataset.val_fraction). Pruned runs add variant:
 # method.prune (None for other methods), parent_run: the dense parent's folder name, total_epochs: the
 # training compute in epochs, the parent's plus this run's for a pruned run, else `epochs`.
+# run: the run's folder name. Then what produced the run (provenance.py; not part of its identity).
 PRUNING_COLUMNS = ["variant", "parent_run", "total_epochs"]
-SUMMARY_COLUMNS = [
-    "dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
-    "seed", "epochs", "status", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc",
-    "wall_seconds", "activation", "distribution", "within", "last_layer_connectivity", "identity",
-    "budget", "val_acc", *PRUNING_COLUMNS,
-]
+SUMMARY_FIELDS = _fields(
+    "dataset:str model:str method:str width:int base_width:int n_weights:int n_weights_dense:int "
+    "connectivity:float seed:int epochs:int status:str best_test_acc:float final_test_acc:float "
+    "best_train_acc:float final_train_acc:float wall_seconds:float activation:str distribution:str within:str "
+    "last_layer_connectivity:float identity:str budget:int val_acc:float variant:str parent_run:str "
+    "total_epochs:int run:str", required=("dataset", "model", "method", "width", "base_width", "seed", "status"))
+# widen_version, git_commit and git_dirty (null unless widen ran from a git checkout), the Python, PyTorch
+# and CUDA (the build's; null for a CPU build) versions; device_used: the device trained on (`auto`
+# resolved, cuda with its index) and device_name (the GPU's name; null on CPU); hostname; command: the
+# training process's command line; started_at / ended_at (UTC; a resumed run started when its first
+# epoch did); train/val/test_samples: the images in each split (after dataset.subset and val_fraction).
+PROVENANCE_FIELDS = _fields(
+    "widen_version:str git_commit:str git_dirty:bool python_version:str torch_version:str cuda_version:str "
+    "device_used:str device_name:str hostname:str command:str started_at:time ended_at:time "
+    "train_samples:int val_samples:int test_samples:int")
+PROVENANCE_COLUMNS = [n for n, _, _ in PROVENANCE_FIELDS]
 
-# A sweep's results.parquet: each member's summary plus the plan's view of it and its folder name;
-# status `failed` and the error for members that crashed, `interrupted` for those a stopped sweep left
-# unfinished (their checkpoints resume them). lr: the run's optim.lr; selected: the one row of
-# each member and seed (over the sweep's learning rates) that the report draws (sweep.select_on).
-RESULTS_COLUMNS = [*SUMMARY_COLUMNS, "widening_factor", "run", "error", "lr", "selected"]
+# A sweep's results.parquet: each member's summary plus the plan's view of it; status `failed` and the
+# error for members that crashed, `interrupted` for those a stopped sweep left unfinished (their
+# checkpoints resume them). lr: the run's optim.lr; selected: the one row of each member and seed (over
+# the sweep's learning rates) that the report draws (sweep.select_on).
+RESULTS_FIELDS = [*SUMMARY_FIELDS, *PROVENANCE_FIELDS,
+                  *_fields("widening_factor:float error:str lr:float selected:bool")]
 
 # A sweep's plan.parquet: one row per member; the layer_* columns are lists in the order of `layers`.
-PLAN_COLUMNS = [
-    "width", "widening_factor", "method", "distribution", "within", "last_layer_connectivity", "connectivity",
-    "n_weights", "n_weights_dense", "budget", "deviation", "bottleneck_ratio",
-    "layers", "layer_sizes", "layer_kept", "layer_kept_fraction",
-    "base_width",  # the member's family (a sweep may hold several budgets)
-    "variant",  # pruned members: method.prune
-]
+# base_width: the member's family (a sweep may hold several budgets); variant: pruned members' method.prune.
+PLAN_FIELDS = _fields(
+    "width:int widening_factor:float method:str distribution:str within:str last_layer_connectivity:float "
+    "connectivity:float n_weights:int n_weights_dense:int budget:int deviation:int bottleneck_ratio:float "
+    "layers:strs layer_sizes:ints layer_kept:ints layer_kept_fraction:floats base_width:int variant:str",
+    required=("width", "method"))
 
 # kernel_distance.parquet: one row per width. dataset (null for Gaussian inputs), budget and distribution
 # mean what they mean in a summary: the report joins the two on them. width_eq29 is the paper's
 # closed-form optimum n* (eq. 29, the same in every row), min_eq29 marks the listed width nearest it.
 # Schema 1 named the distribution column `allocation` (first-layer = dense-last, uniform then Bernoulli).
-KERNEL_COLUMNS = [
-    "width", "base_width", "n_weights", "input_dim", "outputs", "connectivity", "first_layer_connectivity",
-    "first_layer_weights", "distribution", "inputs", "reference", "pairs", "inits", "mask_samples", "seed",
-    "distance_empirical", "distance_empirical_se", "distance_theorem1", "distance_theorem1_se",
-    "distance_theorem1_bias",
-    "distance_eq6", "distance_leading_order",
-    "min_empirical", "min_theorem1", "min_eq6", "min_leading_order",
-    "dataset", "budget", "last_layer_weights", "width_eq29", "min_eq29",
-]
+KERNEL_FIELDS = _fields(
+    "width:int base_width:int n_weights:int input_dim:int outputs:int connectivity:float "
+    "first_layer_connectivity:float first_layer_weights:int distribution:str inputs:str reference:str "
+    "pairs:int inits:int mask_samples:int seed:int distance_empirical:float distance_empirical_se:float "
+    "distance_theorem1:float distance_theorem1_se:float distance_theorem1_bias:float distance_eq6:float "
+    "distance_leading_order:float "
+    "min_empirical:bool min_theorem1:bool min_eq6:bool min_leading_order:bool dataset:str budget:int "
+    "last_layer_weights:int width_eq29:float min_eq29:bool", required=("width",))
+
+METRICS_COLUMNS = [n for n, _, _ in METRICS_FIELDS]
+SUMMARY_COLUMNS = [n for n, _, _ in (*SUMMARY_FIELDS, *PROVENANCE_FIELDS)]
+RESULTS_COLUMNS = [n for n, _, _ in RESULTS_FIELDS]
+PLAN_COLUMNS = [n for n, _, _ in PLAN_FIELDS]
+KERNEL_COLUMNS = [n for n, _, _ in KERNEL_FIELDS]
 
 
 @dataclass(frozen=True)
 class Schema:
-    columns: list[str]
-    version: int  # raise it when the columns of this kind change (not for optional columns appended)
+    fields: list[tuple[str, str, bool]]  # (name, type, nullable)
+    version: int  # raise it when the stored format of this kind changes
     optional: tuple[str, ...] = ()  # columns added later that a writer may leave out: written as null
 
+    @property
+    def columns(self) -> list[str]:
+        return [n for n, _, _ in self.fields]
 
-# Every table kind. Tables written before kinds existed carry no metadata (see table_kind).
+    def arrow(self):
+        """The pyarrow schema every table of this kind is written with."""
+        import pyarrow as pa
+
+        types = _types()
+        return pa.schema([pa.field(n, types[t], nullable=nullable) for n, t, nullable in self.fields])
+
+
+# Every table kind. Tables written before kinds existed carry no metadata (see table_kind). The versions
+# raised last (metrics, summary, results and plan to 2, kernel to 4) brought declared column types, the
+# `run` column of metrics and summaries and the provenance columns; older files are still read.
 TABLES = {
-    "metrics": Schema(METRICS_COLUMNS, 1, ("val_loss", "val_acc")),
-    "summary": Schema(SUMMARY_COLUMNS, 1, ("val_acc",)),  # budget appended: older readers pass over it
-    "results": Schema(RESULTS_COLUMNS, 1, ("val_acc", "lr", "selected")),
-    "plan": Schema(PLAN_COLUMNS, 1, ("base_width",)),
-    # 2: `allocation` renamed `distribution`; 3: distance_theorem1_se (older tables read it as null)
-    "kernel": Schema(KERNEL_COLUMNS, 3, ("distance_theorem1_se",)),
+    "metrics": Schema(METRICS_FIELDS, 2, ("val_loss", "val_acc", "run")),  # a run's own are never without run
+    "summary": Schema([*SUMMARY_FIELDS, *PROVENANCE_FIELDS], 2, ("val_acc", "run", *PROVENANCE_COLUMNS)),
+    "results": Schema(RESULTS_FIELDS, 2, ("val_acc", "lr", "selected", *PROVENANCE_COLUMNS)),
+    "plan": Schema(PLAN_FIELDS, 2, ("base_width",)),
+    # 2: `allocation` renamed `distribution`; 3: distance_theorem1_se (older tables read it as null); 4: types
+    "kernel": Schema(KERNEL_FIELDS, 4, ("distance_theorem1_se",)),
 }
 KIND_KEY = b"widen.kind"
 VERSION_KEY = b"widen.schema_version"
@@ -211,9 +260,23 @@ def write_table(df: pd.DataFrame, path: Path, kind: str, check=None) -> None:
     missing = [c for c in schema.optional if c not in df]
     if missing:
         df = df.assign(**{c: None for c in missing})
-    table = pa.Table.from_pandas(df[schema.columns], preserve_index=False)
-    meta = {**(table.schema.metadata or {}), KIND_KEY: kind.encode(), VERSION_KEY: str(schema.version).encode()}
+    table = pa.Table.from_arrays([_column(df[f.name], f) for f in schema.arrow()], schema=schema.arrow())
+    meta = {KIND_KEY: kind.encode(), VERSION_KEY: str(schema.version).encode()}
     atomic_write(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp), check)
+
+
+def _column(values: pd.Series, field):
+    """One column as its declared type (a ValueError or Arrow error if it cannot be: a bug). A column
+    with no value at all is nulls of that type, whatever dtype pandas gave it."""
+    import pyarrow as pa
+
+    if values.isna().all():
+        array = pa.nulls(len(values), field.type)
+    else:
+        array = pa.array(values, type=field.type, from_pandas=True)
+    if not field.nullable and array.null_count:
+        raise ValueError(f"column {field.name} must not be null")
+    return array
 
 
 def table_kind(path: Path) -> tuple[str, int] | None:
@@ -228,9 +291,17 @@ def table_kind(path: Path) -> tuple[str, int] | None:
 
 
 def read_table(path: Path) -> pd.DataFrame:
+    """A table as a DataFrame; missing text is None (as Python code tests it), not NaN."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    return pd.read_parquet(path)
+    table = pq.read_table(path)
+    df = table.to_pandas()
+    for f in table.schema:
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            df[f.name] = pd.Series(table.column(f.name).to_pylist(), index=df.index, dtype=object)
+    return df
 
 
 def read_finished(path: Path, kind: str, run_dir: Path) -> pd.DataFrame:

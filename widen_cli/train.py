@@ -161,6 +161,7 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
     torch.manual_seed(run.seed)
     train_loader, test_loader, spec = load_run_data(run, device, run.seed)
     val_loader = getattr(train_loader, "val", None)  # dataset.val_fraction's held-out part
+    opened.uses(device, train_loader, test_loader, val_loader)
     for loader in (train_loader, test_loader, val_loader):
         if loader is not None:
             loader.shard(ctx.rank, ctx.world)
