@@ -159,7 +159,7 @@ def acquire(run_dir: Path) -> Claim | Holder:
     path.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
     while True:
-        if _create(path, _me(token)):
+        if results.create_new(path, _me(token)):
             return Claim(path, token)
         holder = read(path)
         if holder is None:
@@ -175,31 +175,6 @@ def remove_stale(run_dir: Path) -> None:
     holder = read(path)
     if holder is not None and holder.stale:
         _remove_if(path, lambda now: now == holder)
-
-
-def _create(path: Path, text: str) -> bool:
-    """Create the claim file whole, only if there is none: written (and flushed) under a temporary name,
-    then hard-linked into place, which fails when the name exists. False when it does."""
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.new")
-    try:
-        with open(tmp, "w") as f:  # not atomic_write: its .tmp would be the claim holder's to clean up
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise
-        except OSError:  # a file system without hard links: O_EXCL, the content in one write
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    results.sync_folder(path.parent)
-    return True
 
 
 def _remove_if(path: Path, mine) -> None:

@@ -76,10 +76,12 @@ def _svhn_count(root: Path) -> int:
 
 
 def _folder_count(root: Path) -> int:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
-    _, index = find_classes(str(root / "train"))  # torchvision's listing: the files the loader reads
-    return len(make_dataset(str(root / "train"), index, IMG_EXTENSIONS))
+    from widen_cli.folders import samples
+
+    _, index = find_classes(str(root / "train"))  # the loader's own listing: the files it reads
+    return len(samples(str(root / "train"), index, IMG_EXTENSIONS))
 
 
 def _on_disk(ds: DatasetConfig) -> int | None:

@@ -199,7 +199,7 @@ def atomic_write(path: Path, write, check=None) -> None:
         if e.errno is None or e.filename not in (None, str(tmp)):
             raise
         raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
-    except RuntimeError as e:  # torch.save to a full disk: "unexpected pos ..." from its zip writer
+    except RuntimeError:  # torch.save to a full disk: "unexpected pos ..." from its zip writer
         if _full(tmp.parent):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
         raise
@@ -209,6 +209,35 @@ def atomic_write(path: Path, write, check=None) -> None:
         except OSError:  # a read-only folder refuses even this; the error that matters is raised already
             pass
     sync_folder(path.parent)
+
+
+def create_new(path: Path, text: str) -> bool:
+    """Create `path` holding `text` unless it exists; True if this call created it. The text is written
+    and flushed under a temporary name, then hard-linked into place, which fails when the name exists:
+    one creator wins, and no reader sees the file half written (claims, sweep.yaml). Where hard links
+    are not supported (some network or FUSE file systems), O_EXCL creation, the text in one write."""
+    path = Path(path)
+    # .new, not temporary()'s .tmp: a leftover is not a stale temporary of the file's writer to remove
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.new")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    sync_folder(path.parent)
+    return True
 
 
 def _full(folder: Path) -> bool:

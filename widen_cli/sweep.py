@@ -160,7 +160,7 @@ def claim(sweep_dir: Path, plan, cfg, restart: bool) -> None:
     path = sweep_dir / results.SWEEP_FILE
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        if restart or not _create(path, text):
+        if restart or not results.create_new(path, text):
             if not restart:
                 _check_identity(sweep_dir, identity)  # written by another sweep since the check above
             results.write_text(text, path)  # the same sweep (grown widths or seeds), or --restart
@@ -213,29 +213,6 @@ def write_plan(sweep_dir: Path, plan: pd.DataFrame) -> None:
         results.write_table(plan, sweep_dir / results.PLAN_FILE, "plan")
     except OSError as e:
         raise UserError(f"cannot write to output folder {sweep_dir}: {e.strerror or e}") from None
-
-
-def _create(path: Path, text: str) -> bool:
-    """Create `path` holding `text` unless it exists; True if this call created it. The text is written under
-    a temporary name and hard-linked into place, which fails if the name exists: one creator wins, and no
-    reader sees the file half written. Where hard links are not supported, O_EXCL creation does the same."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    try:
-        results.write_text(text, tmp)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links here (some network or FUSE file systems)
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def run(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s: SweepConfig,
