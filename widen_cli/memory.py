@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from widen_cli import budget
+from widen_cli import budget, cost
 from widen_cli.budget import Member
 from widen_cli.config import FOLDER_DATASETS, DatasetConfig, RunConfig
 from widen_cli.errors import UserError
@@ -43,6 +43,9 @@ def data_bytes(ds: DatasetConfig) -> int:
         return 0
     pixels = (train + test) * ds.channels * ds.image_size ** 2
     return pixels * (1 + (FLOAT if side != ds.image_size else 0))
+
+
+_ACTIVATIONS: dict[tuple, tuple[int, int, int]] = {}  # run_bytes' cache of _activations
 
 
 def _activations(run: RunConfig, spec: InputSpec, member: Member) -> tuple[int, int, int]:
@@ -81,7 +84,10 @@ def run_bytes(run: RunConfig, spec: InputSpec, member: Member, ranks: int = 1) -
     parts = {"data": data_bytes(run.dataset), "parameters+state": weights * FLOAT * copies, "activations": 0}
     if sum(parts.values()) > 2 ** 62:  # far beyond any device; and the model would not build even on meta
         return parts
-    params, kept, largest = _activations(run, spec, member)
+    key = (run.model, spec, cost.member_key(member), tuple(map(tuple, member.layers.values())))
+    if key not in _ACTIVATIONS:  # once per distinct member, as cost.py counts its compute: seeds, lrs alike
+        _ACTIVATIONS[key] = _activations(run, spec, member)
+    params, kept, largest = _ACTIVATIONS[key]
     parts["parameters+state"] = params * FLOAT * copies
     parts["activations"] = max(kept * -(-run.optim.batch_size // ranks), 2 * largest * EVAL_BATCH) * FLOAT
     return parts
