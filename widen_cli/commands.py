@@ -64,7 +64,7 @@ def sweep_width(given: dict, sweep: dict, experiment: str | None, overrides: lis
     claims.stale_seconds()  # a bad $WIDEN_CLAIM_TIMEOUT is refused before anything is written
     methods = sweep["methods"] or ([given["method"]] if given.get("method") else None)
     if experiment is None:
-        given = {**plan.SWEEP_DEFAULTS, **given}
+        given = {**given, **{k: v for k, v in plan.SWEEP_DEFAULTS.items() if given.get(k) is None}}
     composing = config.overrides_from_options(experiment, given, overrides)
     cfg = config.compose_config(composing, config_dirs)
     run = plan.family_run(cfg, budgets[0] if budgets else None)

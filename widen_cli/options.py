@@ -37,13 +37,13 @@ def keyed(key: str, kind, help: str, *flags: str, **kw):
 
 
 def given(ctx: typer.Context) -> dict:
-    """{config key: value} of the keyed options this command line gave (a flag not given, or an option
-    left at None, is not given). The keys come from the command's own annotations."""
+    """{config key: value} of every keyed option of this command line's command (None, or False for a
+    flag: not given), so that a reader can refuse a key it does not know even when its option is not given.
+    The keys come from the command's own annotations."""
     hints = typing.get_type_hints(ctx.command.callback, include_extras=True)
     keys = {name: m.name for name, hint in hints.items() for m in getattr(hint, "__metadata__", ())
             if isinstance(m, Key)}
-    return {keys[name]: value for name, value in ctx.params.items()
-            if name in keys and value is not None and value is not False}
+    return {keys[name]: value for name, value in ctx.params.items() if name in keys}
 
 
 def numbers(text: str | None, kind, option: str) -> list | None:

@@ -48,15 +48,12 @@ def user_errors(fn):
         previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            if is_main_process():
-                error(str(e))
-            raise typer.Exit(2)
-        except OSError as e:
-            if disk_error(e) is None:
+        except (UserError, OSError) as e:  # (a UserError is no OSError)
+            message = str(e) if isinstance(e, UserError) else disk_error(e)
+            if message is None:  # an OSError a user cannot fix: a bug
                 raise
             if is_main_process():
-                error(disk_error(e))
+                error(message)
             raise typer.Exit(2)
         except KeyboardInterrupt as e:
             if is_main_process():
