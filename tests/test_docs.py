@@ -4,18 +4,22 @@ sweeps among them plan, and the generated reference (docs/reference/) matches th
 What each command line gets (the strongest check that runs offline in seconds):
 - every line: parsed by the real click command (option names, arity, value types), nothing invoked;
 - `sweep-width`: run with `--dry-run` (composes the config, validates every value, plans the families
-  and estimates cost and memory; needs no data) into a temporary --out: slow, so marked `slow`;
+  and estimates cost and memory; needs no data) into a temporary --out;
 - `train`: run with `--show-config` (composes and validates the whole config, prints the run folder,
   writes nothing) when its dataset needs no files (digits, synthetic); others are parsed only;
 - `kernel-distance` on Gaussian or digits inputs: run for real with 64 pairs and 2 initialisations;
   dataset files elsewhere (mnist, cifar...) are parsed only;
 - `report`: parsed only (it needs result folders);
 - `widen --help`, `widen --version`: run.
+Parsing every line and checking the reference take seconds; the runs (about two minutes on 2 cores) are
+marked `slow`.
 Lines are taken from fenced code blocks tagged bash, sh, shell, console or untagged (`text` blocks hold
 synopses and printed output, not commands); a trailing `\\` continues a line, `# ...` is a comment.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 import re
 import shlex
@@ -89,12 +93,12 @@ def test_command_lines_are_extracted_as_written():
 
 @pytest.mark.parametrize("where,line", LINES, ids=[f"{f}:{i}" for i, (f, _) in enumerate(LINES)])
 def test_every_command_line_parses(where, line):
-    import click
     import typer
 
     from widen_cli.cli import app
 
     group = typer.main.get_command(app)
+    click = _generator().click_module(group)
     argv = _argv(line)
     assert "..." not in argv, f"{where}: a placeholder in {line!r}"
     if argv[0].startswith("-"):  # an option of `widen` itself (--help, --version): run it
@@ -138,6 +142,7 @@ def _train_offline(argv: list[str]) -> bool:
     return (_option(argv, "--dataset") or "digits") in NO_FILES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where,line", [(f, ln) for f, ln in LINES if _train_offline(_argv(ln))])
 def test_train_lines_resolve_their_config(where, line, tmp_path):
     result = _run([*_argv(line), "--show-config", "--out", str(tmp_path)])
@@ -145,6 +150,7 @@ def test_train_lines_resolve_their_config(where, line, tmp_path):
     assert not any(tmp_path.iterdir())  # --show-config writes nothing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where,line", [(f, ln) for f, ln in LINES if _argv(ln)[0] == "kernel-distance"
                                         and not _needs_files(_argv(ln))])
 def test_kernel_lines_run_on_few_pairs(where, line, tmp_path):
@@ -156,6 +162,7 @@ def test_kernel_lines_run_on_few_pairs(where, line, tmp_path):
 
 # --- the generated reference --------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _generator():
     spec = importlib.util.spec_from_file_location("gen_reference", ROOT / "scripts" / "gen-reference.py")
     module = importlib.util.module_from_spec(spec)
@@ -171,7 +178,6 @@ def test_reference_is_up_to_date(tmp_path):
 
 
 def test_reference_notices_a_new_option():
-    import click
     import typer
 
     from widen_cli.cli import app
@@ -180,7 +186,10 @@ def test_reference_notices_a_new_option():
     group = typer.main.get_command(app)
     before = gen.render_cli(group)
     assert before == (ROOT / "docs" / "reference" / "cli.md").read_text()
-    group.get_command(click.Context(group), "train").params.append(
-        click.Option(["--brand-new"], is_flag=True, help="An option the reference does not know yet."))
+    train = group.get_command(gen.click_module(group).Context(group), "train")
+    flag = next(p for p in train.params if p.name == "restart")  # a flag like any new one, renamed
+    new = copy.copy(flag)
+    new.name, new.opts, new.help = "brand_new", ["--brand-new"], "An option the reference does not know yet."
+    train.params.append(new)
     after = gen.render_cli(group)
     assert after != before and "--brand-new" in after
