@@ -1,5 +1,6 @@
 """The docs cannot go stale: every `widen ...` command line in README.md and docs/**/*.md parses, the
-sweeps among them plan, and the generated reference (docs/reference/) matches the code.
+sweeps among them plan, the generated reference (docs/reference/) matches the code, and every relative
+link between the pages leads to a file and heading that exist.
 
 What each command line gets (the strongest check that runs offline in seconds):
 - every line: parsed by the real click command (option names, arity, value types), nothing invoked;
