@@ -1,8 +1,8 @@
-"""Datasets: read from disk once, then served as batches on the training device.
+"""Datasets served as batches on the training device (which dataset is what: the registry, datasets/).
 
-CIFAR-10/100, SVHN, MNIST, digits and synthetic data are small: they are decoded once into a uint8
-tensor and augmented on the device in whole batches (no per-image PIL work). ImageNet-style folders
-stream through a multi-worker DataLoader with the paper's transforms.
+In-memory datasets (CIFAR-10/100, SVHN, MNIST, digits, synthetic) are small: decoded once into a uint8
+tensor (datasets/readers.py) and augmented on the device in whole batches (no per-image PIL work).
+Image folders stream through a multi-worker DataLoader with the paper's transforms.
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-# ---------------------------------------------------------------- in-memory datasets (datasets/readers.py)
+# ---------------------------------------------------------------- in-memory datasets (read by datasets/readers.py)
 
 def require(cfg: DatasetConfig) -> None:
     """Refuse a dataset whose files are not where the config says, naming what is expected; reading
