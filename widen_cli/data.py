@@ -125,7 +125,7 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-# ---------------------------------------------------------------- in-memory datasets (read by datasets/readers.py)
+# ---------------------------------------------------------------- files on disk; in-memory splits (datasets/readers.py)
 
 def require(cfg: DatasetConfig) -> None:
     """Refuse a dataset whose files are not where the config says, naming what is expected; reading
