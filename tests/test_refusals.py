@@ -90,8 +90,8 @@ def _image_folders(root: Path) -> Path:
 FOLDER_HOLDOUTS = {  # what only in-memory datasets can do, asked of an image folder
     "sweep --select-on val": (["sweep-width", "--select-on", "val"], "--select-on val holds out part of the training"),
     "sweep --select-on val --dry-run": (["sweep-width", "--select-on", "val", "--dry-run"], "--select-on val"),
-    "train dataset.val_fraction": (["train", "++dataset.val_fraction=0.5"], "dataset.val_fraction and dataset.normalize"),
-    "train dataset.normalize": (["train", "++dataset.normalize=per-pixel"], "dataset.val_fraction and dataset.normalize"),
+    "train dataset.val_fraction": (["train", "++dataset.val_fraction=0.5"], "dataset.val_fraction and dataset.norm"),
+    "train dataset.normalize": (["train", "++dataset.normalize=per-pixel"], "dataset.val_fraction and dataset.norm"),
 }
 
 
