@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from widen_cli.datasets import files
@@ -56,8 +57,6 @@ class Dataset:
 
     def expected_text(self, root) -> str:
         """What its reader expects under `root`, for messages: `<root>/train_32x32.mat and test_32x32.mat`."""
-        from pathlib import Path
-
         return (Path(root) / " and ".join(self.expected)).as_posix()
 
     def sizes(self, cfg: DatasetConfig) -> tuple[int, int] | None:
