@@ -323,7 +323,7 @@ def inputs(cfg, dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tens
     if dataset is None:
         x, y = gaussian_pairs(cfg.pairs, cfg.input_dim, g)
     else:
-        from widen_cli.data import load_tensors
+        from widen_cli.datasets.readers import load_tensors
 
         _, test = load_tensors(dataset)
         x, y = data_pairs(test.images, cfg.pairs, g)
