@@ -184,7 +184,8 @@ class Updater:
         if state["kind"] != self.kind or state["options"] != self.options:
             raise ValueError(f"saved mask updates are {state['kind']} {state['options']}, "
                              f"this run's {self.kind} {self.options}")
-        if {n: tuple(m.shape) for n, m in state["initial"].items()} != {n: tuple(m.shape) for n, m in self.initial.items()}:
+        shapes = {n: tuple(m.shape) for n, m in self.initial.items()}
+        if {n: tuple(m.shape) for n, m in state["initial"].items()} != shapes:
             raise ValueError("saved initial masks do not fit this run's layers")
         self.updates, self.changed = int(state["updates"]), {int(k): float(v) for k, v in state["changed"].items()}
         self.initial = {n: m.bool().cpu() for n, m in state["initial"].items()}
