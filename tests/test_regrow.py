@@ -91,9 +91,9 @@ def test_every_layer_holds_its_count_after_every_update(kind):
     assert log["mask_updates"] == expected
     assert 0 < log["mask_kept_initial"] < 1
     # RigL's late updates drop floor(kept * a small fraction), often none
-    assert all(0 <= v <= 1 for v in log["mask_changed"].values()) and log["mask_changed"][0] > 0
+    assert all(0 <= v <= 1 for v in log["mask_changed"].values()) and log["mask_changed"][1] > 0
     if kind == "set":  # once per epoch, at its end, none after the last
-        assert sorted(log["mask_changed"]) == list(range(EPOCHS - 1))
+        assert sorted(log["mask_changed"]) == list(range(1, EPOCHS))  # numbered from 1
         assert all(abs(v - (12 + 21) / 110) < 1e-9 for v in log["mask_changed"].values())  # floor(0.3 * kept)
 
 
@@ -250,3 +250,30 @@ def test_options_defaults():
     assert check_options("rigl", Method()) == {"alpha": 0.5, "delta_t": 100, "t_end": 0.75}
     with pytest.raises(UserError, match="unknown"):
         check_options("static", {})
+    with pytest.raises(UserError, match=r"method\.within=io"):  # whole-kernel masks: not by single weights
+        check_options("set", {"within": "io"})
+    assert check_options("set", {"within": "all"}) == {"zeta": 0.3}
+
+
+@pytest.mark.parametrize("kind", ["set", "rigl"])
+def test_channels_last_convolution(kind):
+    """A convolution's weights and mask in channels_last (as train.py lays them out for ResNets)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 3))
+    model = model.to(memory_format=torch.channels_last)
+    mask = torch.zeros(8 * 3 * 9, dtype=torch.bool)
+    mask[torch.randperm(mask.numel(), generator=torch.Generator().manual_seed(0))[:50]] = True
+    masks = Masks(model, {"0": mask.view(8, 3, 3, 3)})
+    masks.apply_()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    updater = Updater(masks, model, opt, kind, {"zeta": 0.3, "delta_t": 2}, 2, 6, 0)
+    start = masks.state()["0"]
+    for step in range(12):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(4, 3, 6, 6)), torch.tensor([0, 1, 2, 0])).backward()
+        updater.after_backward(step)
+        opt.step()
+        masks.apply_()
+        assert int(masks.state()["0"].sum()) == 50 and not model[0].weight[~masks.state()["0"]].any()
+    assert masks.masks[0].is_contiguous(memory_format=torch.channels_last)
+    assert updater.updates > 0 and not torch.equal(masks.state()["0"], start)

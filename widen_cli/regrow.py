@@ -52,6 +52,9 @@ def check_options(kind: str, options=None) -> dict:
     for name, default in DEFAULTS[kind].items():
         value = _option(options, name) if options is not None else None
         resolved[name] = default if value is None else value
+    if options is not None and _option(options, "within") == "io":
+        raise UserError(f"method.within=io keeps whole kernels, and {kind} moves single weights: use "
+                        f"method.within=all with {kind}")
     for name in ("zeta", "alpha"):
         if name in resolved and not (_real(resolved[name]) and 0 < resolved[name] < 1):
             raise UserError(f"method.{name} must be a number in (0, 1), the fraction of kept weights an update "
@@ -134,7 +137,7 @@ class Updater:
         self.kept = sum(int((masks.masks[i] != 0).sum()) for i in self.layers)
         self.initial = {masks.names[i]: (masks.masks[i] != 0).cpu() for i in self.layers}
         self.updates = 0
-        self.changed: dict[int, float] = {}  # epoch -> fraction of the kept positions newly kept in it
+        self.changed: dict[int, float] = {}  # epoch (from 1) -> fraction of the kept positions newly kept in it
 
     def fraction(self, step: int) -> float | None:
         """The fraction of kept weights dropped at `step`; None: no update at that step."""
@@ -156,7 +159,7 @@ class Updater:
             w = self.masks.weights[i]
             momentum = self.optimizer.state.get(w, {}).get("momentum_buffer")
             born += update_layer(w, self.masks.masks[i], fraction, self.kind, gen, w.grad, momentum)
-        epoch = step // self.steps_per_epoch
+        epoch = step // self.steps_per_epoch + 1  # numbered from 1, as metrics rows are
         self.changed[epoch] = self.changed.get(epoch, 0.0) + born / self.kept
         self.updates += 1
 
@@ -169,9 +172,9 @@ class Updater:
         return still / self.kept
 
     def log(self) -> dict:
-        """`mask_changed`: epoch -> the fraction of kept positions newly kept by that epoch's updates
-        (summed over them; epochs without an update absent); the totals `mask_updates` and
-        `mask_kept_initial` (the fraction of the initial kept positions still kept)."""
+        """`mask_changed`: epoch (from 1, as metrics rows) -> the fraction of kept positions newly kept by
+        that epoch's updates (summed over them; epochs without an update absent); the totals
+        `mask_updates` and `mask_kept_initial` (the fraction of the initial kept positions still kept)."""
         return {"mask_changed": dict(self.changed), "mask_updates": self.updates,
                 "mask_kept_initial": self.kept_from_initial()}
 
