@@ -227,7 +227,8 @@ def test_full_mask_skipped():
 
 
 @pytest.mark.parametrize("kind,options,name", [
-    ("set", {"zeta": 0}, "method.zeta"), ("set", {"zeta": 1.0}, "method.zeta"), ("set", {"zeta": -0.1}, "method.zeta"),
+    ("set", {"zeta": 0}, "method.zeta"), ("set", {"zeta": 1.0}, "method.zeta"),
+    ("set", {"zeta": -0.1}, "method.zeta"),
     ("set", {"zeta": "0.3"}, "method.zeta"),
     ("rigl", {"alpha": 1.5}, "method.alpha"), ("rigl", {"alpha": 0.0}, "method.alpha"),
     ("rigl", {"delta_t": 0}, "method.delta_t"), ("rigl", {"delta_t": 2.5}, "method.delta_t"),

@@ -39,6 +39,10 @@ KINDS = ("set", "rigl")
 DEFAULTS = {"set": {"zeta": 0.3}, "rigl": {"alpha": 0.3, "delta_t": 100, "t_end": 0.75}}
 
 
+def _real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _option(options, name):
     return options.get(name) if isinstance(options, Mapping) else getattr(options, name, None)
 
@@ -59,17 +63,13 @@ def check_options(kind: str, options=None) -> dict:
         if name in resolved and not (_real(resolved[name]) and 0 < resolved[name] < 1):
             raise UserError(f"method.{name} must be a number in (0, 1), the fraction of kept weights an update "
                             f"drops; got {resolved[name]!r}")
-    if "delta_t" in resolved and not (isinstance(resolved["delta_t"], int) and not isinstance(resolved["delta_t"], bool)
-                                      and resolved["delta_t"] >= 1):
+    delta_t = resolved.get("delta_t", 1)
+    if not (isinstance(delta_t, int) and not isinstance(delta_t, bool) and delta_t >= 1):
         raise UserError(f"method.delta_t must be a whole number of steps >= 1; got {resolved['delta_t']!r}")
     if "t_end" in resolved and not (_real(resolved["t_end"]) and 0 < resolved["t_end"] <= 1):
         raise UserError(f"method.t_end must be a number in (0, 1], the fraction of training after which the "
                         f"mask stays fixed; got {resolved['t_end']!r}")
     return resolved
-
-
-def _real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def update_seed(seed: int, index: int) -> int:
