@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from widen_cli import datasets
 from widen_cli.conf_path import shipped_conf_dir
 from widen_cli.errors import UserError
 
@@ -27,13 +28,7 @@ NORMALIZATIONS = ("per-channel", "per-pixel")
 # Dataset keys left out of a run's identity at these values (they came after runs were named).
 DATASET_DEFAULTS = {"normalize": ("per-channel",), "val_fraction": (None, 0, 0.0)}
 SELECT_ON = ("test", "val")
-# Data made from the config alone: its fingerprint adds nothing the identity lacks, so it is recorded but
-# left out of the identity (their runs keep the folders they had before fingerprints).
-GENERATED_DATASETS = ("digits", "synthetic")
 COMPUTED = "computed"  # metadata of a field a command computes (not a setting)
-FOLDER_DATASETS = ("imagenet", "imagefolder")  # read from image folders as they train; the others are in memory
-# dataset.augment's names: in-memory datasets are augmented on the device, image folders by torchvision.
-AUGMENTATIONS = {"tensor": ("crop", "flip"), "folder": ("resized_crop", "flip")}
 
 
 @dataclass(frozen=True)
@@ -148,7 +143,9 @@ class RunConfig:
         d = asdict(self)
         for k in ("out", "name", "device", "compile", "tracking"):
             d.pop(k)
-        if d["data_fingerprint"] is None or self.dataset.name in GENERATED_DATASETS:
+        # Data made from the config alone: its fingerprint adds nothing the identity lacks, so it is
+        # recorded but left out (their runs keep the folders they had before fingerprints).
+        if d["data_fingerprint"] is None or datasets.get(self.dataset.name).generated is not None:
             d.pop("data_fingerprint")
         if d["precision"] == "fp32":
             d.pop("precision")
@@ -302,14 +299,7 @@ def compose_config(overrides: list[str] = (), extra_dirs: list[Path] | tuple = (
 QUOTED = ("name", "out", "dataset.root")
 
 
-# Without --model (or a preset, or a model= override), the model follows the dataset, for train and
-# sweep-width alike: the paper's MLPs for MNIST-like data, ResNet-18 for every image dataset.
-MLP_DATASETS = ("mnist", "digits", "synthetic")
 DEFAULT_DATASET = "digits"  # conf/config.yaml's
-
-
-def default_model(dataset: str) -> str:
-    return "mlp" if dataset in MLP_DATASETS else "resnet18"
 
 
 def overrides_from_options(experiment: str | None, given: dict, extra: list[str] | None) -> list[str]:
@@ -319,7 +309,9 @@ def overrides_from_options(experiment: str | None, given: dict, extra: list[str]
     overrides = [f"+experiment={experiment}"] if experiment else []
     trailing = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in extra or [] if "=" in o}
     if not experiment and given.get("model") is None and "model" not in trailing:
-        given = {**given, "model": default_model(given.get("dataset") or trailing.get("dataset") or DEFAULT_DATASET)}
+        dataset = given.get("dataset") or trailing.get("dataset") or DEFAULT_DATASET
+        # The model follows the dataset (its registry entry), for train and sweep-width alike.
+        given = {**given, "model": datasets.default_model(dataset)}
     # A group (dataset=, model=, method=) before its own keys (dataset.root=, method.distribution=).
     for key, value in sorted(given.items(), key=lambda item: "." in item[0]):
         if value is None or value is False:

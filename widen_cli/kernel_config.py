@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from widen_cli import datasets
 from widen_cli.budget import DISTRIBUTIONS
 from widen_cli.config import CONF_DIR, DatasetConfig, compose_config, folder_name
 from widen_cli.validation import check_device, check_name, validate
 from widen_cli.errors import UserError
 
 KERNEL_DEFAULTS_FILE = CONF_DIR / "kernel.yaml"
-KERNEL_INPUTS = ("gaussian", "mnist", "digits", "cifar10", "cifar100", "svhn", "synthetic")
+KERNEL_INPUTS = ("gaussian", *datasets.names(datasets.TENSOR))  # Gaussian vectors or an in-memory dataset's
 
 
 def dataset_config(name: str, overrides: list[str] = (), extra_dirs=()) -> DatasetConfig:
