@@ -2,6 +2,8 @@
 layers by method.distribution (distributions.py) and drawn once from the seed (sparsity.py)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from widen_cli.distributions import DENSE_LAST, default_distribution
 from widen_cli.methods.protocol import Method
 from widen_cli.shapes import Infeasible, Member, count, distribute, fix_last_layer, weight_shapes
@@ -38,7 +40,8 @@ class Sparse(Method):
         return default_distribution(model)
 
     def plan(self, cfg, spec, base_width, width, method) -> Member:
-        return sparse_member(cfg, spec, width, self.budget(cfg, spec, base_width), method, base_width)
+        member = sparse_member(cfg, spec, width, self.budget(cfg, spec, base_width), method, base_width)
+        return member if member.method == self.name else replace(member, method=self.name)  # a subclass's
 
     def masks(self, run, model, member, start=None):
         from widen_cli.sparsity import sparsify  # torch: only where a model is trained
