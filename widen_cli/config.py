@@ -169,7 +169,7 @@ class RunConfig:
     def run_name(self) -> str:
         if self.name:
             return self.name
-        method = method_of(self.method).folder_label(self.method)
+        method = method_of(self.method, strict=False).folder_label(self.method)
         return folder_name(f"{self.dataset.name}-{self.model.name}-{method}-w{self.width}-s{self.seed}",
                            self.identity())
 

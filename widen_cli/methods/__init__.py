@@ -40,7 +40,7 @@ def identity_fields(method: dict) -> dict:
     """A MethodConfig's fields (as a dict) that belong to its run's identity: every method's but the
     options other methods own (pruned's prune, scope, ...), so that folders named before those options
     existed keep their names."""
-    own = set(method_of(method["name"]).own_options)
+    own = set(method_of(method["name"], strict=False).own_options)
     others = {k for m in REGISTRY.values() for k in m.own_options} - own
     return {k: v for k, v in method.items() if k not in others}
 
@@ -51,11 +51,11 @@ def method_of_line(line: str) -> Method:
     return REGISTRY[max(names, key=len)] if names else Method(line.split(" ")[0])
 
 
-__all__ = ["REGISTRY", "MaskUpdater", "Method", "identity_fields", "method_of", "method_of_line", "register",
-           "rows_where"]
-
-
 def rows_where(names, fact):
     """A pandas Series of method names -> the boolean Series of rows whose method satisfies `fact`
     (Method -> bool, e.g. `lambda m: m.random_mask`): how tables of results ask methods per row."""
     return names.map(lambda n: bool(fact(method_of(n, strict=False)))).astype(bool)
+
+
+__all__ = ["REGISTRY", "MaskUpdater", "Method", "identity_fields", "method_of", "method_of_line", "register",
+           "rows_where"]

@@ -49,7 +49,8 @@ def matching_runs(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     if keys["dataset"] is None or runs.empty:
         return runs.iloc[:0]
     hidden = runs.identity.map(_hidden_layers) if "identity" in runs else pd.Series(None, index=runs.index)
-    return runs[(runs.model == "mlp") & rows_where(runs.method, lambda m: m.random_mask) & (hidden.isna() | (hidden == 1))
+    sparse = rows_where(runs.method, lambda m: m.random_mask)
+    return runs[(runs.model == "mlp") & sparse & (hidden.isna() | (hidden == 1))
                 & (runs.dataset == keys["dataset"]) & (runs.budget == keys["budget"])
                 & (run_rule(runs) == keys["distribution"])]
 

@@ -63,8 +63,8 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
     options = [None if i is None else {} if d else _method_options(i) for i, d in zip(identities, dense)]
     runs["family"] = family + apart.suffixes(runs.setting + ": " + family, options)
     runs["line"] = runs.family + runs.last_layer_connectivity.map(lambda c: "" if pd.isna(c) else f", last layer {c:g}")
-    runs["dense_model"] = dense | (rows_where(runs.method, lambda m: m.baseline_at_base) & (runs.width == runs.base_width)
-                                   & (runs.connectivity >= 1 - 1e-9))
+    at_base = rows_where(runs.method, lambda m: m.baseline_at_base)  # not the linear bottleneck's full rank
+    runs["dense_model"] = dense | (at_base & (runs.width == runs.base_width) & (runs.connectivity >= 1 - 1e-9))
     runs["experiment"] = [_experiment(i, r) for i, r in zip(identities, runs.itertuples())]
     runs["test"] = 100 * runs.best_test_acc
     runs["train"] = 100 * runs.final_train_acc
