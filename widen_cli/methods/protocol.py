@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from widen_cli.shapes import Member, count, numel, weight_shapes
+from widen_cli.shapes import Member, count, weight_shapes
 
 if TYPE_CHECKING:
     import torch
@@ -139,4 +139,4 @@ class Method:
         return f"{self.name} b={row.base_width}"
 
 
-__all__ = ["MaskUpdater", "Method", "Member", "numel"]
+__all__ = ["MaskUpdater", "Method"]
