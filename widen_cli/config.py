@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -16,6 +15,9 @@ from typing import TYPE_CHECKING
 from widen_cli import datasets
 from widen_cli.conf_path import shipped_conf_dir
 from widen_cli.errors import UserError
+from widen_cli.methods import identity_fields, method_of
+from widen_cli.methods.dense import Dense
+from widen_cli.methods.pruned import FINETUNE_FRACTION, MAGNITUDE, PRUNE_OPTIONS, PRUNE_VARIANTS  # noqa: F401
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -72,18 +74,13 @@ class MethodConfig:
     last_layer_connectivity: float | None = None  # sparse: fix the classifier's connectivity
     rescale_init: bool = True  # sparse: rescale initial weights for the reduced fan-in
     # pruned (train the dense model at the member's width, prune it to the budget, fine-tune):
-    prune: str = "magnitude"  # structured | magnitude | magnitude-rewind
+    prune: str = MAGNITUDE  # structured | magnitude | magnitude-rewind
     scope: str = "layer"  # magnitude: layer (the sparse family's per-layer counts) | global (largest |w| overall)
     rewind_epoch: int = 0  # magnitude-rewind: the parent's epoch whose weights the kept ones go back to
     finetune_epochs: int | None = None  # null: the recipe's epochs for rewind, FINETUNE_FRACTION of them otherwise
 
 
-# The options of the pruned method: left out of every other run's identity, so that folders named
-# before they existed keep their names.
-PRUNE_OPTIONS = ("prune", "scope", "rewind_epoch", "finetune_epochs")
-PRUNE_VARIANTS = ("structured", "magnitude", "magnitude-rewind")
-FINETUNE_FRACTION = 0.25  # structured and magnitude fine-tune for a quarter of the recipe's epochs (rounded up)
-DENSE = MethodConfig(name="dense")  # dense runs' method, without any family option (the folders of plain runs)
+DENSE = MethodConfig(name=Dense.name)  # dense runs' method, without any family option (the folders of plain runs)
 
 
 @dataclass(frozen=True)
@@ -151,9 +148,7 @@ class RunConfig:
             d.pop("precision")
         if d["model"]["init"] in (None, "torchvision"):
             d["model"].pop("init")
-        if d["method"]["name"] != "pruned":
-            for k in PRUNE_OPTIONS:
-                d["method"].pop(k)
+        d["method"] = identity_fields(d["method"])  # without other methods' options (pruned's prune, ...)
         for k in ("root", "download", "workers", "skip_bad_images"):
             d["dataset"].pop(k)
         for k, default in DATASET_DEFAULTS.items():  # added later: runs from before keep their folders
@@ -168,19 +163,10 @@ class RunConfig:
             ident.pop(k)
         return ident
 
-    def finetune_epochs(self) -> int:
-        """A pruned run's epochs after pruning: method.finetune_epochs, else the whole recipe for
-        magnitude-rewind (it retrains) and FINETUNE_FRACTION of it for the others (they fine-tune)."""
-        if self.method.finetune_epochs is not None:
-            return self.method.finetune_epochs
-        if self.method.prune == "magnitude-rewind":
-            return self.optim.epochs
-        return max(1, math.ceil(FINETUNE_FRACTION * self.optim.epochs))
-
     def run_name(self) -> str:
         if self.name:
             return self.name
-        method = self.method.name + (f"-{self.method.prune}" if self.method.name == "pruned" else "")
+        method = method_of(self.method, strict=False).folder_label(self.method)
         return folder_name(f"{self.dataset.name}-{self.model.name}-{method}-w{self.width}-s{self.seed}",
                            self.identity())
 

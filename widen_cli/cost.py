@@ -16,6 +16,7 @@ import torch
 from widen_cli.budget import Member
 from widen_cli import datasets
 from widen_cli.config import DatasetConfig, ModelConfig
+from widen_cli.methods import method_of
 from widen_cli.models import InputSpec, build_model
 
 TRAIN_FLOPS_PER_MAC = 6  # forward 2 FLOPs per multiply-add; backward about twice the forward
@@ -26,7 +27,7 @@ def forward_macs(cfg: ModelConfig, spec: InputSpec, member: Member) -> int:
     """Multiply-adds of one image's forward pass through `member`'s (dense-equivalent) model."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    width = member.base_width if member.variant == "structured" else member.width  # pruned to the base shapes
+    width = method_of(member).model_width(member)  # structured pruning: the base shapes
     with torch.device("meta"):
         model = build_model(cfg, width, spec, inner=member.inner, ranks=member.ranks)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -36,7 +37,7 @@ def forward_macs(cfg: ModelConfig, spec: InputSpec, member: Member) -> int:
 
 def member_key(member: Member) -> tuple:
     """What decides a member's forward cost (its seed, learning rate and sparsity pattern do not)."""
-    width = member.base_width if member.variant == "structured" else member.width
+    width = method_of(member).model_width(member)
     ranks = tuple(sorted(member.ranks.items())) if member.ranks else None
     return width, tuple(member.inner) if member.inner else None, ranks
 

@@ -17,6 +17,7 @@ from widen_cli import budget, results
 from widen_cli.budget import DENSE_LAST
 from widen_cli.config import MethodConfig, ModelConfig
 from widen_cli.errors import UserError
+from widen_cli.methods.sparse import SPARSE
 from widen_cli.models import InputSpec
 
 FIG7_WIDTHS = (8, 32, 128, 216, 328, 512, 635)
@@ -38,7 +39,8 @@ def network(width: int, n_weights: int, d: int, outputs: int, distribution: str)
     spec = InputSpec(channels=d, image_size=1, num_classes=outputs)  # d flat inputs
     if width < math.ceil(n_weights / (d + outputs)):
         raise budget.Infeasible(f"width {width} holds fewer than {n_weights:,} weights")
-    return budget.sparse_member(NETWORK, spec, width, n_weights, MethodConfig(name="sparse", distribution=distribution))
+    return budget.sparse_member(NETWORK, spec, width, n_weights,
+                                MethodConfig(name=SPARSE.name, distribution=distribution))
 
 
 def first_layer_weights(m: budget.Member) -> int:

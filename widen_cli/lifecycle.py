@@ -37,6 +37,7 @@ from widen_cli.config import RunConfig, to_yaml
 from widen_cli.validation import resolve_distribution
 from widen_cli.errors import Interrupted, UserError
 from widen_cli.jobs import Job, parent_run
+from widen_cli.methods import method_of
 
 POLL_SECONDS = 1.0  # how often a run claimed elsewhere is checked while waiting for it
 
@@ -361,18 +362,19 @@ class Run:
 
 def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: float) -> dict:
     run, member = job.run, job.member
-    pruned = run.method.name == "pruned"
+    method = method_of(run)
+    fields = method.summary_fields(run, len(metrics))  # variant, total_epochs, last_layer_connectivity
     return dict(
         dataset=run.dataset.name, model=run.model.name, method=run.method.name, width=run.width,
         base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
         connectivity=member.connectivity, seed=run.seed, epochs=len(metrics), status=status,
         best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
         best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
-        wall_seconds=wall_seconds, variant=run.method.prune if pruned else None,
-        parent_run=parent_run(run).run_name() if pruned else None,
-        total_epochs=len(metrics) + (run.optim.epochs if pruned else 0), activation=run.model.activation,
+        wall_seconds=wall_seconds, variant=fields["variant"],
+        parent_run=parent_run(run).run_name() if method.has_parent else None,
+        total_epochs=fields["total_epochs"], activation=run.model.activation,
         distribution=member.distribution, within=member.within,
-        last_layer_connectivity=run.method.last_layer_connectivity if run.method.name == "sparse" else None,
+        last_layer_connectivity=fields["last_layer_connectivity"],
         identity=json.dumps(run.identity(), sort_keys=True), budget=member.budget,
         val_acc=_last(metrics, "val_acc"), run=job.run_dir.name,
     )

@@ -14,6 +14,7 @@ from widen_cli import budget, cost, datasets
 from widen_cli.budget import Member
 from widen_cli.config import DatasetConfig, RunConfig
 from widen_cli.errors import UserError
+from widen_cli.methods import method_of
 from widen_cli.models import InputSpec, build_model
 
 FLOAT = 4  # bytes: parameters, gradients and activations are fp32
@@ -49,7 +50,7 @@ def _activations(run: RunConfig, spec: InputSpec, member: Member) -> tuple[int, 
     (every weight 2-D): each layer's output and its activation's, from the planned shapes. Others: counted
     in a forward pass on the meta device, as cost.forward_macs does (that pass imports torch's compiler,
     which a plain MLP run never needs)."""
-    width = member.base_width if member.variant == "structured" else member.width
+    width = method_of(member).model_width(member)
     with torch.device("meta"):
         model = build_model(run.model, width, spec, inner=member.inner, ranks=member.ranks)
     params = sum(p.numel() for p in model.parameters())
@@ -74,7 +75,7 @@ def _activations(run: RunConfig, spec: InputSpec, member: Member) -> tuple[int, 
 def run_bytes(run: RunConfig, spec: InputSpec, member: Member, ranks: int = 1) -> dict[str, int]:
     """The estimate of one run, by part (bytes); under torchrun, of one of its `ranks` processes, which
     holds the whole model and its slice of each batch."""
-    copies = 2 + (run.optim.momentum > 0) + (run.method.name in ("sparse", "pruned"))  # + gradient, momentum, mask
+    copies = 2 + (run.optim.momentum > 0) + method_of(run).mask_copies  # + gradient, momentum, mask
     weights = sum(budget.numel(s) for s in member.layers.values())
     parts = {"data": data_bytes(run.dataset), "parameters+state": weights * FLOAT * copies, "activations": 0}
     if sum(parts.values()) > 2 ** 62:  # far beyond any device; and the model would not build even on meta

@@ -19,6 +19,7 @@ from widen_cli import checkpoint, results, slurm
 from widen_cli.config import SweepConfig
 from widen_cli.errors import MemberError, UserError
 from widen_cli.jobs import Job, parent_run
+from widen_cli.methods import method_of
 
 
 def run_member(job: Job, threads: int | None = None, restart: bool = False) -> str:
@@ -327,10 +328,10 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
                        base_width=m.base_width, n_weights=m.n_weights, n_weights_dense=m.n_weights_dense,
                        connectivity=m.connectivity, seed=job.run.seed, epochs=epochs,
                        status="interrupted" if stopped else "failed", error=error)
-        pruned = job.member.method == "pruned"  # the pruning columns, for failed rows and older summaries
+        method = method_of(job.member)  # the pruning columns, for failed rows and older summaries
         row.setdefault("variant", job.member.variant)
-        row.setdefault("parent_run", parent_run(job.run).run_name() if pruned else None)
-        row.setdefault("total_epochs", None if pruned else row["epochs"])
+        row.setdefault("parent_run", parent_run(job.run).run_name() if method.has_parent else None)
+        row.setdefault("total_epochs", method.summary_fields(job.run, row["epochs"], complete=False)["total_epochs"])
         row.update(widening_factor=job.member.widening_factor, distribution=job.member.distribution,
                    budget=job.member.budget, last_layer_connectivity=job.run.method.last_layer_connectivity,
                    run=job.run_dir.name, lr=job.run.optim.lr)

@@ -7,12 +7,13 @@ import re
 from dataclasses import MISSING, fields, replace
 from typing import TYPE_CHECKING
 
-from widen_cli.budget import DISTRIBUTIONS, default_distribution, fix_last_layer
+from widen_cli.budget import DISTRIBUTIONS, fix_last_layer
 from widen_cli.config import (COMPUTED, INITS, NORMALIZATIONS, PRECISIONS,
                               PRUNE_VARIANTS, SELECT_ON, DatasetConfig, MethodConfig, ModelConfig, OptimConfig,
                               RunConfig, SubmititConfig, SweepConfig)
 from widen_cli import datasets, tracking
 from widen_cli.errors import UserError
+from widen_cli.methods import method_of
 from widen_cli.schedules import SCHEDULES
 
 if TYPE_CHECKING:
@@ -211,8 +212,7 @@ def resolve_distribution(run: RunConfig) -> RunConfig:
     does reading a stored sweep.yaml (the composed config, where null stays null)."""
     method = run.method
     if method.distribution is None:
-        method = replace(method, distribution=default_distribution(run.model.name) if method.name in ("sparse", "pruned")
-                         else "staggered")
+        method = replace(method, distribution=method_of(method).default_distribution(run.model.name))
     return replace(run, method=fix_last_layer(method, method.last_layer_connectivity))
 
 
@@ -222,9 +222,7 @@ def _check_pruning(run: RunConfig) -> None:
         raise UserError(f"method.prune must be one of {', '.join(PRUNE_VARIANTS)}, got {m.prune!r}")
     if m.scope not in ("layer", "global"):
         raise UserError(f"method.scope must be one of layer, global, got {m.scope!r}")
-    if m.name == "pruned" and m.prune == "structured" and m.scope == "global":
-        raise UserError("method.scope global is for magnitude pruning; structured pruning keeps the base "
-                        "model's units in every layer (scope layer)")
+    method_of(m).check(run)  # its own cross-field checks (pruned: structured keeps scope layer)
     if not isinstance(m.rewind_epoch, int) or not 0 <= m.rewind_epoch <= run.optim.epochs:
         raise UserError(f"method.rewind_epoch must be an integer from 0 to optim.epochs ({run.optim.epochs}), "
                         f"got {m.rewind_epoch!r}")
