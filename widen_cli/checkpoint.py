@@ -1,7 +1,8 @@
 """End-of-epoch checkpoints: everything a run needs to go on exactly where it stopped.
 
 A checkpoint holds the model, optimiser and scheduler states, the masks, the RNG states, the CPU
-thread count, the last complete epoch and the metrics rows so far. It is written to a temporary name and renamed, so a
+thread count, the last complete epoch and the metrics rows so far; for a mask that moves while training
+(set, rigl), the masks are the current ones and `updater` the update state (regrow.Updater.state_dict). It is written to a temporary name and renamed, so a
 kill at any moment leaves the previous checkpoint intact, and read with `weights_only=True`, so a
 foreign file can never run code. The data order needs no state: each epoch's is drawn from
 (seed, epoch) (data.epoch_seed).
@@ -21,14 +22,15 @@ FORMAT = "widen-checkpoint/1"
 
 
 def save(path: Path, *, identity: dict, epoch: int, rows: list[dict], elapsed: float, model: torch.nn.Module,
-         optimizer, scheduler, masks: dict[str, torch.Tensor] | None, batched: bool = False, check=None) -> None:
+         optimizer, scheduler, masks: dict[str, torch.Tensor] | None, batched: bool = False, check=None,
+         updater: dict | None = None) -> None:
     """`batched`: a batched family's stacked model wrote it (the member resumes in one again, family.py).
     check: as for results.atomic_write."""
     state = dict(
         format=FORMAT, identity=json.dumps(identity, sort_keys=True), epoch=epoch, rows=rows, elapsed=elapsed,
         batched=batched,
         model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-        masks=masks, threads=torch.get_num_threads(), rng=dict(torch=torch.get_rng_state(),
+        masks=masks, updater=updater, threads=torch.get_num_threads(), rng=dict(torch=torch.get_rng_state(),
                               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
     )
     results.atomic_write(path, lambda tmp: torch.save(state, tmp), check)
@@ -109,6 +111,18 @@ def saved_masks(state: dict, expected: dict[str, torch.Tensor], path: Path) -> d
     if shapes != {n: (tuple(m.shape), m.dtype) for n, m in expected.items()}:
         raise MemberError(f"checkpoint {path} holds masks that do not fit this run's layers; {RESTART}")
     return masks
+
+
+def restore_updater(state: dict, updater, path: Path) -> None:
+    """Put a moving mask's update state back (Method.updater's object); refused if the checkpoint has none
+    or another one."""
+    saved = state.get("updater")
+    try:
+        if not isinstance(saved, dict):
+            raise ValueError("it holds no mask-update state")
+        updater.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise MemberError(f"checkpoint {path} does not fit this run's mask updates ({str(e)[:200]}); {RESTART}") from None
 
 
 def discard(run_dir: Path) -> None:

@@ -78,6 +78,11 @@ class MethodConfig:
     scope: str = "layer"  # magnitude: layer (the sparse family's per-layer counts) | global (largest |w| overall)
     rewind_epoch: int = 0  # magnitude-rewind: the parent's epoch whose weights the kept ones go back to
     finetune_epochs: int | None = None  # null: the recipe's epochs for rewind, FINETUNE_FRACTION of them otherwise
+    # set and rigl (learned connectivity, regrow.py; published defaults, each method's identity only):
+    zeta: float = 0.3  # set: the fraction of kept weights dropped and regrown at the end of each epoch
+    alpha: float = 0.3  # rigl: the fraction dropped at the first update (cosine decay to 0 at t_end)
+    delta_t: int = 100  # rigl: optimiser steps between updates
+    t_end: float = 0.75  # rigl: the fraction of training after which the mask stays fixed
 
 
 DENSE = MethodConfig(name=Dense.name)  # dense runs' method, without any family option (the folders of plain runs)

@@ -60,6 +60,7 @@ class EpochTotals:
     test_acc: float
     val_loss: float | None = None  # on the held-out part of the training split (dataset.val_fraction)
     val_acc: float | None = None
+    mask_changed: float | None = None  # a mask that moves: the fraction of kept positions its updates changed
 
 
 # ---------------------------------------------------------------- identity
@@ -207,6 +208,7 @@ class Run:
         self.announced = False
         self.started = provenance.now()  # when its first epoch began (a resumed run: in an earlier process)
         self.used: dict = {}  # the device and data sizes the trainer reports (uses)
+        self.moved: dict = {}  # a mask that moves: how far (regrow.Updater.log), for the summary
 
     def __enter__(self) -> Run:
         return self
@@ -308,13 +310,15 @@ class Run:
         self.console.print(f"resuming {self.dir} after epoch {self.saved} of {epochs}" if self.state is not None
                            else f"training {self.dir} ({epochs} epochs)", highlight=False, soft_wrap=True)
 
-    def save_masks(self, masks) -> None:
+    def save_masks(self, masks, final: bool = False) -> None:
         """masks.pt, when the run starts. A resumed run goes on with its checkpoint's masks: masks.pt is
-        checked against them and written again from them if it is damaged, missing or differs."""
+        checked against them and written again from them if it is damaged, missing or differs. A mask that
+        moves while training (set, rigl) is written once, at the end (`final`): the masks the model ends
+        with; until then the checkpoint holds the current ones."""
         if masks is None or not self.main:
             return
         path = self.dir / results.MASKS_FILE
-        if self.state is not None:
+        if self.state is not None and not final:
             if checkpoint.file_holds(path, masks.state(), exactly=True):
                 return
             self.console.print(f"[yellow]warning:[/yellow] {path} was damaged or missing; written again from the "
@@ -330,7 +334,7 @@ class Run:
         False when the training loss stopped being finite: the run is over, with status diverged."""
         self.rows.append(dict(epoch=epoch, lr=lr, train_loss=t.train_loss, train_acc=t.train_acc,
                               test_loss=t.test_loss, test_acc=t.test_acc, seconds=seconds, val_loss=t.val_loss,
-                              val_acc=t.val_acc))
+                              val_acc=t.val_acc, mask_changed=t.mask_changed))
         diverged = not math.isfinite(t.train_loss)
         if self.main:
             results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics", self.check_claim)
@@ -349,7 +353,8 @@ class Run:
         """model.pt, then summary.parquet, which marks the run as done; then the checkpoint and claim go."""
         metrics = self.metrics()
         ended = provenance.now()
-        summary = {**summary_row(self.job, metrics, self.status, self.elapsed + elapsed), **self.produced_by(ended)}
+        summary = {**summary_row(self.job, metrics, self.status, self.elapsed + elapsed), **self.produced_by(ended),
+                   **{k: self.moved.get(k) for k in results.MASK_COLUMNS}}
         if self.main:
             results.atomic_write(self.dir / results.MODEL_FILE, lambda tmp: torch.save(model.state_dict(), tmp),
                                  self.check_claim)

@@ -58,8 +58,10 @@ def _fields(spec: str, required: tuple[str, ...] = ()) -> list[tuple[str, str, b
 # One row per epoch. Accuracies are fractions in [0, 1]; seconds is the epoch's wall time. val_*: on the
 # held-out part of the training split (dataset.val_fraction), null without one. run: the run's folder
 # name (a summary's and a results row's `run`), so that the metrics of many runs read together are told apart.
+# mask_changed: for a mask that moves (set, rigl), the fraction of its kept positions that the epoch's
+# updates made newly kept (null in epochs without an update, and for every other method).
 METRICS_FIELDS = _fields("epoch:int lr:float train_loss:float train_acc:float test_loss:float test_acc:float "
-                         "val_loss:float val_acc:float seconds:float run:str", required=("epoch",))
+                         "val_loss:float val_acc:float seconds:float run:str mask_changed:float", required=("epoch",))
 
 # One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
 # distribution and within are the member's (None for dense); identity is json.dumps(run.identity(),
@@ -69,14 +71,17 @@ METRICS_FIELDS = _fields("epoch:int lr:float train_loss:float train_acc:float te
 # accuracy on the held-out part of the training split (dataset.val_fraction). Pruned runs add variant:
 # method.prune (None for other methods), parent_run: the dense parent's folder name, total_epochs: the
 # training compute in epochs, the parent's plus this run's for a pruned run, else `epochs`.
-# run: the run's folder name. Then what produced the run (provenance.py; not part of its identity).
+# run: the run's folder name. A mask that moves (set, rigl) adds mask_updates, the number of mask updates
+# made, and mask_kept_initial, the fraction of the initially kept positions still kept at the end (null
+# for other methods). Then what produced the run (provenance.py; not part of its identity).
 PRUNING_COLUMNS = ["variant", "parent_run", "total_epochs"]
+MASK_COLUMNS = ["mask_updates", "mask_kept_initial"]
 SUMMARY_FIELDS = _fields(
     "dataset:str model:str method:str width:int base_width:int n_weights:int n_weights_dense:int "
     "connectivity:float seed:int epochs:int status:str best_test_acc:float final_test_acc:float "
     "best_train_acc:float final_train_acc:float wall_seconds:float activation:str distribution:str within:str "
     "last_layer_connectivity:float identity:str budget:int val_acc:float variant:str parent_run:str "
-    "total_epochs:int run:str", required=("dataset", "model", "method", "width", "base_width", "seed", "status"))
+    "total_epochs:int run:str mask_updates:int mask_kept_initial:float", required=("dataset", "model", "method", "width", "base_width", "seed", "status"))
 # widen_version, git_commit and git_dirty (null unless widen ran from a git checkout), the Python, PyTorch
 # and CUDA (the build's; null for a CPU build) versions; device_used: the device trained on (`auto`
 # resolved, cuda with its index) and device_name (the GPU's name; null on CPU); hostname; command: the
@@ -145,9 +150,9 @@ class Schema:
 # raised last (metrics, summary, results and plan to 2, kernel to 4) brought declared column types, the
 # `run` column of metrics and summaries and the provenance columns; older files are still read.
 TABLES = {
-    "metrics": Schema(METRICS_FIELDS, 2, ("val_loss", "val_acc", "run")),  # a run's own are never without run
-    "summary": Schema([*SUMMARY_FIELDS, *PROVENANCE_FIELDS], 2, ("val_acc", "run", *PROVENANCE_COLUMNS)),
-    "results": Schema(RESULTS_FIELDS, 2, ("val_acc", "lr", "selected", *PROVENANCE_COLUMNS)),
+    "metrics": Schema(METRICS_FIELDS, 2, ("val_loss", "val_acc", "run", "mask_changed")),  # a run's own are never without run
+    "summary": Schema([*SUMMARY_FIELDS, *PROVENANCE_FIELDS], 2, ("val_acc", "run", *MASK_COLUMNS, *PROVENANCE_COLUMNS)),
+    "results": Schema(RESULTS_FIELDS, 2, ("val_acc", "lr", "selected", *MASK_COLUMNS, *PROVENANCE_COLUMNS)),
     "plan": Schema(PLAN_FIELDS, 2, ("base_width",)),
     # 2: `allocation` renamed `distribution`; 3: distance_theorem1_se (older tables read it as null); 4: types
     "kernel": Schema(KERNEL_FIELDS, 4, ("distance_theorem1_se",)),

@@ -185,7 +185,8 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
         if state is not None and state["masks"] is not None:  # go on with exactly the masks the run started with
             masks = Masks(model, checkpoint.saved_masks(state, masks.state(), opened.dir / checkpoint.FILENAME))
         distributed.check_identical(ctx, masks.state(), "masks")
-        opened.save_masks(masks)
+        if not method.learned_mask:  # a mask that moves: masks.pt holds the final one (trained, below)
+            opened.save_masks(masks)
     if state is not None:  # refused before anything is written from this model
         checkpoint.check_fits(state, model, opened.dir / checkpoint.FILENAME)
     keep_weights(opened, model, 0)
@@ -193,6 +194,8 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
     updater = method.updater(run, model, masks, opt, len(train_loader))  # a mask that changes as it trains
     if state is not None:
         checkpoint.restore(state, model, opt, sched, opened.dir / checkpoint.FILENAME)
+        if updater is not None:
+            checkpoint.restore_updater(state, updater, opened.dir / checkpoint.FILENAME)
     # What forward passes go through (DDP, bf16 autocast, compile); `model` stays the plain module the
     # optimiser, masks and saved state refer to.
     net = hardware.accelerate(distributed.wrap(model, ctx, device), device, run.precision, run.compile)
@@ -207,14 +210,19 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
         te = all_ranks(ctx, device, evaluate(evaluator, test_loader))
         va = all_ranks(ctx, device, evaluate(evaluator, val_loader)) if val_loader is not None else None
         sched.step()
-        return lr, [EpochTotals(tr.mean_loss, tr.acc, te.mean_loss, te.acc,
-                                *((va.mean_loss, va.acc) if va is not None else ()))]
+        changed = updater.log()["mask_changed"].get(epoch) if updater is not None else None
+        return lr, [EpochTotals(tr.mean_loss, tr.acc, te.mean_loss, te.acc, *((va.mean_loss, va.acc) if va is not None
+                                                                             else (None, None)), changed)]
 
     def snapshot(_) -> dict:
-        return dict(model=model, optimizer=opt, scheduler=sched, masks=masks.state() if masks is not None else None)
+        return dict(model=model, optimizer=opt, scheduler=sched, masks=masks.state() if masks is not None else None,
+                    updater=updater.state_dict() if updater is not None else None)
 
     def trained(_) -> torch.nn.Module:
         distributed.check_identical(ctx, dict(model.named_parameters()), "weights")
+        if updater is not None:  # the mask the model ends with, and how far it moved (the summary's)
+            opened.save_masks(masks, final=True)
+            opened.moved = updater.log()
         return model
 
     return lifecycle.drive([opened], run.run_name(), step, snapshot, trained)[0]

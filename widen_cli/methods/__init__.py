@@ -10,11 +10,12 @@ from __future__ import annotations
 from widen_cli.errors import UserError
 from widen_cli.methods.bottleneck import LINEAR, NONLINEAR
 from widen_cli.methods.dense import DENSE
+from widen_cli.methods.learned import RIGL, SET_METHOD
 from widen_cli.methods.protocol import MaskUpdater, Method
 from widen_cli.methods.pruned import PRUNED
 from widen_cli.methods.sparse import SPARSE
 
-REGISTRY: dict[str, Method] = {m.name: m for m in (DENSE, SPARSE, LINEAR, NONLINEAR, PRUNED)}
+REGISTRY: dict[str, Method] = {m.name: m for m in (DENSE, SPARSE, LINEAR, NONLINEAR, PRUNED, SET_METHOD, RIGL)}
 
 
 def register(method: Method) -> Method:

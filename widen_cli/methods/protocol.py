@@ -44,6 +44,7 @@ class Method:
     dense: bool = False  # the plain dense model: what parents and companions are; it keeps weights for rewinds
     widened: bool = False  # keeps the budget at every width by removing weights (the accuracy-vs-width lines)
     random_mask: bool = False  # a random static mask from the seed: connectivity figures, gains, kernel overlay
+    learned_mask: bool = False  # a mask that moves while it trains (set, rigl): the sparse member's connectivity
     bottleneck: bool = False  # holds the budget by narrowing inner sizes (the report's bottleneck figure)
     batched: bool = False  # can train stacked with other members (family.py, MLPs only; it calls no updater)
     has_parent: bool = False  # trains from a dense parent at its width (read back, waited for or trained first)
