@@ -66,7 +66,7 @@ def sweep_width(given: dict, sweep: dict, experiment: str | None, overrides: lis
     if experiment is None:
         given = {**given, **{k: v for k, v in plan.SWEEP_DEFAULTS.items() if given.get(k) is None}}
     composing = config.overrides_from_options(experiment, given, overrides)
-    cfg = config.compose_config(composing, config_dirs)
+    cfg = plan.base_config(composing, config_dirs, methods)
     run = plan.family_run(cfg, budgets[0] if budgets else None)
     run = fingerprint.attach(run, fetch=not dry_run)  # once for every member: they share the data
     settings = plan.settings(cfg, **{**sweep, "methods": methods})

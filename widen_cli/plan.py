@@ -131,6 +131,26 @@ def method_configs(overrides: list[str], dirs, names: list[str]) -> list[MethodC
     return out
 
 
+def base_config(overrides: list[str], dirs, names: list[str] | None):
+    """The sweep's base config, composed from the command's overrides. With several methods (--methods),
+    a method.KEY=VALUE that the base run's method lacks (rigl's method.delta_t beside sparse) is left to
+    the methods that have it (method_configs); one that none of them has is refused as unknown."""
+    if not names or len(set(names)) < 2:
+        return config.compose_config(overrides, dirs)
+
+    def key(o: str) -> str:
+        return o.lstrip("+~").split("=", 1)[0]
+
+    options = [o for o in overrides if key(o).startswith("method.")]
+    cfg = config.compose_config([o for o in overrides if o not in options], dirs)
+    plain = [o for o in overrides if key(o) != "method" and o not in options]
+    keys = {k for name in dict.fromkeys(names) for k in config.compose_config([*plain, f"method={name}"], dirs).method}
+    unknown = [o for o in options if key(o).removeprefix("method.") not in keys | set(cfg.method)]
+    base = [o for o in options if key(o).removeprefix("method.") in cfg.method]
+    # An option no listed method has: composed as given, so that it is refused as any unknown key is.
+    return config.compose_config([*(o for o in overrides if o not in options), *base, *unknown], dirs)
+
+
 def methods(overrides: list[str], dirs, run: RunConfig, s: SweepConfig) -> list[MethodConfig] | None:
     """sweep.methods composed (method_configs); None when it is the base run's method alone (no composing)."""
     if not s.methods or list(dict.fromkeys(s.methods)) == [run.method.name]:
