@@ -50,7 +50,9 @@ def fig_acc_vs_width(runs: pd.DataFrame, value: str = "test") -> Plot | None:
     if value == "test":
         return Plot("test_acc_vs_width", "Test accuracy vs width (Figures 1 and 5)",
                     "Best test accuracy of every sparse family (solid, one line per weight budget), of pruned "
-                    "families (dotted triangles: dense at that width, pruned to the budget) and of dense models "
+                    "families (dotted triangles: dense at that width, pruned to the budget), of set (dash-dot "
+                    "diamonds) and rigl (dashed, triangles down) families (the sparse members' budget and "
+                    "connectivity, with a mask learned while training) and of dense models "
                     "whose weight count grows with width (dashed). Mean over seeds, error bars: standard error.", fig, front(pd.concat(data), "setting", "line"))
     return Plot("train_acc_vs_width", "Train accuracy vs width (Figure 13)",
                 "Final training accuracy of the same runs, drawn the same way.", fig,
@@ -58,10 +60,10 @@ def fig_acc_vs_width(runs: pd.DataFrame, value: str = "test") -> Plot | None:
 
 
 def fig_budget_methods(runs: pd.DataFrame) -> Plot | None:
-    """One panel per setting and budget with pruned members: accuracy against the width the model had while
-    it was trained (sparse: its width; pruned: its parent's), one line per method, the dense baseline at
-    the base width as a dashed line."""
-    pruned = runs[rows_where(runs.method, lambda m: m.has_parent)]
+    """One panel per setting and budget with pruned or learned-mask (set, rigl) members: accuracy against
+    the width the model had while it was trained (sparse, set, rigl: its width; pruned: its parent's), one
+    line per method, the dense baseline at the base width as a dashed line."""
+    pruned = runs[rows_where(runs.method, lambda m: m.has_parent or m.learned_mask)]
     groups = sorted(pruned.groupby(["setting", "base_width"]).groups)
     if not groups:
         return None
@@ -84,14 +86,16 @@ def fig_budget_methods(runs: pd.DataFrame) -> Plot | None:
         data += [d.assign(setting=setting, base_width=base_width) for d in (lines, base) if len(d)]
     return Plot("budget_methods", "Width during training at a fixed budget",
                 "Best test accuracy of models that all end with the base width's weight count, against the width "
-                "they were trained at: sparse members (a random static mask at that width), pruned members "
+                "they were trained at: sparse members (a random static mask at that width), set and rigl members "
+                "(the same initial random mask, dropped and regrown while training), pruned members "
                 "(a dense model of that width trained, pruned to the budget and fine-tuned or rewound), and the "
                 "dense baseline (dashed). Mean over seeds, error bars: standard error.", fig,
                 front(pd.concat(data, ignore_index=True), "setting", "base_width", "line"))
 
 
 def fig_acc_vs_connectivity(runs: pd.DataFrame) -> Plot | None:
-    sparse = runs[rows_where(runs.method, lambda m: m.random_mask)]
+    # A learned mask (set, rigl) keeps the sparse member's connectivity: drawn beside it.
+    sparse = runs[rows_where(runs.method, lambda m: m.random_mask or m.learned_mask)]
     settings = sorted(sparse.setting.unique())
     if not settings:
         return None
@@ -100,7 +104,7 @@ def fig_acc_vs_connectivity(runs: pd.DataFrame) -> Plot | None:
     for ax, setting in zip(axes, settings):
         lines = mean_sem(sparse[sparse.setting == setting], ["line", "width"])
         for i, line, d in by_budget(lines):
-            errorbar(ax, d.connectivity, d, "test", color=f"C{i}", marker="o",
+            errorbar(ax, d.connectivity, d, "test", color=f"C{i}", **{"marker": "o", **family_style(line)},
                       label=f"{line}: {count(d.n_weights.median())} weights")
         connectivity_axis(ax, lines.connectivity)
         ax.set_ylabel("best test accuracy (%)")
@@ -108,8 +112,9 @@ def fig_acc_vs_connectivity(runs: pd.DataFrame) -> Plot | None:
         legend(ax)
         data.append(lines.assign(setting=setting))
     return Plot("test_acc_vs_connectivity", "Test accuracy vs connectivity (Figure 11)",
-                "The sparse families again, against connectivity on a log axis; the dense baseline is the "
-                "point at connectivity 1.", fig, front(pd.concat(data), "setting", "line"))
+                "The sparse families again (and set and rigl, whose learned masks keep the sparse members' "
+                "connectivity), against connectivity on a log axis; the dense baseline is the point at "
+                "connectivity 1.", fig, front(pd.concat(data), "setting", "line"))
 
 
 def fig_bottleneck(runs: pd.DataFrame) -> Plot | None:
