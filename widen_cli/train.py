@@ -210,7 +210,7 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
         te = all_ranks(ctx, device, evaluate(evaluator, test_loader))
         va = all_ranks(ctx, device, evaluate(evaluator, val_loader)) if val_loader is not None else None
         sched.step()
-        changed = updater.log()["mask_changed"].get(epoch) if updater is not None else None
+        changed = updater.log().get("mask_changed", {}).get(epoch) if updater is not None else None
         return lr, [EpochTotals(tr.mean_loss, tr.acc, te.mean_loss, te.acc, *((va.mean_loss, va.acc) if va is not None
                                                                              else (None, None)), changed)]
 

@@ -31,8 +31,11 @@ class MaskUpdater(Protocol):
 
     def load_state_dict(self, state: dict) -> None: ...
 
-    def log(self) -> dict[str, float]:
-        """Per-epoch metric fields (name -> value) for the epoch that just ended."""
+    def log(self) -> dict:
+        """How far the mask moved so far, read after every epoch and at the end: `mask_changed` {epoch
+        (from 1): fraction of kept positions changed by that epoch's updates} (the metrics rows'),
+        `mask_updates` (int) and `mask_kept_initial` (the fraction of the initial kept positions still
+        kept) for the summary. A key left out is recorded as null."""
 
 
 class Method:
