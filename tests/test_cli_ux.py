@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from widen_cli import cli, completion, config
+from widen_cli import cli, completion, compose
 
 REPO = Path(__file__).resolve().parent.parent
 WIDEN = shutil.which("widen", path=str(Path(sys.executable).parent)) or "widen"
@@ -107,6 +107,6 @@ def test_completion_knows_every_launcher():
 def test_every_option_reaches_a_config_key_or_its_command(command, fn):
     """A parameter renamed without its OPTION_KEYS entry would otherwise drop its option silently."""
     params = set(inspect.signature(inspect.unwrap(fn)).parameters)
-    unmapped = params - set(config.OPTION_KEYS) - cli.COMMAND_ONLY[command]
-    assert not unmapped, f"{command}: {unmapped} reach no config key; add them to config.OPTION_KEYS"
+    unmapped = params - set(compose.OPTION_KEYS) - cli.COMMAND_ONLY[command]
+    assert not unmapped, f"{command}: {unmapped} reach no config key; add them to compose.OPTION_KEYS"
     assert not cli.COMMAND_ONLY[command] - params  # no stale names either

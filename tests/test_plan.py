@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from widen_cli import plan
 from widen_cli.cli import app
-from widen_cli.config import CONF_DIR, compose_config, load
+from widen_cli.compose import CONF_DIR, compose_config, load
 
 runner = CliRunner()
 

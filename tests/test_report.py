@@ -10,10 +10,12 @@ import yaml
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
-from widen_cli import config, report, results
+from widen_cli import compose, report, results
+
+from widen_cli.identity import identity_of, run_dir
 from widen_cli.cli import app
 from widen_cli.budget import default_distribution, fix_last_layer
-from widen_cli.config import MethodConfig
+from widen_cli.schema import MethodConfig
 
 runner = CliRunner()
 ALL_FIGURES = ["test_acc_vs_width", "train_acc_vs_width", "test_acc_vs_connectivity", "improvement_fraction",
@@ -57,7 +59,7 @@ def write_sweep(folder, rows, dataset="digits", method="sparse", base_width=8, m
 
 @functools.cache
 def default_run(dataset):
-    return config.load([f"dataset={dataset}", "model=mlp"])[1]
+    return compose.load([f"dataset={dataset}", "model=mlp"])[1]
 
 
 def member_run(dataset, method, width, base_width, seed, llc=None, epochs=3, out="runs"):
@@ -303,12 +305,12 @@ def test_interrupted_members_are_left_out_with_a_warning(tmp_path):
 def write_run(out, acc, *member, epochs):
     """A finished `widen train` run folder: metrics.parquet and summary.parquet through the real write path."""
     run = member_run(*member, epochs=epochs, out=out)
-    run.run_dir.mkdir(parents=True)
+    run_dir(run).mkdir(parents=True)
     metrics = pd.DataFrame(dict(epoch=range(1, epochs + 1), lr=0.1, train_loss=0.5, train_acc=acc + 0.01,
                                 test_loss=0.6, test_acc=np.linspace(acc / 2, acc, epochs), seconds=0.1))
-    results.write_table(metrics, run.run_dir / results.METRICS_FILE, "metrics")
+    results.write_table(metrics, run_dir(run) / results.METRICS_FILE, "metrics")
     summary = row(run.method.name, run.width, run.base_width, run.seed, acc, dataset=run.dataset.name, epochs=epochs)
-    results.write_table(pd.DataFrame([summary]), run.run_dir / results.SUMMARY_FILE, "summary")
+    results.write_table(pd.DataFrame([summary]), run_dir(run) / results.SUMMARY_FILE, "summary")
     return run
 
 
@@ -342,10 +344,10 @@ def test_a_differing_method_option_splits_the_family(tmp_path):
     for rescale, acc in ((True, 0.8), (False, 0.6)):
         run = member_run("digits", "sparse", 8, 4, 0, out=tmp_path / "runs")
         run = replace(run, method=replace(run.method, rescale_init=rescale))
-        run.run_dir.mkdir(parents=True)
+        run_dir(run).mkdir(parents=True)
         summary = row("sparse", 8, 4, 0, acc)
-        summary["identity"] = json.dumps(run.identity(), sort_keys=True)
-        results.write_table(pd.DataFrame([summary]), run.run_dir / results.SUMMARY_FILE, "summary")
+        summary["identity"] = json.dumps(identity_of(run), sort_keys=True)
+        results.write_table(pd.DataFrame([summary]), run_dir(run) / results.SUMMARY_FILE, "summary")
     res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
     assert res.exit_code == 0, res.output
     assert "differ in method.rescale_init:" in " ".join(res.output.split())

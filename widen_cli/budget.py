@@ -21,7 +21,7 @@ from widen_cli.distributions import (  # noqa: F401 - the rules, re-exported bes
 from widen_cli.errors import UserError
 
 if TYPE_CHECKING:
-    from widen_cli.config import MethodConfig, ModelConfig
+    from widen_cli.schema import MethodConfig, ModelConfig
     from widen_cli.models import InputSpec
 
 

@@ -121,7 +121,7 @@ def _names(text: str | None) -> list[str] | None:
 
 # ---------------------------------------------------------------- options shared by train and sweep-width
 
-# train's and sweep-width's parameters reach the config through config.OPTION_KEYS, by parameter name;
+# train's and sweep-width's parameters reach the config through compose.OPTION_KEYS, by parameter name;
 # these are the ones the commands use themselves. tests/test_cli_ux.py checks that every parameter is one
 # or the other, so a renamed parameter cannot silently lose its option.
 COMMAND_ONLY = {
@@ -201,13 +201,13 @@ def train(
 
     Example: widen train --dataset cifar10 --model resnet18 --width 18 --epochs 300 optim.lr=0.05
     """
-    from widen_cli import config, fingerprint
+    from widen_cli import compose, fingerprint, identity
 
-    _, run = config.load(config.overrides_from_options(experiment, dict(locals()), overrides), config_dir or ())
+    _, run = compose.load(compose.overrides_from_options(experiment, dict(locals()), overrides), config_dir or ())
     run = fingerprint.attach(run, fetch=not show_config)  # once: what data this is names the run folder
     if show_config:
-        console.print(config.to_yaml(run), end="", highlight=False, markup=False, soft_wrap=True)
-        console.print(f"# run folder: {run.run_dir}", highlight=False, markup=False, soft_wrap=True)
+        console.print(identity.to_yaml(run), end="", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"# run folder: {identity.run_dir(run)}", highlight=False, markup=False, soft_wrap=True)
         return
 
     from widen_cli import claims, display, distributed, memory
@@ -284,7 +284,7 @@ def sweep_width(
     budgets = _numbers(base_width, int, "--base-width")
     # One budget is the base_width key, as for train; several go to sweep.base_widths.
     options = {**locals(), "base_width": budgets[0] if budgets and len(budgets) == 1 else None}
-    from widen_cli import claims, config, display, fingerprint, plan, sweep
+    from widen_cli import claims, compose, display, fingerprint, plan, sweep
 
     sweep.check_launch(launcher, jobs)
     if method and methods:
@@ -295,8 +295,8 @@ def sweep_width(
     claims.stale_seconds()  # a bad $WIDEN_CLAIM_TIMEOUT is refused before anything is written
     if experiment is None:
         options = {**options, **{k: v for k, v in plan.SWEEP_DEFAULTS.items() if options[k] is None}}
-    composing = config.overrides_from_options(experiment, options, overrides)
-    cfg = config.compose_config(composing, config_dir or ())
+    composing = compose.overrides_from_options(experiment, options, overrides)
+    cfg = compose.compose_config(composing, config_dir or ())
     run = plan.family_run(cfg, budgets[0] if budgets else None)
     run = fingerprint.attach(run, fetch=not dry_run)  # once for every member: they share the data
     settings = plan.settings(

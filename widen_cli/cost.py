@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from widen_cli.budget import Member
-from widen_cli.config import FOLDER_DATASETS, DatasetConfig, ModelConfig
+from widen_cli.schema import FOLDER_DATASETS, DatasetConfig, ModelConfig
 from widen_cli.models import InputSpec, build_model
 
 # Documented training images per epoch: what the estimate assumes when the files are not there (yet).

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from widen_cli.config import FOLDER_DATASETS, DatasetConfig
+from widen_cli.schema import FOLDER_DATASETS, DatasetConfig
 from widen_cli.errors import UserError
 from widen_cli import images
 from widen_cli.hardware import available_cpus

@@ -21,7 +21,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from widen_cli.config import GENERATED_DATASETS, DatasetConfig, RunConfig
+from widen_cli.schema import GENERATED_DATASETS, DatasetConfig, RunConfig
 
 DIGEST_CHARS = 12
 

@@ -5,7 +5,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from widen_cli.budget import DISTRIBUTIONS
-from widen_cli.config import CONF_DIR, DatasetConfig, compose_config, folder_name
+from widen_cli.schema import DatasetConfig
+from widen_cli.compose import CONF_DIR, compose_config
+from widen_cli.identity import folder_name
 from widen_cli.validation import check_device, check_name, validate
 from widen_cli.errors import UserError
 

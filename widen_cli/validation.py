@@ -8,9 +8,7 @@ from dataclasses import MISSING, fields, replace
 from typing import TYPE_CHECKING
 
 from widen_cli.budget import DISTRIBUTIONS, default_distribution, fix_last_layer
-from widen_cli.config import (AUGMENTATIONS, COMPUTED, FOLDER_DATASETS, INITS, NORMALIZATIONS, PRECISIONS,
-                              PRUNE_VARIANTS, SELECT_ON, DatasetConfig, MethodConfig, ModelConfig, OptimConfig,
-                              RunConfig, SubmititConfig, SweepConfig)
+from widen_cli.schema import AUGMENTATIONS, COMPUTED, FOLDER_DATASETS, INITS, NORMALIZATIONS, PRECISIONS, PRUNE_VARIANTS, SELECT_ON, DatasetConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, SubmititConfig, SweepConfig
 from widen_cli import tracking
 from widen_cli.errors import UserError
 from widen_cli.schedules import SCHEDULES

@@ -23,7 +23,7 @@ from typing import Callable
 import pandas as pd
 
 from widen_cli.budget import default_distribution
-from widen_cli.config import without_lr
+from widen_cli.identity import without_lr
 
 MEMBER_KEYS = ("seed", "width", "base_width", "method")  # identity keys a family's members differ in
 SHOWN_METHOD_KEYS = ("name", "distribution", "within", "last_layer_connectivity", "prune", "scope")  # in the labels
