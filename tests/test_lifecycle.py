@@ -16,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from test_reliability import start, wait_for  # Ctrl-C must reach these subprocesses however the suite was started
@@ -63,22 +62,6 @@ def test_finished_run_with_other_settings_is_refused(tmp_path):
     same = widen(*SMALL, "--out", tmp_path, "--name", "x", "--device", "cpu")  # where it runs is no setting
     assert same.exit_code == 0 and "is done" in same.output, same.output
     assert (tmp_path / "x" / results.SUMMARY_FILE).stat().st_mtime_ns == before
-
-
-def test_finished_run_from_before_summary_identities_is_compared_by_its_config(tmp_path):
-    assert widen(*SMALL, "--out", tmp_path, "--name", "old").exit_code == 0
-    folder = tmp_path / "old"
-    # As earlier versions left it: no identity in the summary, config.yaml a Hydra dump.
-    old_columns = results.SUMMARY_COLUMNS[:results.SUMMARY_COLUMNS.index("wall_seconds") + 1]
-    summary = pd.read_parquet(folder / results.SUMMARY_FILE)
-    summary[old_columns].to_parquet(folder / results.SUMMARY_FILE, index=False)  # no kind metadata either
-    cfg, run = compose.load(["width=16", "optim.epochs=2", f"out={tmp_path}", "name=old"])
-    cfg.base_width = run.base_width
-    (folder / results.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-    one_error_line(widen(*SMALL, "--out", tmp_path, "--name", "old", "--seed", 3), f"seed: 3 here, 0 in {folder}")
-    same = widen(*SMALL, "--out", tmp_path, "--name", "old")
-    assert same.exit_code == 0 and "is done" in same.output, same.output
 
 
 def test_unfinished_run_with_other_settings_names_them(tmp_path):
