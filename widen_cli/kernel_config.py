@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from widen_cli.budget import DISTRIBUTIONS
+from widen_cli.budget import check_distribution
 from widen_cli.schema import DatasetConfig
 from widen_cli.compose import CONF_DIR, compose_config
 from widen_cli.identity import folder_name
@@ -75,8 +75,7 @@ def kernel_config(given: dict) -> tuple[KernelConfig, DatasetConfig | None]:
     given = {k: v for k, v in given.items() if v is not None and v is not False}
     dirs = given.pop("config_dir", ())
     o = {**defaults, **given}
-    if o["distribution"] not in DISTRIBUTIONS:
-        raise UserError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {o['distribution']!r}")
+    check_distribution(o["distribution"], "--distribution")
     check_device(str(o["device"]), "--device")
     check_name(o["name"])
     if o["inputs"] not in KERNEL_INPUTS:

@@ -28,8 +28,7 @@ BATCH_BAR_MIN = 50
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig):
-    if cfg.schedule not in SCHEDULES:
-        raise UserError(f"unknown optim.schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    # cfg.schedule is one of SCHEDULES: validation checked it (with their names, from schedules.py)
     opt = hardware.EagerSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return opt, SCHEDULES[cfg.schedule](opt, cfg)
 
