@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from test_data import CPU, _folder_cfg, write_folders
 from widen_cli import compose, hardware
+from widen_cli.identity import run_name
 from widen_cli.cli import app
 from widen_cli.data import load_data
 
@@ -73,7 +74,7 @@ def test_skip_bad_images_trains_and_counts_them(tmp_path):
 
 
 def test_skipping_is_not_part_of_the_run_identity():
-    names = [compose.load(["dataset=imagefolder", "dataset.root=x", *extra])[1].run_name()
+    names = [run_name(compose.load(["dataset=imagefolder", "dataset.root=x", *extra])[1])
              for extra in ([], ["dataset.skip_bad_images=true"])]
     assert names[0] == names[1]
 

@@ -114,7 +114,7 @@ def test_other_methods_keep_their_folder_names():
     _, dense = compose.load(["dataset=digits", "model=mlp", "width=16"])
     _, pruned = compose.load(["dataset=digits", "model=mlp", "method=pruned", "width=16"])
     assert "prune" not in identity_of(dense)["method"] and identity_of(pruned)["method"]["prune"] == "magnitude"
-    assert parent_run(pruned).run_name() == run_name(dense)
+    assert run_name(parent_run(pruned)) == run_name(dense)
 
 
 # ---------------------------------------------------------------- trained members
@@ -174,7 +174,7 @@ def test_rewind_restores_the_parent_initial_weights_exactly(tmp_path):
                                                                     method="pruned", width=32, base_width=16,
                                                                     out=str(tmp_path)),
                                                         ["method.prune=magnitude-rewind", "method.finetune_epochs=1"]))
-    parent_dir = parent_run(run).run_dir
+    parent_dir = run_dir(parent_run(run))
     init = torch.load(results.weights_at_epoch(parent_dir, 0), weights_only=True)
     torch.manual_seed(run.seed)  # what the parent's training built before its first step
     assert all(torch.equal(init[k], v) for k, v in build_model(run.model, 32, _spec(run)).state_dict().items())

@@ -73,7 +73,7 @@ def member_run(dataset, method, width, base_width, seed, llc=None, epochs=3, out
 
 def identity(*member, **settings):
     """The summary's identity column, as such a run records it."""
-    return json.dumps(member_run(*member, **settings).identity(), sort_keys=True)
+    return json.dumps(identity_of(member_run(*member, **settings)), sort_keys=True)
 
 
 def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weights=None, epochs=3):
@@ -247,7 +247,7 @@ def test_repeats_that_disagree_are_named_and_counted_once(tmp_path):
     flat = "".join(res.output.split())  # rich wraps long paths anywhere
     warning = "1experiment(s)wererunmorethanonce(sameidentityandseed)withdifferentnumbers"
     assert flat.count(warning) == 1
-    assert f"{first.run_dir}(test60.00)vs{again.run_dir}(test90.00)".replace(" ", "") in flat
+    assert f"{run_dir(first)}(test60.00)vs{run_dir(again)}(test90.00)".replace(" ", "") in flat
     table = pd.read_csv(tmp_path / "report" / "table.csv").set_index("row")
     assert table.loc["sparse b=4", "seeds_w8"] == 2
     assert table.loc["sparse b=4", "test_acc_w8"] == pytest.approx(65.0)  # the first run of seed 0, and seed 1
