@@ -269,7 +269,7 @@ def test_unknown_and_unreadable_tables_are_skipped_with_a_warning(fake_results, 
     res = widen("report", odd, root / "kernel-fig7", "--out", tmp_path / "report")
     assert res.exit_code == 0, res.output
     flat = " ".join(res.output.split())  # rich may wrap long paths
-    assert "skipping" in flat and "results.parquet: unknown columns" in flat
+    assert "skipping" in flat and "results.parquet: no widen table kind in its metadata" in flat
     assert "broken.parquet: not a readable Parquet table" in flat
     assert (tmp_path / "report" / "kernel_distance.png").exists()
     assert not (tmp_path / "report" / "table.csv").exists()  # no runs, no Table 1
@@ -359,21 +359,29 @@ def test_a_differing_method_option_splits_the_family(tmp_path):
 OLD_SUMMARY_COLUMNS = results.SUMMARY_COLUMNS[:results.SUMMARY_COLUMNS.index("wall_seconds") + 1]
 
 
-def test_tables_without_metadata_are_read_by_their_columns_with_one_warning(tmp_path):
-    """A sweep gathered by an older widen (no kind in its metadata, no identity) beside a new run of the same
-    member: both are read, and kept apart since the old runs' identity is unknown."""
+def test_tables_without_a_kind_or_of_an_older_schema_are_skipped_with_a_warning(tmp_path):
+    """Only the tables this widen writes are read (0.1.0 is the first release): one without a kind in its
+    metadata, or of an older schema version, is skipped with a warning; the run beside them is reported."""
+    import pyarrow.parquet as pq
+
     old = pd.DataFrame([row("sparse", w, 4, s, 0.7 + 0.01 * s + 0.1 * (w == 8)) for w in (4, 8) for s in (0, 1)])
     old["run"] = [f"old-{i}" for i in range(len(old))]
     (tmp_path / "runs" / "old").mkdir(parents=True)
     old[[*OLD_SUMMARY_COLUMNS, "widening_factor", "distribution", "last_layer_connectivity", "run", "error"]] \
         .to_parquet(tmp_path / "runs" / "old" / results.RESULTS_FILE, index=False)
-    write_run(tmp_path / "runs", 0.5, "digits", "sparse", 8, 4, 0, epochs=3)
+    new = write_run(tmp_path / "runs", 0.5, "digits", "sparse", 8, 4, 0, epochs=3)
+    older = tmp_path / "runs" / "older"
+    older.mkdir()
+    table = pq.read_table(run_dir(new) / results.SUMMARY_FILE)
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"widen.schema_version": b"1"}),
+                   older / results.SUMMARY_FILE)
     res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
     assert res.exit_code == 0, res.output
     flat = " ".join(res.output.split())
-    assert flat.count("carry no kind in their metadata") == 1 and "old/results.parquet" in flat
+    assert "old/results.parquet: no widen table kind in its metadata" in flat
+    assert "summary table of schema version 1, older than this widen's" in flat
     table = pd.read_csv(tmp_path / "report" / "table.csv").set_index(["setting", "row"])
-    assert table.loc[("digits mlp, identity unknown", "sparse b=4"), "test_acc_w8"] == pytest.approx(80.5)
+    assert list(table.index) == [("digits mlp", "sparse b=4")]
     assert table.loc[("digits mlp", "sparse b=4"), "test_acc_w8"] == pytest.approx(50.0)
 
 

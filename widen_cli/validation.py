@@ -1,5 +1,5 @@
-"""Validate a composed config (compose.py) once into the typed, frozen dataclasses of schema.py: every value checked
-against its field's type (one line per mistake), then the checks that span fields."""
+"""Validate a composed config (compose.py) once into the typed, frozen dataclasses of schema.py: every
+value checked against its field's type (one line per mistake), then the checks that span fields."""
 from __future__ import annotations
 
 import math
@@ -201,8 +201,7 @@ def _check_dataset(ds) -> None:
 
 def resolve_distribution(run: RunConfig) -> RunConfig:
     """method.distribution null -> the model's default (sparse and pruned; the others keep staggered), then
-    dense-last beside a fixed last layer -> staggered (budget.fix_last_layer). validate does it, and so
-    does reading a stored sweep.yaml (the composed config, where null stays null)."""
+    dense-last beside a fixed last layer -> staggered (budget.fix_last_layer), so identities hold the name."""
     method = run.method
     if method.distribution is None:
         method = replace(method, distribution=default_distribution(run.model.name) if method.name in ("sparse", "pruned")
