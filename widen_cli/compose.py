@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from widen_cli import datasets
 from widen_cli.conf_path import shipped_conf_dir
 from widen_cli.errors import UserError
 from widen_cli.schema import RunConfig
@@ -87,39 +88,24 @@ def compose_config(overrides: list[str] = (), extra_dirs: list[Path] | tuple = (
         raise UserError(f"bad override: {first}") from None
 
 
-# The command-line options that are config keys (train and sweep-width share them); other options are not.
-OPTION_KEYS = {
-    "dataset": "dataset", "model": "model", "method": "method", "width": "width", "base_width": "base_width",
-    "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr", "device": "device",
-    "precision": "precision", "compile_model": "compile", "data_root": "dataset.root",
-    "download": "dataset.download", "image_size": "dataset.image_size", "subset": "dataset.subset", "seed": "seed",
-    "out": "out", "name": "name", "distribution": "method.distribution",
-    "skip_bad_images": "++dataset.skip_bad_images",  # ++: accepted (and unused) by datasets without the key
-    "track": "tracking",  # comma-separated names, made a list
-}
 QUOTED = ("name", "out", "dataset.root")
 
 
-# Without --model (or a preset, or a model= override), the model follows the dataset, for train and
-# sweep-width alike: the paper's MLPs for MNIST-like data, ResNet-18 for every image dataset.
-MLP_DATASETS = ("mnist", "digits", "synthetic")
 DEFAULT_DATASET = "digits"  # conf/config.yaml's
 
 
-def default_model(dataset: str) -> str:
-    return "mlp" if dataset in MLP_DATASETS else "resnet18"
-
-
-def overrides_from_options(experiment: str | None, options: dict, extra: list[str] | None) -> list[str]:
-    """The options that were given (of OPTION_KEYS; others are ignored) as Hydra overrides: the preset
-    first, then options, then trailing overrides. Without a preset the model defaults by dataset."""
+def overrides_from_options(experiment: str | None, given: dict, extra: list[str] | None) -> list[str]:
+    """The options that were given, as {config key: value} (widen_cli/options.py declares each option's
+    key; None or False: not given), as Hydra overrides: the preset first, then options, then trailing
+    overrides. Without a preset the model defaults by dataset."""
     overrides = [f"+experiment={experiment}"] if experiment else []
-    given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in extra or [] if "=" in o}
-    if not experiment and options.get("model") is None and "model" not in given:
-        dataset = options.get("dataset") or given.get("dataset") or DEFAULT_DATASET
-        options = {**options, "model": default_model(dataset)}
-    for option, key in OPTION_KEYS.items():
-        value = options.get(option)
+    trailing = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in extra or [] if "=" in o}
+    if not experiment and given.get("model") is None and "model" not in trailing:
+        dataset = given.get("dataset") or trailing.get("dataset") or DEFAULT_DATASET
+        # The model follows the dataset (its registry entry), for train and sweep-width alike.
+        given = {**given, "model": datasets.default_model(dataset)}
+    # A group (dataset=, model=, method=) before its own keys (dataset.root=, method.distribution=).
+    for key, value in sorted(given.items(), key=lambda item: "." in item[0]):
         if value is None or value is False:
             continue
         if isinstance(value, bool):

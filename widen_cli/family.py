@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from widen_cli import checkpoint, hardware, lifecycle
+from widen_cli import checkpoint, datasets, hardware, lifecycle
 from widen_cli.budget import Member
 from widen_cli.identity import run_dir
 from widen_cli.schema import RunConfig
-from widen_cli.data import FOLDER_DATASETS, TensorLoader
+from widen_cli.data import TensorLoader
 from widen_cli.errors import Interrupted
 from widen_cli.jobs import Job
 from widen_cli.lifecycle import EpochTotals, RunResult
@@ -52,7 +52,7 @@ def batch_key(run: RunConfig):
     the loss cannot give). bf16 runs train alone (autocast would not reach the stacked layers the same way).
     """
     if (run.model.name != "mlp" or run.method.name not in BATCHED_METHODS or run.precision != "fp32"
-            or run.dataset.name in FOLDER_DATASETS):
+            or datasets.get(run.dataset.name).layout != datasets.TENSOR):
         return None
     return (run.dataset, run.model, run.optim, run.device, run.method.name,
             run.width if run.method.name == "dense" else None)

@@ -14,7 +14,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from widen_cli.schema import GENERATED_DATASETS, RunConfig
+from widen_cli import datasets
+from widen_cli.schema import RunConfig
 
 # RunConfig fields that are no part of the identity: where and how fast a run goes, and who watches it.
 NOT_IDENTITY = ("out", "name", "device", "compile", "tracking")
@@ -47,7 +48,8 @@ def identity_of(run: RunConfig) -> dict:
     d = asdict(run)
     for k in NOT_IDENTITY:
         d.pop(k)
-    if d["data_fingerprint"] is None or run.dataset.name in GENERATED_DATASETS:
+    # Data made from the config alone: its fingerprint adds nothing the identity lacks (recorded, left out).
+    if d["data_fingerprint"] is None or datasets.get(run.dataset.name).generated is not None:
         d.pop("data_fingerprint")
     for k in DATASET_NOT_IDENTITY:
         d["dataset"].pop(k)

@@ -1,4 +1,4 @@
-"""Kernel distance of a sparse one-hidden-layer ReLU network (paper Section 3, App. F; docs/kernel-theory.md).
+"""Kernel distance of a sparse one-hidden-layer ReLU network (paper Section 3, App. F; docs/explanations/kernel-theory.md).
 
 f(x) = (n d)^-1/2 v.[u x]_+ in NTK parameterisation, no biases. Its GP kernel at initialisation,
 conditional on the first layer u, is Θ(x, y) = (1/(n d)) Σ_i [u_i.x]_+ [u_i.y]_+; the infinite-width
@@ -123,7 +123,7 @@ def eq29_width(n_weights: int, d: int, outputs: int) -> float:
 
 
 def leading_order(p: float, n: int, d: int) -> float:
-    """Theorem 1 to leading order for i.i.d. unit-variance inputs, x != y (docs/kernel-theory.md, section 8)."""
+    """Theorem 1 to leading order for i.i.d. unit-variance inputs, x != y (docs/explanations/kernel-theory.md, section 8)."""
     return ((1 - 1 / math.pi ** 2) + 3 * (1 - p) / (d * p)) / (4 * n)
 
 
@@ -199,7 +199,7 @@ def theorem1(x, y, p: float, n: int, samples: int, generator, reference: int | N
     error is therefore the one of a mean over independent blocks (block sums, unequal last block
     allowed): it covers both the mask noise and the choice of pairs, i.e. what another seed would
     change. (A fresh mask per pair spreads ~8x less, but costs ~10x the time: more than the empirical
-    column at every width; docs/kernel-theory.md, section 5.) NaN with a single block.
+    column at every width; docs/explanations/kernel-theory.md, section 5.) NaN with a single block.
     The mask noise is removed from the squares, so a tiny bias can come out slightly negative.
     A dense width-N reference adds its variance.
     """
@@ -323,7 +323,7 @@ def inputs(cfg, dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tens
     if dataset is None:
         x, y = gaussian_pairs(cfg.pairs, cfg.input_dim, g)
     else:
-        from widen_cli.data import load_tensors
+        from widen_cli.datasets.readers import load_tensors
 
         _, test = load_tensors(dataset)
         x, y = data_pairs(test.images, cfg.pairs, g)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from widen_cli import budget, compose, results, schema, validation
+from widen_cli import budget, compose, datasets, results, schema, validation
 from widen_cli.schema import MethodConfig, RunConfig, SweepConfig
 from widen_cli.errors import UserError
 from widen_cli.identity import family_identity, folder_name, run_name, without_lr
@@ -280,6 +280,9 @@ def plan_sweep(run: RunConfig, s: SweepConfig, name: str | None = None,
 
     validation.check_name(name)
     if s.select_on == "val":
+        if not datasets.get(run.dataset.name).holds_out:  # else every member would fail as it loads its data
+            raise UserError(f"--select-on val holds out part of the training split, which {run.dataset.name} "
+                            f"(image folders, val/ being the test set) cannot; use --select-on test")
         run = replace(run, dataset=replace(run.dataset, val_fraction=s.val_fraction))
     spec = spec_from_config(run.dataset)
     budgets = base_widths(run, s)

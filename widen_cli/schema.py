@@ -1,5 +1,6 @@
 """The settings of a run and a sweep: frozen dataclasses (what validation.py builds from a composed config,
-compose.py) and the names their keys accept. Imports nothing of widen_cli: every other module may use it.
+compose.py) and the names their keys accept (datasets' facts are the dataset registry's, datasets/).
+Imports nothing of widen_cli: every other module may use it.
 
 Which of these fields identify a run, and so name its folder, is identity.py's.
 """
@@ -14,13 +15,7 @@ NORMALIZATIONS = ("per-channel", "per-pixel")
 SELECT_ON = ("test", "val")
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"  # what `device` accepts (validation.check_device; hardware resolves it)
 DEVICES = "auto, cpu, cuda or cuda:N"  # the same, in words
-# Data made from the config alone: its fingerprint adds nothing the identity lacks, so it is recorded but
-# left out of the identity.
-GENERATED_DATASETS = ("digits", "synthetic")
 COMPUTED = "computed"  # metadata of a field a command computes (not a setting)
-FOLDER_DATASETS = ("imagenet", "imagefolder")  # read from image folders as they train; the others are in memory
-# dataset.augment's names: in-memory datasets are augmented on the device, image folders by torchvision.
-AUGMENTATIONS = {"tensor": ("crop", "flip"), "folder": ("resized_crop", "flip")}
 
 
 @dataclass(frozen=True)

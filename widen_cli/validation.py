@@ -8,10 +8,10 @@ from dataclasses import MISSING, fields, replace
 from typing import TYPE_CHECKING
 
 from widen_cli.budget import check_distribution, check_member, default_distribution, fix_last_layer
-from widen_cli.schema import (AUGMENTATIONS, COMPUTED, DEVICE_PATTERN, DEVICES, FOLDER_DATASETS, INITS, NORMALIZATIONS,
-                              PRECISIONS, PRUNE_VARIANTS, SELECT_ON, DatasetConfig, MethodConfig, ModelConfig,
-                              OptimConfig, RunConfig, SubmititConfig, SweepConfig)
-from widen_cli import tracking
+from widen_cli.schema import (COMPUTED, DEVICE_PATTERN, DEVICES, INITS, NORMALIZATIONS, PRECISIONS, PRUNE_VARIANTS,
+                              SELECT_ON, DatasetConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig,
+                              SubmititConfig, SweepConfig)
+from widen_cli import datasets, tracking
 from widen_cli.errors import UserError
 from widen_cli.schedules import SCHEDULES
 
@@ -185,14 +185,15 @@ def _check_optim(run: RunConfig) -> None:
         raise UserError(f"optim.milestones must be epochs >= 1, got {list(o.milestones)}")
 
 
-# Classes of the built-in in-memory datasets: fewer in dataset.num_classes would crash the loss on a label.
-CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10}
-
-
 def _check_dataset(ds) -> None:
-    if ds.num_classes is not None and ds.num_classes < CLASSES.get(ds.name, 0):
-        raise UserError(f"{ds.name}: dataset.num_classes={ds.num_classes} but it has {CLASSES[ds.name]} classes")
-    valid = AUGMENTATIONS["folder" if ds.name in FOLDER_DATASETS else "tensor"]
+    entry = datasets.get(ds.name)
+    # Fewer classes than an in-memory dataset's labels would crash the loss on a label.
+    if ds.num_classes is not None and entry.layout == datasets.TENSOR and ds.num_classes < (entry.classes or 0):
+        raise UserError(f"{ds.name}: dataset.num_classes={ds.num_classes} but it has {entry.classes} classes")
+    if not entry.holds_out and (ds.val_fraction or ds.normalize != "per-channel"):
+        raise UserError(f"{ds.name}: dataset.val_fraction and dataset.normalize are for in-memory datasets "
+                        f"(image folders use ImageNet's mean and std and have val/ as their test set)")
+    valid = entry.augmentations
     unknown = [a for a in ds.augment if a not in valid]
     if unknown:
         raise UserError(f"dataset.augment: unknown augmentation {unknown[0]!r} for {ds.name}; valid: "
