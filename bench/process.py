@@ -59,7 +59,7 @@ def sweep_args(data: Path, out: Path, epochs: int) -> list[str]:
 def reference_spec(epochs: int, threads: int) -> dict:
     """The same members for the plain loop: widths and each layer's kept weights, from widen's plan."""
     from widen_cli import plan
-    from widen_cli.config import compose_config
+    from widen_cli.compose import compose_config
 
     cfg = compose_config(["dataset=mnist", "model=mlp", "method=sparse", "dataset.root=unused"])
     family = plan.plan_sweep(plan.family_run(cfg, 8), plan.settings(cfg, widths=list(FIG7_WIDTHS), dense_wide=False))

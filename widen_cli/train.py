@@ -12,10 +12,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from widen_cli import checkpoint, distributed, hardware, jobs, lifecycle, prune, results
-from widen_cli.config import OptimConfig, RunConfig
+from widen_cli.schema import OptimConfig, RunConfig
 from widen_cli.data import load_data, spec_from_config
 from widen_cli.errors import UserError
 from widen_cli.hardware import resolve_device
+from widen_cli.identity import run_name
 from widen_cli.jobs import Job
 from widen_cli.lifecycle import EpochTotals, RunResult
 from widen_cli.methods import MaskUpdater, method_of
@@ -28,8 +29,7 @@ BATCH_BAR_MIN = 50
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig):
-    if cfg.schedule not in SCHEDULES:
-        raise UserError(f"unknown optim.schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    # cfg.schedule is one of SCHEDULES: validation checked it (with their names, from schedules.py)
     opt = hardware.EagerSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return opt, SCHEDULES[cfg.schedule](opt, cfg)
 
@@ -225,4 +225,4 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
             opened.moved = updater.log()
         return model
 
-    return lifecycle.drive([opened], run.run_name(), step, snapshot, trained)[0]
+    return lifecycle.drive([opened], run_name(run), step, snapshot, trained)[0]
