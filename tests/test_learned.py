@@ -153,3 +153,16 @@ def test_bad_values_are_refused_in_one_line(tmp_path, args, needle):
         assert res.exit_code == 2, res.output
         assert res.output.startswith("error: ") and needle in res.output and res.output.count("\n") == 1, res.output
         assert not (tmp_path / "o").exists()
+
+
+def test_a_method_option_goes_only_to_the_listed_methods_that_have_it(tmp_path):
+    """rigl's method.delta_t beside sparse is rigl's; with no listed method having it, it is refused."""
+    ok = widen("sweep-width", "--dataset", "digits", "--base-width", 8, "--widths", "8,16", "--methods", "sparse,rigl",
+               "method.delta_t=7", "--dry-run", "--out", tmp_path / "a", "--name", "a")
+    assert ok.exit_code == 0, ok.output
+    plan = pd.read_parquet(tmp_path / "a" / "a" / results.PLAN_FILE)
+    assert {"sparse", "rigl"} <= set(plan.method)
+    res = widen("sweep-width", "--dataset", "digits", "--base-width", 8, "--widths", "8,16", "--methods", "sparse,set",
+                "method.delta_t=7", "--dry-run", "--out", tmp_path / "b")
+    assert res.exit_code == 2 and res.output.startswith("error: unknown config key 'method.delta_t'"), res.output
+    assert not (tmp_path / "b").exists()
