@@ -2,9 +2,9 @@
 
 A checkpoint holds the model, optimiser and scheduler states, the masks, the RNG states, the CPU
 thread count, the last complete epoch and the metrics rows so far; for a mask that moves while training
-(set, rigl), the masks are the current ones and `updater` the update state (regrow.Updater.state_dict). It is written to a temporary name and renamed, so a
-kill at any moment leaves the previous checkpoint intact, and read with `weights_only=True`, so a
-foreign file can never run code. The data order needs no state: each epoch's is drawn from
+(set, rigl), the masks are the current ones and `updater` the update state (regrow.Updater.state_dict).
+It is written to a temporary name and renamed, so a kill at any moment leaves the previous checkpoint
+intact, and read with `weights_only=True`, so a foreign file can never run code. The data order needs no state: each epoch's is drawn from
 (seed, epoch) (data.epoch_seed).
 """
 from __future__ import annotations
@@ -122,7 +122,8 @@ def restore_updater(state: dict, updater, path: Path) -> None:
             raise ValueError("it holds no mask-update state")
         updater.load_state_dict(saved)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise MemberError(f"checkpoint {path} does not fit this run's mask updates ({str(e)[:200]}); {RESTART}") from None
+        raise MemberError(f"checkpoint {path} does not fit this run's mask updates ({str(e)[:200]}); "
+                          f"{RESTART}") from None
 
 
 def discard(run_dir: Path) -> None:

@@ -81,7 +81,8 @@ SUMMARY_FIELDS = _fields(
     "connectivity:float seed:int epochs:int status:str best_test_acc:float final_test_acc:float "
     "best_train_acc:float final_train_acc:float wall_seconds:float activation:str distribution:str within:str "
     "last_layer_connectivity:float identity:str budget:int val_acc:float variant:str parent_run:str "
-    "total_epochs:int run:str mask_updates:int mask_kept_initial:float", required=("dataset", "model", "method", "width", "base_width", "seed", "status"))
+    "total_epochs:int run:str mask_updates:int mask_kept_initial:float",
+    required=("dataset", "model", "method", "width", "base_width", "seed", "status"))
 # widen_version, git_commit and git_dirty (null unless widen ran from a git checkout), the Python, PyTorch
 # and CUDA (the build's; null for a CPU build) versions; device_used: the device trained on (`auto`
 # resolved, cuda with its index) and device_name (the GPU's name; null on CPU); hostname; command: the
@@ -150,7 +151,8 @@ class Schema:
 # raised last (metrics, summary, results and plan to 2, kernel to 4) brought declared column types, the
 # `run` column of metrics and summaries and the provenance columns; older files are still read.
 TABLES = {
-    "metrics": Schema(METRICS_FIELDS, 2, ("val_loss", "val_acc", "run", "mask_changed")),  # a run's own are never without run
+    # a run's own are never without run
+    "metrics": Schema(METRICS_FIELDS, 2, ("val_loss", "val_acc", "run", "mask_changed")),
     "summary": Schema([*SUMMARY_FIELDS, *PROVENANCE_FIELDS], 2, ("val_acc", "run", *MASK_COLUMNS, *PROVENANCE_COLUMNS)),
     "results": Schema(RESULTS_FIELDS, 2, ("val_acc", "lr", "selected", *MASK_COLUMNS, *PROVENANCE_COLUMNS)),
     "plan": Schema(PLAN_FIELDS, 2, ("base_width",)),

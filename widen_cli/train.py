@@ -182,7 +182,7 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
     method = method_of(run)
     masks = method.masks(run, model, member, kept)  # sparse: drawn from the seed; pruned: the parent's
     if masks is not None:
-        if state is not None and state["masks"] is not None:  # go on with exactly the masks the run started with
+        if state is not None and state["masks"] is not None:  # go on with the checkpoint's masks (a moving mask's current)
             masks = Masks(model, checkpoint.saved_masks(state, masks.state(), opened.dir / checkpoint.FILENAME))
         distributed.check_identical(ctx, masks.state(), "masks")
         if not method.learned_mask:  # a mask that moves: masks.pt holds the final one (trained, below)
@@ -210,9 +210,9 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
         te = all_ranks(ctx, device, evaluate(evaluator, test_loader))
         va = all_ranks(ctx, device, evaluate(evaluator, val_loader)) if val_loader is not None else None
         sched.step()
+        val = (va.mean_loss, va.acc) if va is not None else (None, None)
         changed = updater.log().get("mask_changed", {}).get(epoch) if updater is not None else None
-        return lr, [EpochTotals(tr.mean_loss, tr.acc, te.mean_loss, te.acc, *((va.mean_loss, va.acc) if va is not None
-                                                                             else (None, None)), changed)]
+        return lr, [EpochTotals(tr.mean_loss, tr.acc, te.mean_loss, te.acc, *val, mask_changed=changed)]
 
     def snapshot(_) -> dict:
         return dict(model=model, optimizer=opt, scheduler=sched, masks=masks.state() if masks is not None else None,
