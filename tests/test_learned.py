@@ -83,6 +83,7 @@ SLOW = ["train", "--dataset", "synthetic", "--model", "mlp", "--method", "rigl",
         "optim.momentum=0.9", "method.delta_t=20"]
 
 
+@pytest.mark.slow
 def test_killed_rigl_run_resumes_as_if_never_interrupted(tmp_path):
     proc = start(*SLOW, "--out", tmp_path, "--name", "cut")
     wait_for(tmp_path / "cut" / checkpoint.FILENAME, proc)
@@ -106,6 +107,7 @@ def test_killed_rigl_run_resumes_as_if_never_interrupted(tmp_path):
     assert sa.mask_kept_initial == sb.mask_kept_initial < 1
 
 
+@pytest.mark.slow
 def test_mixed_sweep_trains_and_the_report_draws_set_and_rigl(tmp_path):
     res = widen("sweep-width", "--dataset", "digits", "--base-width", 4, "--widths", "4,8,16", "--seeds", 0,
                 "--epochs", 2, "--methods", "sparse,set,rigl", "method.distribution=staggered", "method.delta_t=5",
