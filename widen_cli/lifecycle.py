@@ -1,6 +1,6 @@
 """A run's lifecycle: the one owner of a run folder's files and states.
 
-Single (train.py) and batched (family.py) training only compute each member's per-epoch totals; this
+Single (train.py) and batched (stacked_training.py) training only compute each member's per-epoch totals; this
 module does everything else, the same way for both:
 
     start   finished already? (read back, or refused if its settings differ) -> claim the folder

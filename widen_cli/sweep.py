@@ -58,17 +58,17 @@ def _record_failure(job: Job, error: BaseException) -> bool:
 
 def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
     """One after another in this process. MLP members that can share a stacked model train together
-    (widen_cli/family.py) unless sweep.batch_members is false; interrupted ones resume as they trained
-    (family.train_family)."""
-    from widen_cli import family
+    (widen_cli/stacked_training.py) unless sweep.batch_members is false; interrupted ones resume as they trained
+    (stacked_training.train_family)."""
+    from widen_cli import stacked_training
     from widen_cli.train import run_training
 
     def key(job: Job):
         if not s.batch_members or any(job.keep_weights):  # weights kept after an epoch: a single run's loop
             return None
-        return family.batch_key(job.run)
+        return stacked_training.batch_key(job.run)
 
-    for batch in family.group(todo, key):
+    for batch in stacked_training.group(todo, key):
         try:
             if key(batch[0]) is None:
                 run_training(batch[0], console, restart=restart)
@@ -76,7 +76,7 @@ def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, 
                 if restart:
                     for job in batch:
                         checkpoint.discard(job.run_dir)
-                family.train_family(batch, console)
+                stacked_training.train_family(batch, console)
             for job in batch:
                 done(job)
         except Exception as e:  # noqa: BLE001 - one member's crash must not stop the family
