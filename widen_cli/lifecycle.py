@@ -36,7 +36,8 @@ from widen_cli import checkpoint, claims, distributed, epochlog, provenance, res
 from widen_cli.config import RunConfig, to_yaml
 from widen_cli.validation import resolve_distribution
 from widen_cli.errors import Interrupted, UserError
-from widen_cli.jobs import Job, parent_run
+from widen_cli.jobs import Job
+from widen_cli.summary import summary_row
 
 POLL_SECONDS = 1.0  # how often a run claimed elsewhere is checked while waiting for it
 
@@ -357,32 +358,6 @@ class Run:
             (self.dir / checkpoint.FILENAME).unlink(missing_ok=True)
         self.release()
         return RunResult(metrics, summary, model=model)
-
-
-def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: float) -> dict:
-    run, member = job.run, job.member
-    pruned = run.method.name == "pruned"
-    return dict(
-        dataset=run.dataset.name, model=run.model.name, method=run.method.name, width=run.width,
-        base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
-        connectivity=member.connectivity, seed=run.seed, epochs=len(metrics), status=status,
-        best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
-        best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
-        wall_seconds=wall_seconds, variant=run.method.prune if pruned else None,
-        parent_run=parent_run(run).run_name() if pruned else None,
-        total_epochs=len(metrics) + (run.optim.epochs if pruned else 0), activation=run.model.activation,
-        distribution=member.distribution, within=member.within,
-        last_layer_connectivity=run.method.last_layer_connectivity if run.method.name == "sparse" else None,
-        identity=json.dumps(run.identity(), sort_keys=True), budget=member.budget,
-        val_acc=_last(metrics, "val_acc"), run=job.run_dir.name,
-    )
-
-
-def _last(metrics: pd.DataFrame, column: str) -> float | None:
-    """The last epoch's value; None where it was not recorded (no holdout, or metrics from before)."""
-    if column not in metrics or metrics[column].isna().all():
-        return None
-    return float(metrics[column].iloc[-1])
 
 
 # ---------------------------------------------------------------- the epoch loop

@@ -103,7 +103,7 @@ def _worker(conn, parent: int, gpu: str | None, threads: int) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before CUDA starts in this process
     try:
-        from widen_cli.sweep import run_member
+        from widen_cli.launch import run_member
         while True:
             item = conn.recv()
             if item is None:
