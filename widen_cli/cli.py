@@ -9,6 +9,7 @@ import functools
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -222,7 +223,7 @@ def train(
     ctx = distributed.from_env()  # under torchrun: this process's GPU and its slice of each batch
     memory.check("this run", memory.run_bytes(run, spec_from_config(run.dataset), job.member, ctx.world),
                  resolve_device(distributed.device_for(ctx, run.device)))
-    result = run_training(job, err, restart=restart)
+    result = run_training(replace(job, restart=restart), err)
     if not is_main_process():
         return
     if result.skipped:

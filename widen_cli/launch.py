@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import os
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from rich.markup import escape
 
-from widen_cli import checkpoint, results, slurm
+from widen_cli import results, slurm
 from widen_cli.config import SweepConfig
 from widen_cli.errors import MemberError, UserError
 from widen_cli.jobs import Job
 
 
-def run_member(job: Job, threads: int | None = None, restart: bool = False) -> str:
+def run_member(job: Job, threads: int | None = None) -> str:
     """Run one member as `widen train` would, quietly; returns its run folder. Top level: picklable."""
     from rich.console import Console
 
@@ -27,7 +28,7 @@ def run_member(job: Job, threads: int | None = None, restart: bool = False) -> s
     if threads:  # read by hardware.setup, which sets the thread count for the run
         os.environ["WIDEN_THREADS"] = str(threads)
     with epochlog.member_logs():  # its epochs to its own folder's log file
-        run_training(job, Console(stderr=True, quiet=True), restart=restart)
+        run_training(job, Console(stderr=True, quiet=True))
     return str(job.run_dir)
 
 
@@ -49,7 +50,7 @@ def _record_failure(job: Job, error: BaseException) -> bool:
         return False
 
 
-def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
+def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console) -> None:
     """One after another in this process. MLP members that can share a stacked model train together
     (widen_cli/stacked_training.py) unless sweep.batch_members is false; interrupted ones resume as they trained
     (stacked_training.train_family)."""
@@ -64,11 +65,8 @@ def _local(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, 
     for batch in stacked_training.group(todo, key):
         try:
             if key(batch[0]) is None:
-                run_training(batch[0], console, restart=restart)
+                run_training(batch[0], console)
             else:
-                if restart:
-                    for job in batch:
-                        checkpoint.discard(job.run_dir)
                 stacked_training.train_family(batch, console)
             for job in batch:
                 done(job)
@@ -87,7 +85,7 @@ def _alone(job: Job, done, console) -> None:
     from widen_cli.train import run_training
 
     try:
-        run_training(job, console)
+        run_training(replace(job, restart=False), console)  # resumes what its batch did (restarted or not)
         done(job)
     except Exception as e:  # noqa: BLE001
         if isinstance(e, UserError) and not isinstance(e, MemberError):
@@ -95,7 +93,7 @@ def _alone(job: Job, done, console) -> None:
         done(job, e)
 
 
-def _pool(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
+def _pool(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console) -> None:
     """--jobs worker processes on this machine (widen_cli/pool.py), the CPU threads this process may use
     (its affinity, capped by a container's quota) split between them."""
     from widen_cli import hardware, pool
@@ -103,7 +101,7 @@ def _pool(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, c
     threads = max(1, hardware.available_cpus() // n_jobs)
     console.print(f"pool: up to {n_jobs} members at once, {threads} CPU thread{'s' if threads > 1 else ''} each; "
                   f"each member logs its epochs to {results.LOG_FILE} in its folder", highlight=False)
-    pool.launch(todo, done, n_jobs, threads, _pool_gpus(todo[0].run.device), restart, console)
+    pool.launch(todo, done, n_jobs, threads, _pool_gpus(todo[0].run.device), console)
 
 
 def _pool_gpus(device: str) -> int:
@@ -120,8 +118,8 @@ LAUNCHERS = {"local": _local, "pool": _pool, "submitit": slurm.launch}
 
 
 def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s: SweepConfig,
-           restart: bool = False, errors: dict[Path, str] | None = None) -> dict[Path, str]:
-    """Run the jobs that have not finished (resuming their checkpoints, or from scratch with `restart`);
+           errors: dict[Path, str] | None = None) -> dict[Path, str]:
+    """Run the jobs that have not finished (resuming their checkpoints, or from scratch: Job.restart);
     a failing member is recorded (error.txt) and the rest go on. Returns {run folder: error} of failures
     (`errors`, filled as they happen, when given)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -156,5 +154,5 @@ def launch(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console
             lr = f" lr={job.run.optim.lr:g}" if s.lrs else ""
             progress.update(task, advance=1, last=f"{m.method} b={m.base_width} w={m.width}{lr} s={seed}")
 
-        LAUNCHERS[launcher](todo, done, s, n_jobs, sweep_dir, console, restart)
+        LAUNCHERS[launcher](todo, done, s, n_jobs, sweep_dir, console)
     return errors

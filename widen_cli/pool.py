@@ -108,9 +108,9 @@ def _worker(conn, parent: int, gpu: str | None, threads: int) -> None:
             item = conn.recv()
             if item is None:
                 return
-            job, restart = item
+            job = item
             try:
-                run_member(job, threads, restart)
+                run_member(job, threads)
                 outcome = ("finished",)
             except KeyboardInterrupt as e:
                 outcome = ("interrupted", str(e))
@@ -133,7 +133,7 @@ class Worker:
     job: object = None  # the member it trains now
 
 
-def launch(todo: list, done, n_jobs: int, threads: int, gpus: int, restart: bool, console) -> None:
+def launch(todo: list, done, n_jobs: int, threads: int, gpus: int, console) -> None:
     """Train `todo` on up to `n_jobs` workers with `threads` CPU threads each; done(job[, error]) as each
     member ends. Interrupted (after the running members have stopped) on SIGTERM or Ctrl-C."""
     import multiprocessing as mp
@@ -156,7 +156,7 @@ def launch(todo: list, done, n_jobs: int, threads: int, gpus: int, restart: bool
     def give(worker: Worker) -> None:
         worker.job = queue.popleft() if queue else None
         try:
-            worker.conn.send(None if worker.job is None else (worker.job, restart))
+            worker.conn.send(worker.job)
         except OSError:
             pass  # it died: its sentinel says so next
 

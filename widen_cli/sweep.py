@@ -8,6 +8,7 @@ nothing here composes a config or plans a member again; gathering is gather.py.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -116,10 +117,11 @@ def run(jobs: list[Job], launcher: str, n_jobs: int, sweep_dir: Path, console, s
     from widen_cli.data import require
 
     require(jobs[0].run.dataset)
+    jobs = [replace(j, restart=restart) for j in jobs]  # carried by each job from here (lifecycle.start)
     remove_stale_temporaries(sweep_dir)
     errors: dict[Path, str] = {}
     try:
-        launch(jobs, launcher, n_jobs, sweep_dir, console, s, restart, errors)
+        launch(jobs, launcher, n_jobs, sweep_dir, console, s, errors)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished is kept, the rest listed as interrupted
         gather(jobs, sweep_dir, errors, s.select_on, interrupted=True)
         raise
