@@ -65,7 +65,8 @@ class MemberJob(submitit.helpers.Checkpointable):
         return str(job.run_dir)
 
     def checkpoint(self, job: Job, threads: int | None = None):
-        return submitit.helpers.DelayedSubmission(self, replace(job, restart=False), threads)  # resume, never restart again
+        # the requeued job resumes from the checkpoint: never restart again
+        return submitit.helpers.DelayedSubmission(self, replace(job, restart=False), threads)
 
 
 class MemberFailed(UserError):
