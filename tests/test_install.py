@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from widen_cli.cli import app, multirun_hint
+from widen_cli.cli import app
+from widen_cli.terminal import multirun_hint
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -128,7 +128,7 @@ def test_eq6_holds_when_p_d_is_large_and_not_when_small():
     large, small = table.iloc[1], table.iloc[2]  # p d = 392 and 15.7
     assert large.distance_eq6 == pytest.approx(large.distance_theorem1, rel=0.03)
     assert abs(large.distance_eq6 - large.distance_empirical) < 4 * large.distance_empirical_se
-    assert small.distance_eq6 > 3 * small.distance_empirical  # the disagreement docs/kernel-theory.md section 8 explains
+    assert small.distance_eq6 > 3 * small.distance_empirical  # the disagreement docs/explanations/kernel-theory.md section 8 explains
     for r in table.itertuples():  # the leading-order formula holds throughout for Gaussian inputs
         assert r.distance_leading_order == pytest.approx(r.distance_theorem1, rel=0.07)
 

@@ -168,10 +168,10 @@ def test_rewind_restores_the_parent_initial_weights_exactly(tmp_path):
             "method.prune=magnitude-rewind", "method.finetune_epochs=1"]
     res = widen("train", *args)
     assert res.exit_code == 0, res.output
-    _, run = config.load(config.overrides_from_options(None, dict(dataset="digits", model="mlp", epochs=2,
-                                                                    method="pruned", width=32, base_width=16,
-                                                                    out=str(tmp_path)),
-                                                        ["method.prune=magnitude-rewind", "method.finetune_epochs=1"]))
+    given = {"dataset": "digits", "model": "mlp", "optim.epochs": 2, "method": "pruned", "width": 32,
+             "base_width": 16, "out": str(tmp_path)}
+    _, run = config.load(config.overrides_from_options(None, given, ["method.prune=magnitude-rewind",
+                                                                     "method.finetune_epochs=1"]))
     parent_dir = parent_run(run).run_dir
     init = torch.load(results.weights_at_epoch(parent_dir, 0), weights_only=True)
     torch.manual_seed(run.seed)  # what the parent's training built before its first step

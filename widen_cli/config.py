@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from widen_cli import datasets
 from widen_cli.conf_path import shipped_conf_dir
 from widen_cli.errors import UserError
+from widen_cli.methods import identity_fields, method_of
+from widen_cli.methods.dense import Dense
+from widen_cli.methods.pruned import FINETUNE_FRACTION, MAGNITUDE, PRUNE_OPTIONS, PRUNE_VARIANTS  # noqa: F401
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -27,13 +30,7 @@ NORMALIZATIONS = ("per-channel", "per-pixel")
 # Dataset keys left out of a run's identity at these values (they came after runs were named).
 DATASET_DEFAULTS = {"normalize": ("per-channel",), "val_fraction": (None, 0, 0.0)}
 SELECT_ON = ("test", "val")
-# Data made from the config alone: its fingerprint adds nothing the identity lacks, so it is recorded but
-# left out of the identity (their runs keep the folders they had before fingerprints).
-GENERATED_DATASETS = ("digits", "synthetic")
 COMPUTED = "computed"  # metadata of a field a command computes (not a setting)
-FOLDER_DATASETS = ("imagenet", "imagefolder")  # read from image folders as they train; the others are in memory
-# dataset.augment's names: in-memory datasets are augmented on the device, image folders by torchvision.
-AUGMENTATIONS = {"tensor": ("crop", "flip"), "folder": ("resized_crop", "flip")}
 
 
 @dataclass(frozen=True)
@@ -77,18 +74,13 @@ class MethodConfig:
     last_layer_connectivity: float | None = None  # sparse: fix the classifier's connectivity
     rescale_init: bool = True  # sparse: rescale initial weights for the reduced fan-in
     # pruned (train the dense model at the member's width, prune it to the budget, fine-tune):
-    prune: str = "magnitude"  # structured | magnitude | magnitude-rewind
+    prune: str = MAGNITUDE  # structured | magnitude | magnitude-rewind
     scope: str = "layer"  # magnitude: layer (the sparse family's per-layer counts) | global (largest |w| overall)
     rewind_epoch: int = 0  # magnitude-rewind: the parent's epoch whose weights the kept ones go back to
     finetune_epochs: int | None = None  # null: the recipe's epochs for rewind, FINETUNE_FRACTION of them otherwise
 
 
-# The options of the pruned method: left out of every other run's identity, so that folders named
-# before they existed keep their names.
-PRUNE_OPTIONS = ("prune", "scope", "rewind_epoch", "finetune_epochs")
-PRUNE_VARIANTS = ("structured", "magnitude", "magnitude-rewind")
-FINETUNE_FRACTION = 0.25  # structured and magnitude fine-tune for a quarter of the recipe's epochs (rounded up)
-DENSE = MethodConfig(name="dense")  # dense runs' method, without any family option (the folders of plain runs)
+DENSE = MethodConfig(name=Dense.name)  # dense runs' method, without any family option (the folders of plain runs)
 
 
 @dataclass(frozen=True)
@@ -148,15 +140,15 @@ class RunConfig:
         d = asdict(self)
         for k in ("out", "name", "device", "compile", "tracking"):
             d.pop(k)
-        if d["data_fingerprint"] is None or self.dataset.name in GENERATED_DATASETS:
+        # Data made from the config alone: its fingerprint adds nothing the identity lacks, so it is
+        # recorded but left out (their runs keep the folders they had before fingerprints).
+        if d["data_fingerprint"] is None or datasets.get(self.dataset.name).generated is not None:
             d.pop("data_fingerprint")
         if d["precision"] == "fp32":
             d.pop("precision")
         if d["model"]["init"] in (None, "torchvision"):
             d["model"].pop("init")
-        if d["method"]["name"] != "pruned":
-            for k in PRUNE_OPTIONS:
-                d["method"].pop(k)
+        d["method"] = identity_fields(d["method"])  # without other methods' options (pruned's prune, ...)
         for k in ("root", "download", "workers", "skip_bad_images"):
             d["dataset"].pop(k)
         for k, default in DATASET_DEFAULTS.items():  # added later: runs from before keep their folders
@@ -171,19 +163,10 @@ class RunConfig:
             ident.pop(k)
         return ident
 
-    def finetune_epochs(self) -> int:
-        """A pruned run's epochs after pruning: method.finetune_epochs, else the whole recipe for
-        magnitude-rewind (it retrains) and FINETUNE_FRACTION of it for the others (they fine-tune)."""
-        if self.method.finetune_epochs is not None:
-            return self.method.finetune_epochs
-        if self.method.prune == "magnitude-rewind":
-            return self.optim.epochs
-        return max(1, math.ceil(FINETUNE_FRACTION * self.optim.epochs))
-
     def run_name(self) -> str:
         if self.name:
             return self.name
-        method = self.method.name + (f"-{self.method.prune}" if self.method.name == "pruned" else "")
+        method = method_of(self.method, strict=False).folder_label(self.method)
         return folder_name(f"{self.dataset.name}-{self.model.name}-{method}-w{self.width}-s{self.seed}",
                            self.identity())
 
@@ -299,39 +282,24 @@ def compose_config(overrides: list[str] = (), extra_dirs: list[Path] | tuple = (
         raise UserError(f"bad override: {first}") from None
 
 
-# The command-line options that are config keys (train and sweep-width share them); other options are not.
-OPTION_KEYS = {
-    "dataset": "dataset", "model": "model", "method": "method", "width": "width", "base_width": "base_width",
-    "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr", "device": "device",
-    "precision": "precision", "compile_model": "compile", "data_root": "dataset.root",
-    "download": "dataset.download", "image_size": "dataset.image_size", "subset": "dataset.subset", "seed": "seed",
-    "out": "out", "name": "name", "distribution": "method.distribution",
-    "skip_bad_images": "++dataset.skip_bad_images",  # ++: accepted (and unused) by datasets without the key
-    "track": "tracking",  # comma-separated names, made a list
-}
 QUOTED = ("name", "out", "dataset.root")
 
 
-# Without --model (or a preset, or a model= override), the model follows the dataset, for train and
-# sweep-width alike: the paper's MLPs for MNIST-like data, ResNet-18 for every image dataset.
-MLP_DATASETS = ("mnist", "digits", "synthetic")
 DEFAULT_DATASET = "digits"  # conf/config.yaml's
 
 
-def default_model(dataset: str) -> str:
-    return "mlp" if dataset in MLP_DATASETS else "resnet18"
-
-
-def overrides_from_options(experiment: str | None, options: dict, extra: list[str] | None) -> list[str]:
-    """The options that were given (of OPTION_KEYS; others are ignored) as Hydra overrides: the preset
-    first, then options, then trailing overrides. Without a preset the model defaults by dataset."""
+def overrides_from_options(experiment: str | None, given: dict, extra: list[str] | None) -> list[str]:
+    """The options that were given, as {config key: value} (widen_cli/options.py declares each option's
+    key; None or False: not given), as Hydra overrides: the preset first, then options, then trailing
+    overrides. Without a preset the model defaults by dataset."""
     overrides = [f"+experiment={experiment}"] if experiment else []
-    given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in extra or [] if "=" in o}
-    if not experiment and options.get("model") is None and "model" not in given:
-        dataset = options.get("dataset") or given.get("dataset") or DEFAULT_DATASET
-        options = {**options, "model": default_model(dataset)}
-    for option, key in OPTION_KEYS.items():
-        value = options.get(option)
+    trailing = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in extra or [] if "=" in o}
+    if not experiment and given.get("model") is None and "model" not in trailing:
+        dataset = given.get("dataset") or trailing.get("dataset") or DEFAULT_DATASET
+        # The model follows the dataset (its registry entry), for train and sweep-width alike.
+        given = {**given, "model": datasets.default_model(dataset)}
+    # A group (dataset=, model=, method=) before its own keys (dataset.root=, method.distribution=).
+    for key, value in sorted(given.items(), key=lambda item: "." in item[0]):
         if value is None or value is False:
             continue
         if isinstance(value, bool):

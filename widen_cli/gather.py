@@ -11,7 +11,7 @@ import pandas as pd
 from widen_cli import checkpoint, results
 from widen_cli.errors import UserError
 from widen_cli.jobs import Job
-from widen_cli.summary import planned, unfinished_row
+from widen_cli.summary import planned, total_epochs, unfinished_row
 
 
 def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = None,
@@ -33,7 +33,7 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
         if row is not None:  # as the run wrote it; columns an older summary lacks from its plan
             row = {**planned(job), **row}
             row.setdefault("status", "finished")  # summaries from before statuses were recorded
-            row.setdefault("total_epochs", None if job.run.method.name == "pruned" else row["epochs"])
+            row.setdefault("total_epochs", total_epochs(job, row["epochs"], complete=False))
             row["error"] = None
             checkpoint.tidy_finished(job.run_dir)
         else:

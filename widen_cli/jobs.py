@@ -11,6 +11,7 @@ from pathlib import Path
 from widen_cli.budget import Member, plan_member
 from widen_cli.config import DENSE, OptimConfig, RunConfig
 from widen_cli.data import spec_from_config
+from widen_cli.methods import method_of
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Job:
     @property
     def epochs(self) -> int:
         """Epochs this run trains: the recipe's, or a pruned run's epochs after pruning."""
-        return self.run.finetune_epochs() if self.run.method.name == "pruned" else self.run.optim.epochs
+        return method_of(self.run).epochs(self.run)
 
     @property
     def optim(self) -> OptimConfig:
@@ -53,5 +54,5 @@ def parent_run(run: RunConfig) -> RunConfig:
 
 def parent_job(run: RunConfig) -> Job:
     """The parent's job; it keeps its weights at the epoch a magnitude-rewind run goes back to."""
-    keep = (run.method.rewind_epoch,) if run.method.prune == "magnitude-rewind" else ()
+    keep = method_of(run).parent_keep_epochs(run)
     return Job(parent_run(run), make_job(parent_run(run)).member, keep)

@@ -9,31 +9,32 @@ import json
 import pandas as pd
 
 from widen_cli.jobs import Job, parent_run
+from widen_cli.methods import method_of
 
 
 def planned(job: Job) -> dict:
     """The columns the job decides, whether or not the run ever trained."""
     run, member = job.run, job.member
-    pruned = run.method.name == "pruned"
+    method = method_of(run)
+    fields = method.summary_fields(run, None, complete=False)  # variant, last_layer_connectivity
     return dict(
         dataset=run.dataset.name, model=run.model.name, method=run.method.name, width=run.width,
         base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
         connectivity=member.connectivity, seed=run.seed, activation=run.model.activation,
         distribution=member.distribution, within=member.within,
-        last_layer_connectivity=run.method.last_layer_connectivity, identity=json.dumps(run.identity(), sort_keys=True),
-        budget=member.budget, variant=run.method.prune if pruned else None,
-        parent_run=parent_run(run).run_name() if pruned else None, run=job.run_dir.name,
+        last_layer_connectivity=fields["last_layer_connectivity"], identity=json.dumps(run.identity(), sort_keys=True),
+        budget=member.budget, variant=fields["variant"],
+        parent_run=parent_run(run).run_name() if method.has_parent else None, run=job.run_dir.name,
     )
 
 
 def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: float) -> dict:
     """A run that trained: the plan's columns and what its metrics say."""
-    pruned = job.run.method.name == "pruned"  # its parent's epochs count towards its training compute
     return dict(
         planned(job), epochs=len(metrics), status=status,
         best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
         best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
-        wall_seconds=wall_seconds, total_epochs=len(metrics) + (job.run.optim.epochs if pruned else 0),
+        wall_seconds=wall_seconds, total_epochs=total_epochs(job, len(metrics)),
         val_acc=_last(metrics, "val_acc"),
     )
 
@@ -41,8 +42,13 @@ def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: floa
 def unfinished_row(job: Job, epochs: int, status: str, error: str) -> dict:
     """A member without a summary (status failed or interrupted): the plan's columns, the epochs it
     recorded and why it has none."""
-    pruned = job.run.method.name == "pruned"
-    return dict(planned(job), epochs=epochs, status=status, error=error, total_epochs=None if pruned else epochs)
+    return dict(planned(job), epochs=epochs, status=status, error=error,
+                total_epochs=total_epochs(job, epochs, complete=False))
+
+
+def total_epochs(job: Job, epochs: int, complete: bool = True) -> int | None:
+    """The run's training compute in epochs (a pruned run's parent's included, where it is complete)."""
+    return method_of(job.run).summary_fields(job.run, epochs, complete)["total_epochs"]
 
 
 def _last(metrics: pd.DataFrame, column: str) -> float | None:

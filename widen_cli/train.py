@@ -21,9 +21,10 @@ from widen_cli.hardware import resolve_device
 from widen_cli.jobs import Job
 from widen_cli.epochs import Epochs
 from widen_cli.lifecycle import EpochTotals, RunResult
+from widen_cli.methods import MaskUpdater, method_of
 from widen_cli.models import InputSpec, build_model, weight_layers
 from widen_cli.schedules import SCHEDULES
-from widen_cli.sparsity import Masks, sparsify
+from widen_cli.sparsity import Masks
 
 # Epochs with more batches than this get their own (transient) progress bar.
 BATCH_BAR_MIN = 50
@@ -59,17 +60,22 @@ class Totals:
         return int(self.correct) / max(self.count, 1)
 
 
-def train_epoch(model, loader, opt, masks: Masks | None = None, progress: Progress | None = None) -> Totals:
+def train_epoch(model, loader, opt, masks: Masks | None = None, progress: Progress | None = None,
+                updater: MaskUpdater | None = None, first_step: int = 0) -> Totals:
+    """One epoch of SGD; `updater` (Method.updater) sees every step between backward and the optimiser
+    step, numbered from `first_step`."""
     model.train()
     totals = Totals()
     task = None
     if progress is not None and len(loader) > BATCH_BAR_MIN:
         task = progress.add_task("  batches", total=len(loader), status="")
-    for x, y in loader:
+    for i, (x, y) in enumerate(loader):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if updater is not None:
+            updater.after_backward(first_step + i)
         opt.step()
         if masks is not None:
             masks.apply_()
@@ -114,7 +120,7 @@ def run_training(job: Job, console: Console | None = None) -> RunResult:
         if run.result is not None:
             return run.result
         parent = None
-        if job.run.method.name == "pruned":  # its dense parent first: read back, waited for, or trained here
+        if method_of(job.run).has_parent:  # its dense parent first: read back, waited for, or trained here
             parent_job = jobs.parent_job(job.run)
             parent = (parent_job.run_dir, run_training(parent_job, run.console).summary.get("status", "finished"))
         return train(run, parent)
@@ -132,6 +138,7 @@ def train(run: lifecycle.Run, parent: tuple[Path, str] | None = None) -> RunResu
         model, masks = _model_and_masks(run, ctx, device, data.spec, parent)
         keep_weights(run, model, 0)
         opt, sched = make_optimizer(model, run.job.optim)
+        updater = method_of(cfg).updater(cfg, model, masks, opt, len(data.train))  # a mask that changes as it trains
         if run.state is not None:
             checkpoint.restore(run.state, model, opt, sched, run.dir / checkpoint.FILENAME)
         # Forward passes go through `net` (DDP, bf16 autocast, compile); `model` stays the plain module
@@ -142,7 +149,8 @@ def train(run: lifecycle.Run, parent: tuple[Path, str] | None = None) -> RunResu
             for epoch in loop:
                 data.train.set_epoch(epoch)
                 lr = opt.param_groups[0]["lr"]
-                tr = all_ranks(ctx, device, train_epoch(net, data.train, opt, masks, loop.progress))
+                tr = all_ranks(ctx, device, train_epoch(net, data.train, opt, masks, loop.progress, updater,
+                                                        (epoch - 1) * len(data.train)))
                 keep_weights(run, model, epoch)
                 te = all_ranks(ctx, device, evaluate(evaluator, data.test))
                 va = all_ranks(ctx, device, evaluate(evaluator, data.val)) if data.val is not None else None
@@ -201,12 +209,7 @@ def _model_and_masks(run: lifecycle.Run, ctx: distributed.Context, device: torch
     model = model.to(memory_format=hardware.memory_format(model, device))  # before the masks copy its layout
     built = {n: tuple(m.weight.shape) for n, m in weight_layers(model).items()}
     assert built == member.layers, f"plan and model disagree: {member.layers} vs {built}"
-    masks = None
-    if cfg.method.name == "sparse":
-        masks = sparsify(model, member, cfg.seed, cfg.method.rescale_init)
-    elif kept is not None:  # a magnitude-pruned member's mask, fixed from here on
-        masks = Masks(model, kept)
-        masks.apply_()
+    masks = method_of(cfg).masks(cfg, model, member, kept)  # sparse: drawn from the seed; pruned: the parent's
     if masks is not None:
         if state is not None and state["masks"] is not None:  # go on with exactly the masks the run started with
             masks = Masks(model, checkpoint.saved_masks(state, masks.state(), run.dir / checkpoint.FILENAME))
@@ -222,7 +225,7 @@ def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int, initial
     magnitude-rewind members pruned from it go back to. `initial`: at epoch 0 of a resumed run, whether
     `model` still holds the initial weights (drawn again from the seed; not yet restored)."""
     job = run.job
-    if not run.main or job.run.method.name != "dense" or not (epoch == 0 or epoch in job.keep_weights):
+    if not run.main or not method_of(job.run).dense or not (epoch == 0 or epoch in job.keep_weights):
         return
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     path = results.weights_at_epoch(run.dir, epoch)

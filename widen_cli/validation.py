@@ -7,12 +7,13 @@ import re
 from dataclasses import MISSING, fields, replace
 from typing import TYPE_CHECKING
 
-from widen_cli.budget import DISTRIBUTIONS, default_distribution, fix_last_layer
-from widen_cli.config import (AUGMENTATIONS, COMPUTED, FOLDER_DATASETS, INITS, NORMALIZATIONS, PRECISIONS,
+from widen_cli.budget import DISTRIBUTIONS, fix_last_layer
+from widen_cli.config import (COMPUTED, INITS, NORMALIZATIONS, PRECISIONS,
                               PRUNE_VARIANTS, SELECT_ON, DatasetConfig, MethodConfig, ModelConfig, OptimConfig,
                               RunConfig, SubmititConfig, SweepConfig)
-from widen_cli import tracking
+from widen_cli import datasets, tracking
 from widen_cli.errors import UserError
+from widen_cli.methods import method_of
 from widen_cli.schedules import SCHEDULES
 
 if TYPE_CHECKING:
@@ -190,14 +191,15 @@ def _check_optim(run: RunConfig) -> None:
         raise UserError(f"optim.milestones must be epochs >= 1, got {list(o.milestones)}")
 
 
-# Classes of the built-in in-memory datasets: fewer in dataset.num_classes would crash the loss on a label.
-CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10}
-
-
 def _check_dataset(ds) -> None:
-    if ds.num_classes is not None and ds.num_classes < CLASSES.get(ds.name, 0):
-        raise UserError(f"{ds.name}: dataset.num_classes={ds.num_classes} but it has {CLASSES[ds.name]} classes")
-    valid = AUGMENTATIONS["folder" if ds.name in FOLDER_DATASETS else "tensor"]
+    entry = datasets.get(ds.name)
+    # Fewer classes than an in-memory dataset's labels would crash the loss on a label.
+    if ds.num_classes is not None and entry.layout == datasets.TENSOR and ds.num_classes < (entry.classes or 0):
+        raise UserError(f"{ds.name}: dataset.num_classes={ds.num_classes} but it has {entry.classes} classes")
+    if not entry.holds_out and (ds.val_fraction or ds.normalize != "per-channel"):
+        raise UserError(f"{ds.name}: dataset.val_fraction and dataset.normalize are for in-memory datasets "
+                        f"(image folders use ImageNet's mean and std and have val/ as their test set)")
+    valid = entry.augmentations
     unknown = [a for a in ds.augment if a not in valid]
     if unknown:
         raise UserError(f"dataset.augment: unknown augmentation {unknown[0]!r} for {ds.name}; valid: "
@@ -210,8 +212,7 @@ def resolve_distribution(run: RunConfig) -> RunConfig:
     does reading a stored sweep.yaml (the composed config, where null stays null)."""
     method = run.method
     if method.distribution is None:
-        method = replace(method, distribution=default_distribution(run.model.name) if method.name in ("sparse", "pruned")
-                         else "staggered")
+        method = replace(method, distribution=method_of(method).default_distribution(run.model.name))
     return replace(run, method=fix_last_layer(method, method.last_layer_connectivity))
 
 
@@ -221,9 +222,7 @@ def _check_pruning(run: RunConfig) -> None:
         raise UserError(f"method.prune must be one of {', '.join(PRUNE_VARIANTS)}, got {m.prune!r}")
     if m.scope not in ("layer", "global"):
         raise UserError(f"method.scope must be one of layer, global, got {m.scope!r}")
-    if m.name == "pruned" and m.prune == "structured" and m.scope == "global":
-        raise UserError("method.scope global is for magnitude pruning; structured pruning keeps the base "
-                        "model's units in every layer (scope layer)")
+    method_of(m).check(run)  # its own cross-field checks (pruned: structured keeps scope layer)
     if not isinstance(m.rewind_epoch, int) or not 0 <= m.rewind_epoch <= run.optim.epochs:
         raise UserError(f"method.rewind_epoch must be an integer from 0 to optim.epochs ({run.optim.epochs}), "
                         f"got {m.rewind_epoch!r}")

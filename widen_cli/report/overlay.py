@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from widen_cli.budget import DENSE_LAST
+from widen_cli.methods import rows_where
 from widen_cli.report.runs import mean_sem
 
 KEYS = ["dataset", "budget", "distribution"]  # what a run and a kernel table must share
@@ -48,7 +49,8 @@ def matching_runs(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     if keys["dataset"] is None or runs.empty:
         return runs.iloc[:0]
     hidden = runs.identity.map(_hidden_layers) if "identity" in runs else pd.Series(None, index=runs.index)
-    return runs[(runs.model == "mlp") & (runs.method == "sparse") & (hidden.isna() | (hidden == 1))
+    sparse = rows_where(runs.method, lambda m: m.random_mask)
+    return runs[(runs.model == "mlp") & sparse & (hidden.isna() | (hidden == 1))
                 & (runs.dataset == keys["dataset"]) & (runs.budget == keys["budget"])
                 & (run_rule(runs) == keys["distribution"])]
 

@@ -22,8 +22,9 @@ from typing import Callable
 
 import pandas as pd
 
-from widen_cli.budget import default_distribution
 from widen_cli.config import without_lr
+from widen_cli.methods import method_of, rows_where
+from widen_cli.methods.dense import DENSE
 
 MEMBER_KEYS = ("seed", "width", "base_width", "method")  # identity keys a family's members differ in
 SHOWN_METHOD_KEYS = ("name", "distribution", "within", "last_layer_connectivity", "prune", "scope")  # in the labels
@@ -38,7 +39,7 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
         given = runs[name] if name in runs else pd.Series(None, index=runs.index, dtype=object)
         return given.astype(object).where(given.notna(), default)
 
-    dense = runs.method == "dense"
+    dense = rows_where(runs.method, lambda m: m.dense)
     runs["distribution"] = column("distribution").where(~dense, "").fillna("")
     runs["within"] = column("within", "all").where(~dense, "").fillna("")
     runs["last_layer_connectivity"] = pd.to_numeric(column("last_layer_connectivity"), errors="coerce").where(~dense)
@@ -62,8 +63,8 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
     options = [None if i is None else {} if d else _method_options(i) for i, d in zip(identities, dense)]
     runs["family"] = family + apart.suffixes(runs.setting + ": " + family, options)
     runs["line"] = runs.family + runs.last_layer_connectivity.map(lambda c: "" if pd.isna(c) else f", last layer {c:g}")
-    runs["dense_model"] = dense | ((runs.method != "linear-bottleneck") & (runs.width == runs.base_width)
-                                   & (runs.connectivity >= 1 - 1e-9))
+    at_base = rows_where(runs.method, lambda m: m.baseline_at_base)  # not the linear bottleneck's full rank
+    runs["dense_model"] = dense | (at_base & (runs.width == runs.base_width) & (runs.connectivity >= 1 - 1e-9))
     runs["experiment"] = [_experiment(i, r) for i, r in zip(identities, runs.itertuples())]
     runs["test"] = 100 * runs.best_test_acc
     runs["train"] = 100 * runs.final_train_acc
@@ -78,7 +79,8 @@ def _experiment(identity: dict | None, r) -> str:
     identity without method and base width (the dense baseline a sparse member at its base width is, a
     dense-wide member of another budget: the same training). Without a recorded identity: its labels."""
     if identity is None:
-        return json.dumps([r.setting, "dense" if r.dense_model else r.line, str(r.width), str(r.seed), "unknown"])
+        return json.dumps([r.setting, DENSE.family_label(r) if r.dense_model else r.line, str(r.width), str(r.seed),
+                           "unknown"])
     if r.dense_model:
         identity = {k: v for k, v in identity.items() if k not in ("method", "base_width")}
     return json.dumps([r.setting, identity], sort_keys=True)
@@ -106,21 +108,8 @@ def repeats(runs: pd.DataFrame, warn: Callable[[str], None]) -> int:
 
 
 def _family(r) -> str:
-    if r.method == "dense":
-        return "dense"
-    label = f"{r.method} b={r.base_width}"
-    if r.method == "pruned":  # structured, magnitude, magnitude-rewind; global magnitude said so
-        label = f"pruned {r.variant}{' global' if r.scope == 'global' else ''} b={r.base_width}"
-    if r.method == "sparse" and r.distribution not in ("", _default_distribution(r)):
-        label += f" {r.distribution}"
-    if r.method == "sparse" and r.within == "io":
-        label += " io"
-    return label
-
-
-def _default_distribution(r) -> str:
-    """The distribution a sparse run gets without asking: the label names only others."""
-    return "staggered" if pd.notna(r.last_layer_connectivity) else default_distribution(r.model)
+    """The family's label: its method's (Method.family_label), e.g. `sparse b=32 uniform`."""
+    return method_of(r.method, strict=False).family_label(r)
 
 
 def _recipe(identity: dict) -> dict:
