@@ -31,7 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from widen_cli import family, hardware  # noqa: E402
 from widen_cli.budget import plan_member  # noqa: E402
-from widen_cli.config import load  # noqa: E402
+from widen_cli.compose import load  # noqa: E402
 from widen_cli.data import load_data, spec_from_config  # noqa: E402
 from widen_cli.models import build_model  # noqa: E402
 from widen_cli.models.stacked import StackedMLP  # noqa: E402

@@ -120,7 +120,19 @@ def render_config() -> str:
         for f in dataclasses.fields(cls):
             parts.append(f"| `{f.name}` | `{_cell(f.type)}` | {_cell(_default(f))} | {_cell(comments.get(f.name, ''))} |")
         parts.append("")
+    parts += _identity()
     return "\n".join(parts)
+
+
+def _identity() -> list[str]:
+    """The identity JSON's declared fields (widen_cli/identity.py's FIELDS), where they are defined."""
+    try:
+        from widen_cli import identity
+    except ModuleNotFoundError:
+        return []
+    rows = [f"| `{k}` | {_cell(v)} |" for k, v in identity.FIELDS.items()]
+    return ["## A run's identity (widen_cli.identity)\n", (inspect.getdoc(identity) or "") + "\n",
+            "| key | what it holds |\n|---|---|", *rows, ""]
 
 
 def _file_names() -> list[tuple[str, str, str]]:

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from widen_cli import cost, datasets, memory
-from widen_cli.config import DatasetConfig
+from widen_cli.schema import DatasetConfig
 from widen_cli.data import load_data
 
 CPU = torch.device("cpu")

@@ -82,7 +82,7 @@ def test_the_wheel_runs_every_command_from_another_folder(installed):
     elsewhere.mkdir()
     env = CLEAN  # the installed copy only
     python, widen = venv / "bin" / "python", venv / "bin" / "widen"
-    where = run([python, "-c", "import widen_cli, widen_cli.report, widen_cli.config as c; "
+    where = run([python, "-c", "import widen_cli, widen_cli.report, widen_cli.compose as c; "
                  "print(widen_cli.__file__); print(c.CONF_DIR)"], env=env, cwd=elsewhere)
     assert where.returncode == 0, where.stderr
     module, conf = map(Path, where.stdout.split())

@@ -303,9 +303,8 @@ def test_sweep_and_kernel_distance_keep_the_same_counts_per_layer(tmp_path, dist
         assert sum(m.kept.values()) == 6352
 
 
-def test_a_kernel_table_of_schema_2_is_still_read(tmp_path):
-    # Written by the previous version: no distance_theorem1_se, schema version 2 in its metadata.
-    import pyarrow as pa
+def test_a_kernel_table_of_an_older_schema_is_skipped_with_a_warning(tmp_path):
+    # As an unreleased earlier version wrote it: no distance_theorem1_se, schema version 2 in its metadata.
     import pyarrow.parquet as pq
 
     from widen_cli.report.load import load
@@ -318,6 +317,6 @@ def test_a_kernel_table_of_schema_2_is_still_read(tmp_path):
     old = table.drop_columns(["distance_theorem1_se"])
     pq.write_table(old.replace_schema_metadata({**table.schema.metadata, b"widen.schema_version": b"2"}), path)
     warnings = []
-    kernels = load([tmp_path / "old"], warnings.append).kernels
-    assert not warnings and list(kernels) == ["old"]
-    assert kernels["old"].distance_theorem1_se.isna().all() and kernels["old"].width.tolist() == [8, 32]
+    with pytest.raises(UserError, match="none of the 1 Parquet files"):
+        load([tmp_path / "old"], warnings.append)
+    assert len(warnings) == 1 and "kernel table of schema version 2, older than this widen's" in warnings[0]

@@ -7,7 +7,8 @@ import pandas as pd
 import torch
 from rich.console import Console
 
-from widen_cli import config, plan, results
+from widen_cli import compose, plan, results
+from widen_cli.identity import run_name
 from widen_cli.data import spec_from_config
 from widen_cli.jobs import make_job
 from widen_cli.methods import REGISTRY, method_of
@@ -19,8 +20,8 @@ QUIET = Console(quiet=True)
 
 
 def test_every_method_config_names_a_registered_method_and_back():
-    names = config.choices("method")
-    composed = {config.compose_config([f"method={n}"]).method.name for n in names}
+    names = compose.choices("method")
+    composed = {compose.compose_config([f"method={n}"]).method.name for n in names}
     assert composed == set(REGISTRY)
 
 
@@ -65,9 +66,9 @@ def test_a_method_registered_from_outside_plans_and_trains(tmp_path, monkeypatch
     conf = tmp_path / "conf"
     (conf / "method").mkdir(parents=True)
     (conf / "method" / "logged.yaml").write_text("name: logged\ndistribution: null\n")
-    _, run = config.load(["dataset=digits", "model=mlp", "method=logged", "width=48", "base_width=32",
+    _, run = compose.load(["dataset=digits", "model=mlp", "method=logged", "width=48", "base_width=32",
                           "optim.epochs=2", f"out={tmp_path / 'runs'}"], [conf])
-    assert method_of(run) is logged and "-logged-w48-s0-" in run.run_name()
+    assert method_of(run) is logged and "-logged-w48-s0-" in run_name(run)
 
     spec = spec_from_config(run.dataset)
     members = [m for m, _ in plan.plan_family(run, spec, [32, 48], dense_wide=True)]

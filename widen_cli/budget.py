@@ -22,7 +22,7 @@ from widen_cli.shapes import (  # noqa: F401 - re-exported
 )
 
 if TYPE_CHECKING:
-    from widen_cli.config import MethodConfig, ModelConfig
+    from widen_cli.schema import MethodConfig, ModelConfig
     from widen_cli.models import InputSpec
 
 
@@ -36,14 +36,26 @@ def _plan(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method
     return method_of(method).plan(cfg, spec, base_width, width, method)
 
 
-def plan_member(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method: MethodConfig) -> Member:
-    """The member of a family at `width`; an impossible one raises UserError with the valid widths."""
+def check_member(width: int, base_width: int, last_layer_connectivity: float | None) -> None:
+    """The family rules a member's settings must keep (validation checks a run by them, plan_member each
+    member): its width is at least the base width; a fixed last-layer connectivity is in (0, 1]."""
     if width < base_width:
         raise UserError(f"width {width} is below the base width {base_width}; family members have width "
                         f">= {base_width}")
-    llc = method.last_layer_connectivity
+    llc = last_layer_connectivity
     if llc is not None and not 0 < llc <= 1:
         raise UserError(f"method.last_layer_connectivity must be in (0, 1], got {llc}")
+
+
+def check_distribution(name, key: str) -> None:
+    """`name` is one of DISTRIBUTIONS (method.distribution, kernel-distance's --distribution)."""
+    if name not in DISTRIBUTIONS:
+        raise UserError(f"{key} must be one of {', '.join(DISTRIBUTIONS)}, got {name!r}")
+
+
+def plan_member(cfg: ModelConfig, spec: InputSpec, base_width: int, width: int, method: MethodConfig) -> Member:
+    """The member of a family at `width`; an impossible one raises UserError with the valid widths."""
+    check_member(width, base_width, method.last_layer_connectivity)
     try:
         return _plan(cfg, spec, base_width, width, method)
     except Infeasible as e:

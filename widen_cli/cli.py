@@ -136,7 +136,7 @@ def sweep_width(
     """
     from widen_cli import commands
 
-    # The sweep options, by their names in the config's `sweep:` section (widen_cli/config.py: SweepConfig).
+    # The sweep options, by their names in the config's `sweep:` section (widen_cli/schema.py: SweepConfig).
     sweep = dict(base_widths=numbers(base_width, int, "--base-width"), widths=numbers(widths, int, "--widths"),
                  factors=numbers(factors, float, "--factors"), seeds=numbers(seeds, int, "--seeds"),
                  methods=names(methods), connectivity_floor=connectivity_floor, dense_wide=dense_wide,

@@ -15,13 +15,13 @@ from widen_cli.terminal import console, err
 def train(given: dict, experiment: str | None, overrides: list[str] | None, config_dirs: list[Path],
           show_config: bool, restart: bool) -> None:
     """`widen train`: `given` holds the options' config keys and values (widen_cli/options.py)."""
-    from widen_cli import config, fingerprint
+    from widen_cli import compose, fingerprint, identity
 
-    _, run = config.load(config.overrides_from_options(experiment, given, overrides), config_dirs)
+    _, run = compose.load(compose.overrides_from_options(experiment, given, overrides), config_dirs)
     run = fingerprint.attach(run, fetch=not show_config)  # once: what data this is names the run folder
     if show_config:
-        console.print(config.to_yaml(run), end="", highlight=False, markup=False, soft_wrap=True)
-        console.print(f"# run folder: {run.run_dir}", highlight=False, markup=False, soft_wrap=True)
+        console.print(identity.to_yaml(run), end="", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"# run folder: {identity.run_dir(run)}", highlight=False, markup=False, soft_wrap=True)
         return
 
     from widen_cli import claims, display, distributed, memory
@@ -49,7 +49,7 @@ def sweep_width(given: dict, sweep: dict, experiment: str | None, overrides: lis
                 config_dirs: list[Path], launcher: str, jobs: int | None, dry_run: bool, restart: bool) -> None:
     """`widen sweep-width`: `given` as for train; `sweep` the sweep options (None: not given), by their
     names in the config's `sweep:` section (base_widths: --base-width's budgets)."""
-    from widen_cli import claims, config, display, fingerprint, plan
+    from widen_cli import claims, compose, display, fingerprint, plan
     from widen_cli import sweep as sweeps
 
     budgets = sweep["base_widths"]
@@ -66,8 +66,8 @@ def sweep_width(given: dict, sweep: dict, experiment: str | None, overrides: lis
     methods = sweep["methods"] or ([given["method"]] if given.get("method") else None)
     if experiment is None:
         given = {**given, **{k: v for k, v in plan.SWEEP_DEFAULTS.items() if given.get(k) is None}}
-    composing = config.overrides_from_options(experiment, given, overrides)
-    cfg = config.compose_config(composing, config_dirs)
+    composing = compose.overrides_from_options(experiment, given, overrides)
+    cfg = compose.compose_config(composing, config_dirs)
     run = plan.family_run(cfg, budgets[0] if budgets else None)
     run = fingerprint.attach(run, fetch=not dry_run)  # once for every member: they share the data
     settings = plan.settings(cfg, **{**sweep, "methods": methods})

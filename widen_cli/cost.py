@@ -15,7 +15,7 @@ import torch
 
 from widen_cli.budget import Member
 from widen_cli import datasets
-from widen_cli.config import DatasetConfig, ModelConfig
+from widen_cli.schema import DatasetConfig, ModelConfig
 from widen_cli.methods import method_of
 from widen_cli.models import InputSpec, build_model
 

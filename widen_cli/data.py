@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from widen_cli import datasets, images
-from widen_cli.config import DatasetConfig
+from widen_cli.schema import DatasetConfig
 from widen_cli.datasets.readers import Split, load_tensors
 from widen_cli.errors import UserError
 from widen_cli.hardware import available_cpus

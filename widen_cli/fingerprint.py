@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from widen_cli import datasets
-from widen_cli.config import DatasetConfig, RunConfig
+from widen_cli.schema import DatasetConfig, RunConfig
 
 DIGEST_CHARS = 12
 

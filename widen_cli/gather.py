@@ -10,6 +10,7 @@ import pandas as pd
 
 from widen_cli import checkpoint, results
 from widen_cli.errors import UserError
+from widen_cli.identity import dumps, identity_of, without_lr
 from widen_cli.jobs import Job
 from widen_cli.summary import planned, total_epochs, unfinished_row
 
@@ -66,11 +67,7 @@ SELECT_COLUMNS = {"test": "best_test_acc", "val": "val_acc"}
 
 def _untuned(job: Job) -> str:
     """A run's identity without its learning rate: the runs of one member and seed over --lrs share it."""
-    import json
-
-    from widen_cli.config import without_lr
-
-    return json.dumps(without_lr(job.run.identity()), sort_keys=True)
+    return dumps(without_lr(identity_of(job.run)))
 
 
 def select(df: pd.DataFrame, members: list[str], select_on: str) -> pd.Series:

@@ -9,8 +9,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from widen_cli.budget import Member, plan_member
-from widen_cli.config import DENSE, OptimConfig, RunConfig
+from widen_cli.schema import DENSE, OptimConfig, RunConfig
 from widen_cli.data import spec_from_config
+from widen_cli.identity import run_dir
 from widen_cli.methods import method_of
 
 
@@ -23,7 +24,7 @@ class Job:
 
     @property
     def run_dir(self) -> Path:
-        return self.run.run_dir
+        return run_dir(self.run)
 
     @property
     def epochs(self) -> int:

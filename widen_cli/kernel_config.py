@@ -5,8 +5,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from widen_cli import datasets
-from widen_cli.budget import DISTRIBUTIONS
-from widen_cli.config import CONF_DIR, DatasetConfig, compose_config, folder_name
+from widen_cli.budget import check_distribution
+from widen_cli.compose import CONF_DIR, compose_config
+from widen_cli.identity import folder_name
+from widen_cli.schema import DatasetConfig
 from widen_cli.validation import check_device, check_name, validate
 from widen_cli.errors import UserError
 
@@ -80,8 +82,7 @@ def kernel_config(given: dict, dirs=()) -> tuple[KernelConfig, DatasetConfig | N
         raise ValueError(f"kernel-distance has no settings {sorted(unknown)}")
     given = {k: v for k, v in given.items() if v is not None and v is not False}
     o = {**defaults, **given}
-    if o["distribution"] not in DISTRIBUTIONS:
-        raise UserError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {o['distribution']!r}")
+    check_distribution(o["distribution"], "--distribution")
     check_device(str(o["device"]), "--device")
     check_name(o["name"])
     if o["inputs"] not in KERNEL_INPUTS:

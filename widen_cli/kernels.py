@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from widen_cli import budget, results
 from widen_cli.budget import DENSE_LAST
-from widen_cli.config import MethodConfig, ModelConfig
+from widen_cli.schema import MethodConfig, ModelConfig
 from widen_cli.errors import UserError
 from widen_cli.methods.sparse import SPARSE
 from widen_cli.models import InputSpec

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from widen_cli import results, slurm
-from widen_cli.config import SweepConfig
+from widen_cli.schema import SweepConfig
 from widen_cli.errors import MemberError, UserError
 from widen_cli.jobs import Job
 
@@ -101,7 +101,7 @@ def _pool(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, c
     threads = max(1, hardware.available_cpus() // n_jobs)
     console.print(f"pool: up to {n_jobs} members at once, {threads} CPU thread{'s' if threads > 1 else ''} each; "
                   f"each member logs its epochs to {results.LOG_FILE} in its folder", highlight=False)
-    pool.launch(todo, done, n_jobs, threads, _pool_gpus(todo[0].run.device), console)
+    pool.launch(todo, done, n_jobs, threads, _pool_gpus(todo[0].run.device), console, run_member)
 
 
 def _pool_gpus(device: str) -> int:

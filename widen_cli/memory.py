@@ -12,7 +12,7 @@ import torch
 
 from widen_cli import budget, cost, datasets
 from widen_cli.budget import Member
-from widen_cli.config import DatasetConfig, RunConfig
+from widen_cli.schema import DatasetConfig, RunConfig
 from widen_cli.errors import UserError
 from widen_cli.methods import method_of
 from widen_cli.models import InputSpec, build_model

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from widen_cli import budget, config, datasets, results, validation
-from widen_cli.config import MethodConfig, RunConfig, SweepConfig
+from widen_cli import budget, compose, datasets, results, schema, validation
+from widen_cli.schema import MethodConfig, RunConfig, SweepConfig
 from widen_cli.errors import UserError
+from widen_cli.identity import family_identity, folder_name, run_name, without_lr
 from widen_cli.jobs import Job
 from widen_cli.methods import method_of
 from widen_cli.methods.sparse import SPARSE
@@ -17,7 +18,7 @@ from widen_cli.methods.sparse import SPARSE
 SWEEP_DEFAULTS = {"method": SPARSE.name}
 # Dense members: exactly what composing method=dense gives, without the family's method options (so
 # their folders are those of plain dense runs).
-DENSE = config.DENSE
+DENSE = schema.DENSE
 
 
 def family_run(cfg, base_width: int | None) -> RunConfig:
@@ -123,10 +124,10 @@ def method_configs(overrides: list[str], dirs, names: list[str]) -> list[MethodC
     options = [o for o in overrides if key(o).startswith("method.")]
     out = []
     for name in dict.fromkeys(names):
-        cfg = config.compose_config([*plain, f"method={name}"], dirs)
+        cfg = compose.compose_config([*plain, f"method={name}"], dirs)
         known = [o for o in options if key(o).removeprefix("method.") in cfg.method]
         if known:
-            cfg = config.compose_config([*plain, f"method={name}", *known], dirs)
+            cfg = compose.compose_config([*plain, f"method={name}", *known], dirs)
         out.append(family_run(cfg, None).method)
     return out
 
@@ -143,14 +144,14 @@ def sweep_identity(families: list[Family], s: SweepConfig) -> dict:
     several budgets or methods, their lists; with --lrs, no learning rate (the lrs may grow too). A sweep
     of one budget and one method without --lrs has exactly its family's identity, as before."""
     runs = [f.run for f in families]
-    ident = runs[0].family_identity()
+    ident = family_identity(runs[0])
     budgets = sorted({r.base_width for r in runs})
     methods = list(dict.fromkeys(r.method for r in runs))
     if len(budgets) > 1:
         ident["base_width"] = budgets
     if len(methods) > 1:
-        ident["method"] = [r.family_identity()["method"] for r in runs if r.base_width == runs[0].base_width]
-    return config.without_lr(ident) if s.lrs else ident
+        ident["method"] = [family_identity(r)["method"] for r in runs if r.base_width == runs[0].base_width]
+    return without_lr(ident) if s.lrs else ident
 
 
 def sweep_name(families: list[Family], s: SweepConfig) -> str:
@@ -160,7 +161,7 @@ def sweep_name(families: list[Family], s: SweepConfig) -> str:
     methods = "+".join(dict.fromkeys(r.method.name for r in runs))
     budgets = "+".join(map(str, dict.fromkeys(r.base_width for r in runs)))
     tuned = "-lrs" if s.lrs else ""
-    return config.folder_name(f"{runs[0].dataset.name}-{runs[0].model.name}-{methods}-b{budgets}{tuned}",
+    return folder_name(f"{runs[0].dataset.name}-{runs[0].model.name}-{methods}-b{budgets}{tuned}",
                               sweep_identity(families, s))
 
 
@@ -181,8 +182,8 @@ class SweepPlan:
                 # The dense baseline is one run whichever family plans it (the dense one of pruned or linear
                 # bottleneck, or the sparse or non-linear member at the base width): keyed by the dense run's
                 # folder, kept as the family member, so that family's line keeps its base point.
-                key = member_run(f.run, replace(m, method=DENSE.name) if is_dense_baseline(m) else m, llc, 0,
-                                 self.sweep_dir).run_name()
+                key = run_name(member_run(f.run, replace(m, method=DENSE.name) if is_dense_baseline(m) else m, llc,
+                                          0, self.sweep_dir))
                 if key not in seen or (method_of(seen[key][1]).dense and not method_of(m).dense):
                     seen[key] = (f.run, m, llc)
         return list(seen.values())

@@ -23,7 +23,7 @@ from torch import nn
 
 from widen_cli import results
 from widen_cli.budget import Member
-from widen_cli.config import RunConfig
+from widen_cli.schema import RunConfig
 from widen_cli.errors import MemberError
 from widen_cli.methods.pruned import PRUNED
 from widen_cli.models import InputSpec, build_model, weight_layers

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from widen_cli.distributions import DENSE_LAST, DISTRIBUTIONS, numel
 
 if TYPE_CHECKING:
-    from widen_cli.config import MethodConfig, ModelConfig
+    from widen_cli.schema import MethodConfig, ModelConfig
     from widen_cli.models import InputSpec
 
 

@@ -27,7 +27,8 @@ from rich.console import Console
 
 from widen_cli import checkpoint, datasets, hardware, lifecycle
 from widen_cli.budget import Member
-from widen_cli.config import RunConfig
+from widen_cli.identity import run_dir
+from widen_cli.schema import RunConfig
 from widen_cli.data import TensorLoader
 from widen_cli.errors import Interrupted
 from widen_cli.jobs import Job
@@ -145,7 +146,7 @@ def build(runs: list[RunConfig], members: list[Member], states: list[dict | None
         if state is None:
             masks.append(method_of(r).masks(r, model, member))
         else:  # a damaged checkpoint is refused in one line (checkpoint.py), as when resuming alone
-            path = r.run_dir / checkpoint.FILENAME
+            path = run_dir(r) / checkpoint.FILENAME
             checkpoint.check_fits(state, model, path)
             model.load_state_dict(state["model"])
             shapes = {n: torch.zeros(shape, dtype=torch.bool) for n, shape in member.layers.items()}

@@ -4,10 +4,9 @@ interrupted), builds it here from the member's job, so that the two never disagr
 decided (results.py declares the columns)."""
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
+from widen_cli.identity import dumps, identity_of, run_name
 from widen_cli.jobs import Job, parent_run
 from widen_cli.methods import method_of
 
@@ -22,9 +21,9 @@ def planned(job: Job) -> dict:
         base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
         connectivity=member.connectivity, seed=run.seed, activation=run.model.activation,
         distribution=member.distribution, within=member.within,
-        last_layer_connectivity=fields["last_layer_connectivity"], identity=json.dumps(run.identity(), sort_keys=True),
+        last_layer_connectivity=fields["last_layer_connectivity"], identity=dumps(identity_of(run)),
         budget=member.budget, variant=fields["variant"],
-        parent_run=parent_run(run).run_name() if method.has_parent else None, run=job.run_dir.name,
+        parent_run=run_name(parent_run(run)) if method.has_parent else None, run=job.run_dir.name,
     )
 
 

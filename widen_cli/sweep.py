@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from widen_cli import results, slurm  # noqa: F401 - cli.py checks SLURM as sweep.slurm
-from widen_cli.config import SweepConfig
+from widen_cli.schema import SweepConfig
 from widen_cli.errors import UserError
+from widen_cli.identity import differences
 from widen_cli.gather import gather
 from widen_cli.jobs import Job
 from widen_cli.launch import LAUNCHERS, launch
@@ -64,8 +65,6 @@ def claim(sweep_dir: Path, plan, cfg, restart: bool) -> None:
 
 
 def _check_identity(sweep_dir: Path, identity: dict) -> None:
-    from widen_cli.lifecycle import differences
-
     there = _stored_identity(sweep_dir)
     diff = [] if there is None else differences(identity, there, sweep_dir)
     if diff:
@@ -78,8 +77,6 @@ def _stored_identity(sweep_dir: Path) -> dict | None:
     UserError."""
     import yaml
 
-    from widen_cli.lifecycle import config_run
-
     path = sweep_dir / results.SWEEP_FILE
     try:
         stored = yaml.safe_load(path.read_text())
@@ -89,14 +86,10 @@ def _stored_identity(sweep_dir: Path) -> dict | None:
         why = e.strerror if isinstance(e, OSError) and e.strerror else f"not valid YAML: {str(e).splitlines()[0]}"
         raise UserError(f"cannot read {path} ({why}); repair or delete it, choose another --name, or pass "
                         f"--restart to write these settings there") from None
-    if isinstance(stored, dict) and isinstance(stored.get(SWEEP_IDENTITY), dict):
-        return stored[SWEEP_IDENTITY]
-    # written before sweeps recorded their identity: one family, its base run's
-    run = config_run(stored) if isinstance(stored, dict) else None
-    if run is None:
+    if not isinstance(stored, dict) or not isinstance(stored.get(SWEEP_IDENTITY), dict):
         raise UserError(f"{path} does not describe a sweep; repair or delete it, choose another --name, or pass "
                         f"--restart to write these settings there")
-    return run.family_identity()
+    return stored[SWEEP_IDENTITY]
 
 
 SWEEP_IDENTITY = "sweep_identity"  # sweep.yaml's key for plan.sweep_identity (what claim compares)

@@ -14,10 +14,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from widen_cli import checkpoint, distributed, hardware, jobs, lifecycle, prune, results
-from widen_cli.config import OptimConfig, RunConfig
+from widen_cli.schema import OptimConfig, RunConfig
 from widen_cli.data import load_data, spec_from_config
 from widen_cli.errors import UserError
 from widen_cli.hardware import resolve_device
+from widen_cli.identity import run_name
 from widen_cli.jobs import Job
 from widen_cli.epochs import Epochs
 from widen_cli.lifecycle import EpochTotals, RunResult
@@ -31,8 +32,7 @@ BATCH_BAR_MIN = 50
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig):
-    if cfg.schedule not in SCHEDULES:
-        raise UserError(f"unknown optim.schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    # cfg.schedule is one of SCHEDULES: validation checked it (with their names, from schedules.py)
     opt = hardware.EagerSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return opt, SCHEDULES[cfg.schedule](opt, cfg)
 
@@ -145,7 +145,7 @@ def train(run: lifecycle.Run, parent: tuple[Path, str] | None = None) -> RunResu
         # that the optimiser, masks and checkpoints refer to.
         net = hardware.accelerate(distributed.wrap(model, ctx, device), device, cfg.precision, cfg.compile)
         evaluator = hardware.accelerate(model, device, cfg.precision)
-        with Epochs([run], cfg.run_name()) as loop:
+        with Epochs([run], run_name(cfg)) as loop:
             for epoch in loop:
                 data.train.set_epoch(epoch)
                 lr = opt.param_groups[0]["lr"]

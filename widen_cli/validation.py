@@ -1,5 +1,5 @@
-"""Validate a composed config once into the typed, frozen dataclasses of config.py: every value checked
-against its field's type (one line per mistake), then the checks that span fields."""
+"""Validate a composed config (compose.py) once into the typed, frozen dataclasses of schema.py: every
+value checked against its field's type (one line per mistake), then the checks that span fields."""
 from __future__ import annotations
 
 import math
@@ -7,13 +7,14 @@ import re
 from dataclasses import MISSING, fields, replace
 from typing import TYPE_CHECKING
 
-from widen_cli.budget import DISTRIBUTIONS, fix_last_layer
-from widen_cli.config import (COMPUTED, INITS, NORMALIZATIONS, PRECISIONS,
-                              PRUNE_VARIANTS, SELECT_ON, DatasetConfig, MethodConfig, ModelConfig, OptimConfig,
-                              RunConfig, SubmititConfig, SweepConfig)
+from widen_cli.budget import check_distribution, check_member, fix_last_layer
+from widen_cli.schema import (COMPUTED, DEVICE_PATTERN, DEVICES, INITS, NORMALIZATIONS, PRECISIONS, SELECT_ON,
+                              DatasetConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, SubmititConfig,
+                              SweepConfig)
 from widen_cli import datasets, tracking
 from widen_cli.errors import UserError
 from widen_cli.methods import method_of
+from widen_cli.methods.pruned import PRUNE_VARIANTS
 from widen_cli.schedules import SCHEDULES
 
 if TYPE_CHECKING:
@@ -124,16 +125,14 @@ def validate(cfg: DictConfig) -> RunConfig:
         data["base_width"] = data.get("width")
     run = _build(RunConfig, data, "")
     run = resolve_distribution(run)
-    if run.base_width > run.width:
-        raise UserError(f"width {run.width} is below the base width {run.base_width}; family members have width "
-                        f">= {run.base_width}")
+    check_member(run.width, run.base_width, run.method.last_layer_connectivity)
+    check_distribution(run.method.distribution, "method.distribution")
     for key, value, valid in (
         ("model.activation", run.model.activation, ("relu", "linear")),
         ("model.parameterization", run.model.parameterization, ("standard", "ntk")),
         ("model.stem", run.model.stem, ("auto", "cifar", "imagenet")),
         ("optim.schedule", run.optim.schedule, tuple(SCHEDULES)),
         ("optim.name", run.optim.name, ("sgd",)),
-        ("method.distribution", run.method.distribution, tuple(DISTRIBUTIONS)),
         ("method.within", run.method.within, ("all", "io")),
         ("precision", run.precision, PRECISIONS),
         ("dataset.normalize", run.dataset.normalize, NORMALIZATIONS),
@@ -145,9 +144,6 @@ def validate(cfg: DictConfig) -> RunConfig:
     if run.model.name != "resnet18" and run.model.init is not None:
         raise UserError(f"model.init is for resnet18; the {run.model.name}'s initialisation is model.parameterization "
                         f"(standard | ntk)")
-    llc = run.method.last_layer_connectivity
-    if llc is not None and not 0 < llc <= 1:
-        raise UserError(f"method.last_layer_connectivity must be in (0, 1], got {llc}")
     _fraction("dataset.val_fraction", run.dataset.val_fraction, allow_none=True)
     _check_pruning(run)
     _check_optim(run)
@@ -159,8 +155,8 @@ def validate(cfg: DictConfig) -> RunConfig:
 
 
 def check_device(device: str, key: str = "device") -> None:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise UserError(f"{key} must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if not re.fullmatch(DEVICE_PATTERN, device):
+        raise UserError(f"{key} must be {DEVICES}, got {device!r}")
 
 
 NAME_MAX = 255  # bytes in one folder name on Linux and macOS file systems
@@ -208,8 +204,7 @@ def _check_dataset(ds) -> None:
 
 def resolve_distribution(run: RunConfig) -> RunConfig:
     """method.distribution null -> the model's default (sparse and pruned; the others keep staggered), then
-    dense-last beside a fixed last layer -> staggered (budget.fix_last_layer). validate does it, and so
-    does reading a stored sweep.yaml (the composed config, where null stays null)."""
+    dense-last beside a fixed last layer -> staggered (budget.fix_last_layer), so identities hold the name."""
     method = run.method
     if method.distribution is None:
         method = replace(method, distribution=method_of(method).default_distribution(run.model.name))

@@ -19,7 +19,7 @@ from widen_cli.datasets import files
 from widen_cli.errors import UserError
 
 if TYPE_CHECKING:
-    from widen_cli.config import DatasetConfig
+    from widen_cli.schema import DatasetConfig
 
 TENSOR = "tensor"  # decoded once into uint8 tensors and augmented on the device in whole batches
 FOLDER = "folder"  # <root>/train/<class>/* and <root>/val/<class>/*, streamed through a DataLoader

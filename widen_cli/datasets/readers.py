@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from widen_cli import datasets
-from widen_cli.config import DatasetConfig
+from widen_cli.schema import DatasetConfig
 from widen_cli.datasets import files
 from widen_cli.errors import UserError
 

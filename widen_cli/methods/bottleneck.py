@@ -12,7 +12,7 @@ from widen_cli.methods.protocol import Method
 from widen_cli.shapes import Infeasible, Member, architecture, count, numel, weight_shapes
 
 if TYPE_CHECKING:
-    from widen_cli.config import ModelConfig
+    from widen_cli.schema import ModelConfig
     from widen_cli.models import InputSpec
 
 LINEAR_NAME = "linear-bottleneck"

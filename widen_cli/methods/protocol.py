@@ -1,7 +1,7 @@
 """The protocol every method follows: `Method`, a base class whose defaults are those of a plain method
 (no mask, no parent, the recipe's epochs, no options of its own). A method overrides what differs.
 
-Nothing here imports torch or the config module: configs, the planner and the report all ask methods
+Nothing here imports torch or the config modules: configs, the planner and the report all ask methods
 questions, and a method answers from the objects it is handed (a RunConfig, a MethodConfig, a planned
 Member, a report row).
 """
@@ -14,7 +14,7 @@ from widen_cli.shapes import Member, count, weight_shapes
 if TYPE_CHECKING:
     import torch
 
-    from widen_cli.config import MethodConfig, ModelConfig, RunConfig
+    from widen_cli.schema import MethodConfig, ModelConfig, RunConfig
     from widen_cli.models import InputSpec
     from widen_cli.sparsity import Masks
 
