@@ -292,7 +292,7 @@ def check_ddp_matches_single_process(tmp_path, device: str):
         assert (weights[0][f"{name}.weight"][~mask] == 0).all()
 
 
-# Batched digits families (sweep-width trains each as one stacked model, family.py) with everything that
+# Batched digits families (sweep-width trains each as one stacked model, stacked_training.py) with everything that
 # has state: momentum, weight decay, an lr milestone after the kill; sparse members of several widths and
 # seeds, or dense members of one width and several seeds.
 FAMILY = ["sweep-width", "--dataset", "digits", "--model", "mlp", "--epochs", 30, "--no-dense-wide",
