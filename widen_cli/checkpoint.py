@@ -4,8 +4,8 @@ A checkpoint holds the model, optimiser and scheduler states, the masks, the RNG
 thread count, the last complete epoch and the metrics rows so far; for a mask that moves while training
 (set, rigl), the masks are the current ones and `updater` the update state (regrow.Updater.state_dict).
 It is written to a temporary name and renamed, so a kill at any moment leaves the previous checkpoint
-intact, and read with `weights_only=True`, so a foreign file can never run code. The data order needs no state: each epoch's is drawn from
-(seed, epoch) (data.epoch_seed).
+intact, and read with `weights_only=True`, so a foreign file can never run code. The data order needs
+no state: each epoch's is drawn from (seed, epoch) (data.epoch_seed).
 """
 from __future__ import annotations
 
