@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))  # this checkout's widen_cli, whatever is installe
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from widen_cli import family, hardware  # noqa: E402
+from widen_cli import hardware  # noqa: E402
+from widen_cli import stacked_training as family  # noqa: E402 (the batched family path)
 from widen_cli.budget import plan_member  # noqa: E402
 from widen_cli.compose import load  # noqa: E402
 from widen_cli.data import load_data, spec_from_config  # noqa: E402
