@@ -25,7 +25,7 @@ def train(given: dict, experiment: str | None, overrides: list[str] | None, conf
         return
 
     from widen_cli import claims, display, distributed, memory
-    from widen_cli.data import spec_from_config
+    from widen_cli.datasets import spec_from_config
     from widen_cli.distributed import is_main_process
     from widen_cli.hardware import resolve_device
     from widen_cli.jobs import make_job

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from widen_cli.budget import Member, plan_member
 from widen_cli.schema import DENSE, OptimConfig, RunConfig
-from widen_cli.data import spec_from_config
+from widen_cli.datasets import spec_from_config
 from widen_cli.identity import run_dir
 from widen_cli.methods import method_of
 

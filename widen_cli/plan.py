@@ -8,6 +8,7 @@ from pathlib import Path
 
 from widen_cli import budget, compose, datasets, results, schema, validation
 from widen_cli.schema import MethodConfig, RunConfig, SweepConfig
+from widen_cli.datasets import spec_from_config
 from widen_cli.errors import UserError
 from widen_cli.identity import family_identity, folder_name, run_name, without_lr
 from widen_cli.jobs import Job
@@ -219,7 +220,6 @@ class SweepPlan:
         (`documented`: the dataset's documented size, its files not there yet), and where it would run.
         Each distinct member's forward pass is counted once, whatever its seeds and learning rates."""
         from widen_cli import cost
-        from widen_cli.data import spec_from_config
         from widen_cli.hardware import resolve_device
 
         run, jobs = self.run, self.jobs()
@@ -242,7 +242,6 @@ class SweepPlan:
         """The largest member's memory estimate against the device (memory.check: refused if it cannot fit,
         unless not `refuse`)."""
         from widen_cli import memory
-        from widen_cli.data import spec_from_config
         from widen_cli.hardware import resolve_device
 
         spec = spec_from_config(self.run.dataset)
@@ -275,8 +274,6 @@ def plan_sweep(run: RunConfig, s: SweepConfig, name: str | None = None,
     """The whole sweep from its base run and settings: one family per budget (sweep.base_widths) and
     method (`methods`, default the run's), each with its own widths. With sweep.select_on val every
     member holds out sweep.val_fraction of the training split. An impossible member is refused here."""
-    from widen_cli.data import spec_from_config
-
     validation.check_name(name)
     if s.select_on == "val":
         if not datasets.get(run.dataset.name).holds_out:  # else every member would fail as it loads its data

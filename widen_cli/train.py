@@ -15,7 +15,8 @@ from rich.progress import Progress
 
 from widen_cli import checkpoint, distributed, hardware, jobs, lifecycle, prune, results
 from widen_cli.schema import OptimConfig, RunConfig
-from widen_cli.data import load_data, spec_from_config
+from widen_cli.data import load_data
+from widen_cli.datasets import spec_from_config
 from widen_cli.errors import UserError
 from widen_cli.hardware import resolve_device
 from widen_cli.identity import run_name
