@@ -11,7 +11,7 @@ from widen_cli.schema import MethodConfig, RunConfig, SweepConfig
 from widen_cli.datasets import spec_from_config
 from widen_cli.errors import UserError
 from widen_cli.identity import family_identity, folder_name, run_name, without_lr
-from widen_cli.jobs import Job
+from widen_cli.jobs import Job, make_job
 from widen_cli.methods import method_of
 from widen_cli.methods.sparse import SPARSE
 
@@ -200,14 +200,15 @@ class SweepPlan:
 
     def jobs(self) -> list[Job]:
         """One job per member, learning rate and seed; every seed of a member shares its plan. Dense runs
-        that parent magnitude-rewind members keep their weights at the rewind epochs."""
+        that parent magnitude-rewind members keep their weights at the rewind epochs; each pruned job holds
+        its parent's job, the very dense job of the sweep (parents are planned before their members)."""
         rewind = tuple(sorted({e for f in self.families for e in method_of(f.run).parent_keep_epochs(f.run)}))
         jobs = {}
         for run, m, llc in self.entries:
             for lr in self.lrs:
                 for seed in self.settings.seeds:
-                    job = Job(member_run(run, m, llc, seed, self.sweep_dir, lr), m,
-                              rewind if method_of(m).dense else ())
+                    job = make_job(member_run(run, m, llc, seed, self.sweep_dir, lr), m,
+                                   rewind if method_of(m).dense else (), jobs)
                     jobs.setdefault(job.run_dir, job)
         return list(jobs.values())
 
