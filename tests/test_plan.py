@@ -76,6 +76,15 @@ def test_dense_members_of_a_sparse_family_are_plain_dense_runs():
                                                 f"out={family.sweep_dir}"])[1]]
 
 
+def test_family_run_leaves_the_composed_config_as_it_is():
+    from omegaconf import OmegaConf
+
+    cfg = compose_config(["+experiment=smoke_sweep", "width=32"])
+    before = OmegaConf.to_container(cfg)
+    assert plan.family_run(cfg, 8).width == 8
+    assert OmegaConf.to_container(cfg) == before
+
+
 @pytest.fixture
 def compositions(monkeypatch):
     """Counts real Hydra compositions (the real compose runs)."""

@@ -80,7 +80,7 @@ def sweep_width(given: dict, sweep: dict, experiment: str | None, overrides: lis
         from widen_cli.data import require
 
         require(run.dataset)
-    sweeps.claim(family.sweep_dir, family, cfg, restart)
+    sweeps.claim(family.sweep_dir, family, plan.at_base_width(cfg, run.base_width), restart)
     table = family.table()
     display.plan(console, table, family.sweep_dir)
     display.sweep_cost(err, family.cost())

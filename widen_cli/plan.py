@@ -3,6 +3,7 @@ and method (sweep.methods) -> each family's widths -> every member planned once 
 learning rate (sweep.lrs) and seed, kept once per run folder. Pure: no data read, no training."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,11 +24,18 @@ DENSE = schema.DENSE
 
 
 def family_run(cfg, base_width: int | None) -> RunConfig:
-    """The family's base run, validated: the base width is the option's, else the config's base_width,
-    else its width; the base run is the member at that width."""
+    """The family's base run, validated (`cfg` is left as it is): the base width is the option's, else the
+    config's base_width, else its width; the base run is the member at that width."""
     base = next((b for b in (base_width, cfg.base_width, cfg.width) if b is not None), None)
+    return validation.validate(at_base_width(cfg, base))
+
+
+def at_base_width(cfg, base: int):
+    """A copy of the composed config with width and base_width the family's base width: the config the
+    base run is validated from, and the one sweep.yaml records."""
+    cfg = copy.deepcopy(cfg)
     cfg.width = cfg.base_width = base
-    return validation.validate(cfg)
+    return cfg
 
 
 def settings(cfg, **given) -> SweepConfig:
