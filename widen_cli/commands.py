@@ -67,13 +67,13 @@ def sweep_width(given: dict, sweep: dict, experiment: str | None, overrides: lis
     if experiment is None:
         given = {**given, **{k: v for k, v in plan.SWEEP_DEFAULTS.items() if given.get(k) is None}}
     composing = compose.overrides_from_options(experiment, given, overrides)
-    cfg = compose.compose_config(composing, config_dirs)
+    cfg, composed = plan.compose_sweep(composing, config_dirs, sweep["methods"])  # every method, composed once
     run = plan.family_run(cfg, budgets[0] if budgets else None)
     run = fingerprint.attach(run, fetch=not dry_run)  # once for every member: they share the data
     settings = plan.settings(cfg, **{**sweep, "methods": methods})
     if launcher == "submitit" and not dry_run:
         sweeps.slurm.check(settings)  # no SLURM here (and no explicit local executor): refused before writing
-    family = plan.plan_sweep(run, settings, given.get("name"), plan.methods(composing, config_dirs, run, settings))
+    family = plan.plan_sweep(run, settings, given.get("name"), plan.methods(composed, run, settings))
     # Refused before anything is shown or written: a member that cannot fit, data that is not there.
     needs = family.memory(refuse=not dry_run)
     if not dry_run:

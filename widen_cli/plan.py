@@ -122,30 +122,78 @@ def base_widths(run: RunConfig, s: SweepConfig) -> list[int]:
     return list(dict.fromkeys(s.base_widths)) if s.base_widths else [run.base_width]
 
 
-def method_configs(overrides: list[str], dirs, names: list[str]) -> list[MethodConfig]:
-    """Each method's conf/method/<name>.yaml, composed through Hydra with the command's other overrides.
-    A trailing method.KEY=VALUE applies to the methods that have KEY (pruned's method.prune is no key of
-    sparse)."""
-    def key(o: str) -> str:
-        return o.lstrip("+~").split("=", 1)[0]
-
-    plain = [o for o in overrides if key(o) != "method" and not key(o).startswith("method.")]
-    options = [o for o in overrides if key(o).startswith("method.")]
-    out = []
-    for name in dict.fromkeys(names):
-        cfg = compose.compose_config([*plain, f"method={name}"], dirs)
-        known = [o for o in options if key(o).removeprefix("method.") in cfg.method]
-        if known:
-            cfg = compose.compose_config([*plain, f"method={name}", *known], dirs)
-        out.append(family_run(cfg, None).method)
-    return out
+OTHER_METHODS = "methods_"  # where compose_sweep puts the sweep's methods beside the base run's (taken out after)
 
 
-def methods(overrides: list[str], dirs, run: RunConfig, s: SweepConfig) -> list[MethodConfig] | None:
-    """sweep.methods composed (method_configs); None when it is the base run's method alone (no composing)."""
+def compose_sweep(overrides: list[str], dirs, names: list[str] | None = None):
+    """The sweep's config, composed once. With several methods (`names`), every conf/method YAML is
+    composed beside the base run's method (Hydra's group@package override, +method@methods_.m0=pruned):
+    the sweep's methods, and the base method's own YAML, to tell what the options and the preset set in
+    it. Returns the config as the overrides alone compose it, and Methods."""
+    from omegaconf import open_dict
+
+    valid = compose.choices("method", dirs)
+    for n in names or ():
+        if n not in valid:
+            raise UserError(f"unknown method {n!r}; valid: {', '.join(valid)}")
+    names = valid if names else []
+    extra = [f"+method@{OTHER_METHODS}.m{i}={n}" for i, n in enumerate(names)]
+    cfg = compose.compose_config([*overrides, *extra], dirs, hydra_node=True)
+    base = cfg.hydra.runtime.choices.method  # the YAML the base run's method came from
+    others = cfg.get(OTHER_METHODS, {})
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.pop(OTHER_METHODS, None)
+    return cfg, Methods(overrides, dirs, cfg, base, {n: others[f"m{i}"] for i, n in enumerate(names)})
+
+
+@dataclass(frozen=True)
+class Methods:
+    """A sweep's methods as composed with its config (compose_sweep)."""
+    overrides: list[str]
+    dirs: list
+    cfg: object  # the composed config
+    base: str  # the conf/method YAML of the base run's method
+    nodes: dict  # every conf/method YAML by name, composed (empty: composed without them)
+
+    def configs(self, names: list[str]) -> list[MethodConfig]:
+        """Each method in `names`, validated, as if composed alone with the command's overrides: the base
+        run's method as composed; another one its own YAML, with the keys a preset or config file set in
+        the base run's method, and the trailing method.KEY=VALUE options it has a KEY for (pruned's
+        method.prune is no key of sparse). sweep.methods from a config file (not --methods): composed
+        once more, with every method."""
+        from omegaconf import open_dict
+
+        if not any(n != self.base for n in names):
+            return [family_run(self.cfg, None).method]
+        if not self.nodes:
+            return compose_sweep(self.overrides, self.dirs, names)[1].configs(names)
+        options = {k.removeprefix("method.") for k in map(_key, self.overrides) if k.startswith("method.")}
+        own = self.nodes[self.base]
+        # What the preset or a config file set in the base run's method (Hydra merges it into any method).
+        merged = [k for k in self.cfg.method if k not in options and (k not in own or own[k] != self.cfg.method[k])]
+        out = []
+        for name in dict.fromkeys(names):
+            cfg = copy.deepcopy(self.cfg)
+            if name != self.base:
+                node = copy.deepcopy(self.nodes[name])
+                with open_dict(node):
+                    for k in merged + [k for k in options if k in node]:
+                        node[k] = self.cfg.method[k]  # the value as Hydra composed it for the base run's method
+                cfg.method = node
+            out.append(family_run(cfg, None).method)
+        return out
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def methods(composed: Methods, run: RunConfig, s: SweepConfig) -> list[MethodConfig] | None:
+    """sweep.methods, each validated (Methods.configs); None when it is the base run's method alone."""
     if not s.methods or list(dict.fromkeys(s.methods)) == [run.method.name]:
         return None
-    return method_configs(overrides, dirs, list(s.methods))
+    return composed.configs(list(s.methods))
 
 
 def sweep_identity(families: list[Family], s: SweepConfig) -> dict:
