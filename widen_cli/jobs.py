@@ -23,6 +23,11 @@ class Job:
     restart: bool = False  # --restart: its checkpoint is discarded and it starts from epoch 1 (lifecycle.start)
     parent: Job | None = None  # a pruned run's dense parent, planned with it (trained first, or read back)
 
+    def __post_init__(self):
+        if (self.parent is None) == method_of(self.run).has_parent:
+            raise ValueError(f"{self.run_dir.name}: a parent's job goes with the methods that train from one "
+                             f"(jobs.make_job attaches it)")
+
     @property
     def run_dir(self) -> Path:
         return run_dir(self.run)
