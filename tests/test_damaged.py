@@ -18,7 +18,7 @@ from test_lifecycle import SMALL, dead_pid, one_error_line, widen, write_claim
 from test_reliability import start, wait_for
 from widen_cli import checkpoint, compose, results
 from widen_cli.identity import identity_of
-from widen_cli.data import spec_from_config
+from widen_cli.datasets import spec_from_config
 from widen_cli.models import build_model
 from widen_cli.train import make_optimizer
 
