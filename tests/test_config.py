@@ -11,16 +11,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from helpers import widen
 from widen_cli import config, validation
 from widen_cli.cli import app
 from widen_cli.config import CONFIG_PATH_ENV, RunConfig, SweepConfig
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def leaf_keys(cls, prefix=""):

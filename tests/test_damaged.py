@@ -14,8 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from test_lifecycle import SMALL, dead_pid, one_error_line, widen, write_claim
-from test_reliability import start, wait_for
+from helpers import SMALL, dead_pid, one_error_line, start, wait_for, widen, write_claim
 from widen_cli import checkpoint, config, results
 from widen_cli.data import spec_from_config
 from widen_cli.models import build_model

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from test_data import CPU, _folder_cfg, write_folders
+from data_files import _folder_cfg, write_folders
+from helpers import CPU
 from widen_cli import config, hardware
 from widen_cli.cli import app
 from widen_cli.data import load_data

@@ -5,17 +5,11 @@ from pathlib import Path
 import hydra
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
+from helpers import widen
 from widen_cli import plan
-from widen_cli.cli import app
 from widen_cli.config import CONF_DIR, compose_config, load
 
-runner = CliRunner()
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_run_folder_names_are_those_of_earlier_versions():

@@ -10,8 +10,8 @@ import time
 import pandas as pd
 import pytest
 import torch
-from test_reliability import ENV, WIDEN, one_thread, start, widen  # noqa: F401
 
+from helpers import ENV, WIDEN, start, widen
 from widen_cli import budget, checkpoint, config, prune, results
 from widen_cli.budget import Member
 from widen_cli.jobs import make_job, parent_run
@@ -19,7 +19,8 @@ from widen_cli.models import InputSpec, build_model, count_weights, weight_layer
 from widen_cli.models.mlp import MLP
 
 # Real `widen` subprocesses at one CPU thread (so resumed and whole runs agree bit for bit), as the
-# reliability tests run them; one_thread is their autouse fixture, active here too.
+# reliability tests run them (conftest.py's one_thread fixture).
+pytestmark = pytest.mark.usefixtures("one_thread")
 DIGITS = ["--dataset", "digits", "--model", "mlp", "--epochs", 2]
 
 

@@ -3,16 +3,10 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from widen_cli.cli import app
+from helpers import sweep_args, widen
 from widen_cli.results import SUMMARY_COLUMNS
 
-runner = CliRunner()
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_dry_run_cifar100_base18_plan(tmp_path):
@@ -55,12 +49,6 @@ def test_dry_run_bottleneck_families_report_deviation(tmp_path, method):
     assert (family.deviation <= 0).all() and (family.deviation > -0.001 * budget).all()
     assert (family.n_weights == family.budget + family.deviation).all()
     assert family.bottleneck_ratio.iloc[0] == 1.0 and family.bottleneck_ratio.is_monotonic_decreasing
-
-
-def sweep_args(widths="8,32", seeds="0,1"):
-    return ["sweep-width", "--dataset", "synthetic", "--model", "mlp", "--base-width", 8, "--widths", widths,
-            "--seeds", seeds, "--epochs", 2, "dataset.train_size=128", "dataset.test_size=64",
-            "dataset.image_size=8", "optim.batch_size=32"]
 
 
 SWEEP = sweep_args()
@@ -261,7 +249,7 @@ def test_two_sweeps_of_one_name_started_together(tmp_path, epochs, refused):
     import sys
 
     import yaml
-    from test_reliability import ENV, wait_for
+    from helpers import ENV, wait_for
 
     go = tmp_path / "go"
     procs = []
