@@ -292,7 +292,6 @@ def test_synthetic():
 # ---------------------------------------------------------------- image folders
 
 
-
 def _colours(x: torch.Tensor) -> list[tuple[int, ...]]:
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

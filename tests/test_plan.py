@@ -1,5 +1,6 @@
 """One plan per command: the config is composed once, every member is derived from it, folder names
 stay those of earlier versions, and every preset plans without data."""
+import os
 from pathlib import Path
 
 import hydra
@@ -9,7 +10,6 @@ import pytest
 from helpers import widen
 from widen_cli import plan
 from widen_cli.config import CONF_DIR, compose_config, load
-
 
 
 def test_run_folder_names_are_those_of_earlier_versions():
@@ -69,18 +69,45 @@ def test_dense_members_of_a_sparse_family_are_plain_dense_runs():
                                                 f"out={family.sweep_dir}"])[1]]
 
 
+class Compositions:
+    """The log that tests/compose_spy/sitecustomize.py and this process's spy append to: one line per
+    Hydra composition (`compose PID`), and one per process that started with the spy (`spy PID`)."""
+
+    def __init__(self, log: Path):
+        self.log = log
+
+    def lines(self) -> list[tuple[str, int]]:
+        text = self.log.read_text() if self.log.exists() else ""
+        return [(what, int(pid)) for what, pid in (line.split() for line in text.splitlines())]
+
+    def clear(self) -> None:
+        self.log.unlink(missing_ok=True)
+
+    def __len__(self) -> int:
+        return sum(what == "compose" for what, _ in self.lines())
+
+    def workers(self) -> set[int]:
+        """The other processes that counted (pool workers): the spy reached them."""
+        return {pid for what, pid in self.lines() if what == "spy" and pid != os.getpid()}
+
+
 @pytest.fixture
-def compositions(monkeypatch):
-    """Counts real Hydra compositions (the real compose runs)."""
-    calls = []
+def compositions(monkeypatch, tmp_path):
+    """Counts real Hydra compositions (the real compose runs), in this process and in every Python process
+    it starts (the pool's spawned workers), through one log file."""
+    log = Compositions(tmp_path / "compositions.log")
+    monkeypatch.setenv("WIDEN_TEST_COMPOSE_LOG", str(log.log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent / "compose_spy"),
+                                                      os.environ.get("PYTHONPATH", "")]))
     real = hydra.compose
 
     def counting(*args, **kwargs):
-        calls.append(kwargs.get("overrides"))
+        with open(log.log, "a") as f:
+            f.write(f"compose {os.getpid()}\n")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(hydra, "compose", counting)
-    return calls
+    return log
 
 
 @pytest.mark.parametrize("launcher", ["local", "pool"])
@@ -92,6 +119,7 @@ def test_compositions_do_not_grow_with_the_family(tmp_path, compositions, launch
                     "--launcher", launcher, "--jobs", 2, "--out", tmp_path, "--name", f"{launcher}-{widths}")
         assert res.exit_code == 0, res.output
         counts[widths] = len(compositions)
+        assert launcher == "local" or compositions.workers()  # the pool's workers counted theirs too
         assert len(pd.read_parquet(tmp_path / f"{launcher}-{widths}" / "results.parquet")) == \
             (1 if widths == "8" else 10)
     assert counts["8"] == counts["8,16,32"] == 1

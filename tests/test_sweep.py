@@ -8,7 +8,6 @@ from helpers import sweep_args, widen
 from widen_cli.results import SUMMARY_COLUMNS
 
 
-
 def test_dry_run_cifar100_base18_plan(tmp_path):
     res = widen("sweep-width", "--dataset", "cifar100", "--base-width", 18, "--dry-run",
                 "--data-root", tmp_path / "no-data-here", "--out", tmp_path, "--name", "plan")
@@ -333,7 +332,6 @@ def test_pool_workers_take_one_gpu_each(monkeypatch):
     assert seen == ["0", "1", "0", "5", "3"]  # worker k: GPU k mod 2, among those already visible
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
     assert pool.gpu_of(0, 0) is None  # no GPUs to share (cpu, or a fixed cuda:N): left alone
-
 
 
 def test_submitit_without_slurm_is_refused(tmp_path, monkeypatch):
