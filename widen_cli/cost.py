@@ -30,6 +30,7 @@ CPU_WARN_FLOPS = 1e15  # ~a day or more on a few CPU cores
 class Trace(NamedTuple):
     """What one forward pass of a member's model on the meta device shows, per image."""
     macs: int  # multiply-adds
+    params: int  # the model's parameters (not per image)
     kept: int  # every leaf layer's output: the activations kept for the backward pass
     largest: int  # the largest of those outputs (evaluation holds one at a time)
 
@@ -64,7 +65,8 @@ def _trace(cfg: ModelConfig, spec: InputSpec, member: Member) -> Trace:
     # eval: batch norm takes a batch of one however small the last feature map (multiply-adds are the same)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()(torch.empty(1, spec.channels, spec.image_size, spec.image_size, device="meta"))
-    return Trace(counter.get_total_flops() // 2, sum(sizes), max(sizes, default=0))
+    return Trace(counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters()), sum(sizes),
+                 max(sizes, default=0))
 
 
 def forward_macs(cfg: ModelConfig, spec: InputSpec, member: Member) -> int:

@@ -54,16 +54,16 @@ def _activations(run: RunConfig, spec: InputSpec, member: Member) -> tuple[int, 
     (every weight 2-D): each layer's output and its activation's, from the planned shapes. Others: from
     cost.trace's forward pass on the meta device (it imports torch's compiler, which a plain MLP run never
     needs)."""
-    width = member.base_width if member.variant == "structured" else member.width
-    with torch.device("meta"):
-        model = build_model(run.model, width, spec, inner=member.inner, ranks=member.ranks)
-    params = sum(p.numel() for p in model.parameters())
     shapes = list(member.layers.values())
     if all(len(s) == 2 for s in shapes):
+        width = member.base_width if member.variant == "structured" else member.width
+        with torch.device("meta"):
+            model = build_model(run.model, width, spec, inner=member.inner, ranks=member.ranks)
+        params = sum(p.numel() for p in model.parameters())
         inputs = spec.channels * spec.image_size ** 2
         return params, inputs + sum(2 * s[0] for s in shapes), max([inputs, *(s[0] for s in shapes)])
     traced = cost.trace(run.model, spec, member)  # the pass that counts the sweep's compute too, done once
-    return params, traced.kept, traced.largest
+    return traced.params, traced.kept, traced.largest
 
 
 def run_bytes(run: RunConfig, spec: InputSpec, member: Member, ranks: int = 1) -> dict[str, int]:
