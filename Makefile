@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast test-gpu test-lowest test-slurm bench clean
+.PHONY: setup demo docs test test-fast test-gpu test-lowest test-slurm bench clean
 
 $(BIN)/widen: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,11 @@ setup: $(BIN)/widen
 # A real training run on scikit-learn's built-in digits data, on CPU, in seconds.
 demo: setup
 	$(BIN)/widen train --dataset digits --model mlp --width 32 --epochs 5
+
+# docs/reference/ from the code (--help, the config dataclasses, the table schemas); tests/test_docs.py
+# fails when it is stale.
+docs: setup
+	$(BIN)/python scripts/gen-reference.py
 
 test: setup
 	$(BIN)/python -m pytest

@@ -17,13 +17,15 @@
            sparse widths, 30 epochs, batch 100, 5,000 MNIST-format images) against a plain PyTorch loop
            (bench/plain_loop.py) training the same models one at a time, both timed as subprocesses
            from start to exit. Target >= 3x. 6. the latency of `widen --help` and of a bad option: < 0.5 s.
+7. regrow  SET and RigL mask updates (bench/mask_updates.py): one update's cost, epochs with updates
+           against static sparse ones, and rebuilding the batched family's index after an update.
 
 Timings: a warm-up, then `--rounds` rounds of a fixed number of steps per variant, the variants taking
 turns; each variant's fastest round gives its steps/s (every round is printed). The CIFAR-10 files are
 random images written in the real on-disk format (pickled batches) to a temporary folder. CPU threads:
 as training uses them (WIDEN_THREADS to choose). Not part of the test suite.
 
-    python bench/bench.py [--device cpu|cuda] [--rounds 5] [--only resnet,masks,family,sparse,process] [--no-memory]
+    python bench/bench.py [--device cpu|cuda] [--rounds 5] [--only resnet,masks,family,sparse,process,regrow] [--no-memory]
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from widen_cli import family, hardware, sparse_ops  # noqa: E402
 from widen_cli.budget import plan_member  # noqa: E402
-from widen_cli.config import load  # noqa: E402
+from widen_cli.compose import load  # noqa: E402
 from widen_cli.data import load_data, spec_from_config  # noqa: E402
 from widen_cli.models import build_model  # noqa: E402
 from widen_cli.sparsity import draw_masks, sparsify  # noqa: E402
@@ -338,8 +340,8 @@ def machine(device: torch.device) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--only", default="resnet,masks,family,sparse,process",
-                   help="comma-separated: resnet, masks, family, sparse, process")
+    p.add_argument("--only", default="resnet,masks,family,sparse,process,regrow",
+                   help="comma-separated: resnet, masks, family, sparse, process, regrow")
     p.add_argument("--process-epochs", type=int, default=30, help="epochs of the whole-process benchmark")
     p.add_argument("--process-rounds", type=int, default=1, help="rounds of the whole-process benchmark")
     p.add_argument("--resnet-steps", type=int, default=3, help="steps per round, ResNet benchmarks")
@@ -422,6 +424,11 @@ def main() -> None:
 
             print("timing the whole process: widen sweep-width against a plain loop ...", flush=True)
             rows += process.run(data / "process", args.process_epochs, args.process_rounds)
+        if "regrow" in only:
+            import mask_updates
+
+            print("timing SET and RigL mask updates ...", flush=True)
+            rows += mask_updates.run(args.device, args.rounds)
         if not args.no_memory:
             names = [n for n, want in (("resnet-ours-sparse", only & {"resnet", "masks"}),
                                        ("resnet-reference", "resnet" in only),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from torchvision import datasets as tvd
 
-from widen_cli.config import DatasetConfig
+from widen_cli.schema import DatasetConfig
 
 
 def md5(path: Path) -> str:

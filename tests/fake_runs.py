@@ -7,9 +7,10 @@ from dataclasses import replace
 import pandas as pd
 import yaml
 
-from widen_cli import config, results
+from widen_cli import compose, results
 from widen_cli.budget import default_distribution, fix_last_layer
-from widen_cli.config import MethodConfig
+from widen_cli.identity import identity_of
+from widen_cli.schema import MethodConfig
 
 
 def mlp_weights(width, inputs=64, classes=10):
@@ -45,7 +46,7 @@ def write_sweep(folder, rows, dataset="digits", method="sparse", base_width=8, m
 
 @functools.cache
 def default_run(dataset):
-    return config.load([f"dataset={dataset}", "model=mlp"])[1]
+    return compose.load([f"dataset={dataset}", "model=mlp"])[1]
 
 
 def member_run(dataset, method, width, base_width, seed, llc=None, epochs=3, out="runs"):
@@ -59,7 +60,7 @@ def member_run(dataset, method, width, base_width, seed, llc=None, epochs=3, out
 
 def identity(*member, **settings):
     """The summary's identity column, as such a run records it."""
-    return json.dumps(member_run(*member, **settings).identity(), sort_keys=True)
+    return json.dumps(identity_of(member_run(*member, **settings)), sort_keys=True)
 
 
 def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weights=None, epochs=3):

@@ -10,8 +10,9 @@ import torch
 
 from helpers import widen
 from widen_cli import results
-from widen_cli.config import load
+from widen_cli.compose import load
 from widen_cli.data import load_data
+from widen_cli.identity import run_name
 
 CPU = torch.device("cpu")
 
@@ -105,7 +106,7 @@ def test_holdout_is_disjoint_from_training_and_the_same_for_every_run():
     # disjoint by position: the held-out images and the trained ones together are the training split
     together = torch.cat([train.images, train.val.images]).flatten(1)
     assert sorted(map(tuple, together.tolist())) == sorted(map(tuple, full.images.flatten(1).tolist()))
-    assert run.run_name() != load(["dataset=digits"])[1].run_name()  # it changes what is trained on
+    assert run_name(run) != run_name(load(["dataset=digits"])[1])  # it changes what is trained on
 
 
 def test_per_pixel_standardisation_uses_the_training_images_only():

@@ -13,13 +13,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from widen_cli import config, validation
+from widen_cli import compose, validation
+
+from widen_cli.identity import identity_of
 from widen_cli.budget import (
     DISTRIBUTIONS, Member, count, default_widths, distribute, erk, family_budget,
     max_width, numel, plan_member, solve_bottleneck, staggered, uniform,
     weight_shapes,
 )
-from widen_cli.config import MethodConfig, ModelConfig, OptimConfig
+from widen_cli.schema import MethodConfig, ModelConfig, OptimConfig
 from widen_cli.data import spec_from_config
 from widen_cli.errors import UserError
 from widen_cli.models import InputSpec, build_model, count_weights, weight_layers
@@ -350,7 +352,7 @@ def test_within_io_keeps_whole_kernels(spec, base, widths, distribution):
 def _preset(path):
     """The preset's family made sparse with `within: io`: its config, input spec and widths (the preset's
     own, else the sweep's default ones); no data is read."""
-    composed = config.compose_config([f"+experiment={path.stem}", "method=sparse", "method.within=io"])
+    composed = compose.compose_config([f"+experiment={path.stem}", "method=sparse", "method.within=io"])
     cfg = validation.validate(composed)
     spec = spec_from_config(cfg.dataset)
     widths = OmegaConf.select(composed, "sweep.widths") or default_widths(cfg.model, spec, cfg.base_width,
@@ -358,7 +360,7 @@ def _preset(path):
     return cfg, spec, widths
 
 
-CIFAR_AND_MLP_PRESETS = [p for p in sorted((config.CONF_DIR / "experiment").glob("*.yaml"))
+CIFAR_AND_MLP_PRESETS = [p for p in sorted((compose.CONF_DIR / "experiment").glob("*.yaml"))
                          if "override /dataset: cifar" in p.read_text() or "override /model: mlp" in p.read_text()]
 
 
@@ -678,11 +680,11 @@ def test_dense_last_keeps_the_classifier_dense():
     (["dataset=mnist"], "staggered"),  # dense runs keep the identity (and folder) they had
 ])
 def test_distribution_null_is_the_models_default(overrides, expected):
-    run = config.load(overrides)[1]
+    run = compose.load(overrides)[1]
     assert run.method.distribution == expected
-    assert run.identity()["method"]["distribution"] == expected
+    assert identity_of(run)["method"]["distribution"] == expected
 
 
 def test_the_old_name_proportional_is_refused():
     with pytest.raises(UserError, match="method.distribution must be one of staggered, dense-last, uniform, erk"):
-        config.load(["dataset=mnist", "method=sparse", "method.distribution=proportional"])
+        compose.load(["dataset=mnist", "method=sparse", "method.distribution=proportional"])

@@ -12,9 +12,12 @@ import yaml
 from typer.testing import CliRunner
 
 from helpers import widen
-from widen_cli import config, validation
+from widen_cli import compose, schema, validation
+
+from widen_cli.identity import identity_of, run_name
 from widen_cli.cli import app
-from widen_cli.config import CONFIG_PATH_ENV, RunConfig, SweepConfig
+from widen_cli.schema import RunConfig, SweepConfig
+from widen_cli.compose import CONFIG_PATH_ENV
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def leaf_keys(cls, prefix=""):
     """(dotted key, annotation) of every value a config dataclass holds, found from its fields."""
     for f in dataclasses.fields(cls):
-        if f.metadata.get(config.COMPUTED):  # computed by the command (data_fingerprint), refused as a setting
+        if f.metadata.get(schema.COMPUTED):  # computed by the command (data_fingerprint), refused as a setting
             continue
         if f.type in validation.NESTED:
             yield from leaf_keys(validation.NESTED[f.type], f"{prefix}{f.name}.")
@@ -138,16 +141,16 @@ def test_training_without_compile_does_not_load_the_compiler(tmp_path):
 
 
 def test_resnet_init_defaults_to_lecun_and_names_the_run():
-    runs = {init: config.load(["dataset=cifar10", "model=resnet18", f"model.init={init}"])[1]
+    runs = {init: compose.load(["dataset=cifar10", "model=resnet18", f"model.init={init}"])[1]
             for init in ("lecun", "pytorch", "torchvision")}
-    assert config.load(["dataset=cifar10", "model=resnet18"])[1] == runs["lecun"]  # the paper's stated init
-    assert [r.identity()["model"].get("init") for r in runs.values()] == ["lecun", "pytorch", None]
-    assert len({r.run_name() for r in runs.values()}) == 3
+    assert compose.load(["dataset=cifar10", "model=resnet18"])[1] == runs["lecun"]  # the paper's stated init
+    assert [identity_of(r)["model"].get("init") for r in runs.values()] == ["lecun", "pytorch", None]
+    assert len({run_name(r) for r in runs.values()}) == 3
     # torchvision is what every ResNet run had before model.init: left out, so their folders are found
     old = replace(runs["torchvision"], model=dataclasses.replace(runs["torchvision"].model, init=None))
-    assert runs["torchvision"].identity() == old.identity()
-    mlp = config.load(["dataset=digits", "model=mlp"])[1]
-    assert mlp.model.init is None and "init" not in mlp.identity()["model"]  # MLP folders keep their names
+    assert identity_of(runs["torchvision"]) == identity_of(old)
+    mlp = compose.load(["dataset=digits", "model=mlp"])[1]
+    assert mlp.model.init is None and "init" not in identity_of(mlp)["model"]  # MLP folders keep their names
 
 
 @pytest.mark.parametrize("overrides,message", [

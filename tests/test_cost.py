@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from widen_cli import cost, display, plan
 from widen_cli.budget import plan_member
 from widen_cli.cli import app
-from widen_cli.config import DatasetConfig, MethodConfig, ModelConfig, compose_config
+from widen_cli.schema import DatasetConfig, MethodConfig, ModelConfig
+from widen_cli.compose import compose_config
 from widen_cli.models import InputSpec, build_model
 
 CIFAR = InputSpec(3, 32, 100)

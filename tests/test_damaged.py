@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from helpers import SMALL, dead_pid, one_error_line, start, wait_for, widen, write_claim
-from widen_cli import checkpoint, config, results
+from widen_cli import checkpoint, compose, results
+from widen_cli.identity import identity_of
 from widen_cli.data import spec_from_config
 from widen_cli.models import build_model
 from widen_cli.train import make_optimizer
@@ -97,14 +98,14 @@ MOMENTUM = "optim.momentum=0.9"  # so that the checkpoint holds momentum buffers
 
 def write_checkpoint(path, epoch: int, damage) -> None:
     """A checkpoint of SMALL's run (with MOMENTUM) at `epoch`, as a run writes it, then damaged by damage(state)."""
-    _, run = config.load(["width=16", "optim.epochs=2", MOMENTUM])
+    _, run = compose.load(["width=16", "optim.epochs=2", MOMENTUM])
     model = build_model(run.model, run.width, spec_from_config(run.dataset))
     opt, sched = make_optimizer(model, run.optim)
     model(torch.randn(4, 1, 8, 8)).sum().backward()
     opt.step()  # momentum buffers, as after a real epoch
     row = dict(lr=0.1, train_loss=1.0, train_acc=0.5, test_loss=1.0, test_acc=0.5, val_loss=None, val_acc=None,
                seconds=0.1)
-    checkpoint.save(path, identity=run.identity(), epoch=epoch, rows=[dict(row, epoch=e + 1) for e in range(epoch)],
+    checkpoint.save(path, identity=identity_of(run), epoch=epoch, rows=[dict(row, epoch=e + 1) for e in range(epoch)],
                     elapsed=0.1, model=model, optimizer=opt, scheduler=sched, masks=None)
     state = torch.load(path, weights_only=True)
     damage(state)

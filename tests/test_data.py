@@ -18,7 +18,7 @@ from torchvision import datasets as tvd
 
 from data_files import (TRAIN_FILES, WRITERS, Written, _folder_cfg, patch_cifar_md5, patch_svhn_md5, write_cifar10,
                         write_folders, write_mnist)
-from widen_cli.config import DatasetConfig
+from widen_cli.schema import DatasetConfig
 from widen_cli.data import IMAGENET_MEAN, IMAGENET_STD, load_data
 from widen_cli.errors import UserError
 
@@ -495,11 +495,11 @@ def _mirrored(loader, epochs: int = 4) -> list[bool]:
 def test_imagenet_training_applies_no_flip_unless_asked(tmp_path):
     from torchvision import transforms
 
-    from widen_cli import config
+    from widen_cli import compose
 
     write_gradient_jpegs(tmp_path)
     for name in ("imagenet", "imagefolder"):  # the shipped configs, composed as `widen train` does
-        run = config.load([f"dataset={name}", "model=resnet18", f"dataset.root='{tmp_path}'", "dataset.workers=0",
+        run = compose.load([f"dataset={name}", "model=resnet18", f"dataset.root='{tmp_path}'", "dataset.workers=0",
                            "dataset.image_size=32", "dataset.num_classes=null"])[1]
         assert run.dataset.augment == ("resized_crop",)
         train, test, _ = load_data(run.dataset, batch_size=6, device=CPU, seed=0)

@@ -14,7 +14,9 @@ import yaml
 from data_files import write_folders, write_mnist
 from helpers import widen
 from widen_cli import fingerprint, results
-from widen_cli.config import DatasetConfig, load
+from widen_cli.schema import DatasetConfig
+from widen_cli.compose import load
+from widen_cli.identity import run_name
 
 REUSED = "is done (status finished); showing its summary"
 MNIST = ["--dataset", "mnist", "--width", 8, "--epochs", 1, "--batch-size", 16]
@@ -145,7 +147,7 @@ def test_generated_data_keeps_its_folder_names():
     run = load([])[1]
     with_print = fingerprint.attach(run)
     assert with_print.data_fingerprint == "1437+360 samples 10 classes"
-    assert with_print.run_name() == run.run_name() == "digits-mlp-dense-w32-s0-45e3b8ce"
+    assert run_name(with_print) == run_name(run) == "digits-mlp-dense-w32-s0-45e3b8ce"
 
 
 def test_the_fingerprint_is_no_setting():

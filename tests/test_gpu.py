@@ -11,9 +11,10 @@ import torch
 from rich.console import Console
 
 from helpers import check_bf16_against_fp32, check_ddp_matches_single_process, metrics, sweep_args, widen
-from widen_cli.config import load
+from widen_cli.compose import load
 from widen_cli.models import weight_layers
 from widen_cli.train import run_training
+from widen_cli.identity import run_dir
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CUDA = ["--device", "cuda"]
@@ -41,7 +42,7 @@ def test_resnet_weights_are_channels_last_on_cuda(tmp_path):
     result = run_training(cfg, run, Console(quiet=True))
     convs = {name: layer.weight for name, layer in weight_layers(result.model).items() if layer.weight.ndim == 4}
     assert convs and all(w.is_cuda and w.is_contiguous(memory_format=torch.channels_last) for w in convs.values())
-    masks = torch.load(run.run_dir / "masks.pt", weights_only=True)
+    masks = torch.load(run_dir(run) / "masks.pt", weights_only=True)
     for name, w in convs.items():  # the fused re-masking kept the pruned weights at zero in that layout
         assert (w[~masks[name].to(w.device)] == 0).all()
 

@@ -8,13 +8,13 @@ import warnings
 
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from data_files import _folder_cfg, write_folders
 from helpers import CPU
-from widen_cli import config, hardware
+from widen_cli import compose, hardware
+from widen_cli.identity import run_name
 from widen_cli.cli import app
 from widen_cli.data import load_data
 
@@ -74,14 +74,14 @@ def test_skip_bad_images_trains_and_counts_them(tmp_path):
 
 
 def test_skipping_is_not_part_of_the_run_identity():
-    names = [config.load(["dataset=imagefolder", "dataset.root=x", *extra])[1].run_name()
+    names = [run_name(compose.load(["dataset=imagefolder", "dataset.root=x", *extra])[1])
              for extra in ([], ["dataset.skip_bad_images=true"])]
     assert names[0] == names[1]
 
 
 def test_loader_workers_default_to_the_cpus_this_process_may_use(tmp_path):
     write_folders(tmp_path)
-    assert config.load(["dataset=imagefolder", f"dataset.root={tmp_path}"])[1].dataset.workers is None
+    assert compose.load(["dataset=imagefolder", f"dataset.root={tmp_path}"])[1].dataset.workers is None
     cpus = sorted(os.sched_getaffinity(0))
     try:
         os.sched_setaffinity(0, cpus[:1])  # as a job scheduler would pin this process to one core

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from widen_cli.cli import app, multirun_hint
+from widen_cli.cli import app
+from widen_cli.terminal import multirun_hint
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -81,7 +82,7 @@ def test_the_wheel_runs_every_command_from_another_folder(installed):
     elsewhere.mkdir()
     env = CLEAN  # the installed copy only
     python, widen = venv / "bin" / "python", venv / "bin" / "widen"
-    where = run([python, "-c", "import widen_cli, widen_cli.report, widen_cli.config as c; "
+    where = run([python, "-c", "import widen_cli, widen_cli.report, widen_cli.compose as c; "
                  "print(widen_cli.__file__); print(c.CONF_DIR)"], env=env, cwd=elsewhere)
     assert where.returncode == 0, where.stderr
     module, conf = map(Path, where.stdout.split())

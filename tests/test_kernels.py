@@ -128,7 +128,7 @@ def test_eq6_holds_when_p_d_is_large_and_not_when_small():
     large, small = table.iloc[1], table.iloc[2]  # p d = 392 and 15.7
     assert large.distance_eq6 == pytest.approx(large.distance_theorem1, rel=0.03)
     assert abs(large.distance_eq6 - large.distance_empirical) < 4 * large.distance_empirical_se
-    assert small.distance_eq6 > 3 * small.distance_empirical  # the disagreement docs/kernel-theory.md section 8 explains
+    assert small.distance_eq6 > 3 * small.distance_empirical  # the disagreement docs/explanations/kernel-theory.md section 8 explains
     for r in table.itertuples():  # the leading-order formula holds throughout for Gaussian inputs
         assert r.distance_leading_order == pytest.approx(r.distance_theorem1, rel=0.07)
 
@@ -303,9 +303,8 @@ def test_sweep_and_kernel_distance_keep_the_same_counts_per_layer(tmp_path, dist
         assert sum(m.kept.values()) == 6352
 
 
-def test_a_kernel_table_of_schema_2_is_still_read(tmp_path):
-    # Written by the previous version: no distance_theorem1_se, schema version 2 in its metadata.
-    import pyarrow as pa
+def test_a_kernel_table_of_an_older_schema_is_skipped_with_a_warning(tmp_path):
+    # As an unreleased earlier version wrote it: no distance_theorem1_se, schema version 2 in its metadata.
     import pyarrow.parquet as pq
 
     from widen_cli.report.load import load
@@ -318,6 +317,6 @@ def test_a_kernel_table_of_schema_2_is_still_read(tmp_path):
     old = table.drop_columns(["distance_theorem1_se"])
     pq.write_table(old.replace_schema_metadata({**table.schema.metadata, b"widen.schema_version": b"2"}), path)
     warnings = []
-    kernels = load([tmp_path / "old"], warnings.append).kernels
-    assert not warnings and list(kernels) == ["old"]
-    assert kernels["old"].distance_theorem1_se.isna().all() and kernels["old"].width.tolist() == [8, 32]
+    with pytest.raises(UserError, match="none of the 1 Parquet files"):
+        load([tmp_path / "old"], warnings.append)
+    assert len(warnings) == 1 and "kernel table of schema version 2, older than this widen's" in warnings[0]

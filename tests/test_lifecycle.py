@@ -13,11 +13,12 @@ import time
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 # helpers.start: Ctrl-C must reach these subprocesses however the suite was started
 from helpers import ENV, SMALL, WIDEN, dead_pid, one_error_line, start, wait_for, widen, write_claim
-from widen_cli import checkpoint, config, results
+from widen_cli import checkpoint, compose, results
+
+from widen_cli.identity import identity_of
 
 
 # ---------------------------------------------------------------- identity before reuse
@@ -26,8 +27,8 @@ def test_finished_run_with_other_settings_is_refused(tmp_path):
     first = widen(*SMALL, "--out", tmp_path, "--name", "x")
     assert first.exit_code == 0, first.output
     summary = results.read_table(tmp_path / "x" / results.SUMMARY_FILE).iloc[0]  # missing text: None
-    _, run = config.load(["width=16", "optim.epochs=2", f"out={tmp_path}", "name=x"])
-    assert summary.identity == json.dumps(run.identity(), sort_keys=True)
+    _, run = compose.load(["width=16", "optim.epochs=2", f"out={tmp_path}", "name=x"])
+    assert summary.identity == json.dumps(identity_of(run), sort_keys=True)
     assert (summary.activation, summary.distribution, summary.within) == ("relu", None, None)
     assert pd.isna(summary.last_layer_connectivity)  # a number column (typed, not null-typed): NaN
     before = (tmp_path / "x" / results.SUMMARY_FILE).stat().st_mtime_ns
@@ -39,29 +40,13 @@ def test_finished_run_with_other_settings_is_refused(tmp_path):
     assert (tmp_path / "x" / results.SUMMARY_FILE).stat().st_mtime_ns == before
 
 
-def test_finished_run_from_before_summary_identities_is_compared_by_its_config(tmp_path):
-    assert widen(*SMALL, "--out", tmp_path, "--name", "old").exit_code == 0
-    folder = tmp_path / "old"
-    # As earlier versions left it: no identity in the summary, config.yaml a Hydra dump.
-    old_columns = results.SUMMARY_COLUMNS[:results.SUMMARY_COLUMNS.index("wall_seconds") + 1]
-    summary = pd.read_parquet(folder / results.SUMMARY_FILE)
-    summary[old_columns].to_parquet(folder / results.SUMMARY_FILE, index=False)  # no kind metadata either
-    cfg, run = config.load(["width=16", "optim.epochs=2", f"out={tmp_path}", "name=old"])
-    cfg.base_width = run.base_width
-    (folder / results.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-    one_error_line(widen(*SMALL, "--out", tmp_path, "--name", "old", "--seed", 3), f"seed: 3 here, 0 in {folder}")
-    same = widen(*SMALL, "--out", tmp_path, "--name", "old")
-    assert same.exit_code == 0 and "is done" in same.output, same.output
-
-
 def test_unfinished_run_with_other_settings_names_them(tmp_path):
     folder = tmp_path / "r"
     folder.mkdir()
-    _, other = config.load(["width=16", "optim.epochs=2", "model.hidden_layers=2"])
+    _, other = compose.load(["width=16", "optim.epochs=2", "model.hidden_layers=2"])
     model = torch.nn.Linear(64, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    checkpoint.save(folder / checkpoint.FILENAME, identity=other.identity(), epoch=1, rows=[], elapsed=0.0,
+    checkpoint.save(folder / checkpoint.FILENAME, identity=identity_of(other), epoch=1, rows=[], elapsed=0.0,
                     model=model, optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0),
                     masks=None)
     one_error_line(widen(*SMALL, "--out", tmp_path, "--name", "r"), "was written by a run with a different config",

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from widen_cli.config import ModelConfig
+from widen_cli.schema import ModelConfig
 from widen_cli.models import InputSpec, build_model, count_weights, weight_layers
 
 RESNET = ModelConfig(name="resnet18")
@@ -121,7 +121,7 @@ def test_resnet_init_gives_the_scheme_std(init):
 @pytest.mark.parametrize("init", INITS)
 def test_sparse_rescale_init_works_with_every_init(init):
     from widen_cli.budget import plan_member
-    from widen_cli.config import MethodConfig
+    from widen_cli.schema import MethodConfig
     from widen_cli.sparsity import sparsify
 
     cfg, spec = ModelConfig(name="resnet18", init=init), InputSpec(3, 32, 100)

@@ -9,7 +9,8 @@ import pytest
 
 from helpers import widen
 from widen_cli import plan
-from widen_cli.config import CONF_DIR, compose_config, load
+from widen_cli.compose import CONF_DIR, compose_config, load
+from widen_cli.identity import run_name
 
 
 def test_run_folder_names_are_those_of_earlier_versions():
@@ -29,7 +30,7 @@ def test_run_folder_names_are_those_of_earlier_versions():
           "dataset.augment=[resized_crop,flip]"],
          "imagenet-resnet18-dense-w64-s0-463d41e3"),
     ]:
-        assert load(overrides)[1].run_name() == name
+        assert run_name(load(overrides)[1]) == name
 
 
 def sweep_jobs(overrides, base_width, **settings):

@@ -5,16 +5,16 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from widen_cli import config, plan, validation
+from widen_cli import compose, plan, validation
 
-PRESETS = sorted(p.stem for p in (config.CONF_DIR / "experiment").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (compose.CONF_DIR / "experiment").glob("*.yaml"))
 FIGURES = [p for p in PRESETS if not p.startswith(("smoke", "fig7"))]  # fig7_*: Figure 7's own (lr-tuned) presets
 PLAN_ONLY = ("fig10_cifar100",)  # drawn from the plan: --dry-run, no training, so no seeds needed
 CIFAR100_WEIGHTS = {8: 180_952, 12: 402_180, 18: 897_462, 40: 4_391_480, 64: 11_210_432}  # Appendix A
 
 
 def composed(preset: str):
-    cfg = config.compose_config([f"+experiment={preset}"])
+    cfg = compose.compose_config([f"+experiment={preset}"])
     return cfg, validation.sweep_config(cfg)
 
 
@@ -82,5 +82,5 @@ def test_table_1_is_the_published_imagenet_recipe():
 def test_presets_name_their_command():
     """Each figure preset's header shows the one command that runs it."""
     for preset in FIGURES:
-        text = (Path(config.CONF_DIR) / "experiment" / f"{preset}.yaml").read_text()
+        text = (Path(compose.CONF_DIR) / "experiment" / f"{preset}.yaml").read_text()
         assert f"--experiment {preset}" in text, preset

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from helpers import ENV, WIDEN, start, widen
-from widen_cli import budget, checkpoint, config, prune, results
+from widen_cli import budget, checkpoint, compose, prune, results, schema
+
+from widen_cli.identity import identity_of, run_dir, run_name
 from widen_cli.budget import Member
 from widen_cli.jobs import make_job, parent_run
 from widen_cli.models import InputSpec, build_model, count_weights, weight_layers
@@ -55,7 +57,7 @@ def _randomise(model: torch.nn.Module) -> None:
 
 
 def test_structured_resnet18_keeps_residual_shapes_and_computes_the_masked_wide_model():
-    cfg = config.ModelConfig(name="resnet18")
+    cfg = schema.ModelConfig(name="resnet18")
     spec = InputSpec(channels=3, image_size=8, num_classes=10)
     big = build_model(cfg, 8, spec)
     _randomise(big)
@@ -82,7 +84,7 @@ def test_structured_resnet18_keeps_residual_shapes_and_computes_the_masked_wide_
 
 
 def test_structured_mlp_keeps_the_units_with_the_largest_l1_norms():
-    cfg = config.ModelConfig(name="mlp", hidden_layers=2)
+    cfg = schema.ModelConfig(name="mlp", hidden_layers=2)
     spec = InputSpec(channels=1, image_size=2, num_classes=2)
     big = build_model(cfg, 4, spec)
     with torch.no_grad():
@@ -110,10 +112,10 @@ def test_bad_pruning_options_are_user_errors(tmp_path):
 
 
 def test_other_methods_keep_their_folder_names():
-    _, dense = config.load(["dataset=digits", "model=mlp", "width=16"])
-    _, pruned = config.load(["dataset=digits", "model=mlp", "method=pruned", "width=16"])
-    assert "prune" not in dense.identity()["method"] and pruned.identity()["method"]["prune"] == "magnitude"
-    assert parent_run(pruned).run_name() == dense.run_name()
+    _, dense = compose.load(["dataset=digits", "model=mlp", "width=16"])
+    _, pruned = compose.load(["dataset=digits", "model=mlp", "method=pruned", "width=16"])
+    assert "prune" not in identity_of(dense)["method"] and identity_of(pruned)["method"]["prune"] == "magnitude"
+    assert run_name(parent_run(pruned)) == run_name(dense)
 
 
 # ---------------------------------------------------------------- trained members
@@ -133,7 +135,7 @@ def test_every_pruned_member_keeps_the_budget_after_fine_tuning(tmp_path, varian
     finetune = 2 if variant == "magnitude-rewind" else 1  # a quarter of 2 epochs, rounded up
     assert (row.variant, row.parent_run, row.epochs, row.total_epochs) == (variant, parent.run, finetune, 2 + finetune)
     assert parent.total_epochs == 2 and pd.isna(parent.variant)
-    _, run = config.load(["dataset=digits", "model=mlp", "method=pruned", "width=32", "base_width=16",
+    _, run = compose.load(["dataset=digits", "model=mlp", "method=pruned", "width=32", "base_width=16",
                           "optim.epochs=2", f"method.prune={variant}", f"method.scope={scope}"])
     member = make_job(run).member
     budget_ = member.budget
@@ -169,17 +171,17 @@ def test_rewind_restores_the_parent_initial_weights_exactly(tmp_path):
             "method.prune=magnitude-rewind", "method.finetune_epochs=1"]
     res = widen("train", *args)
     assert res.exit_code == 0, res.output
-    _, run = config.load(config.overrides_from_options(None, dict(dataset="digits", model="mlp", epochs=2,
-                                                                    method="pruned", width=32, base_width=16,
-                                                                    out=str(tmp_path)),
-                                                        ["method.prune=magnitude-rewind", "method.finetune_epochs=1"]))
-    parent_dir = parent_run(run).run_dir
+    given = {"dataset": "digits", "model": "mlp", "optim.epochs": 2, "method": "pruned", "width": 32,
+             "base_width": 16, "out": str(tmp_path)}
+    _, run = compose.load(compose.overrides_from_options(None, given, ["method.prune=magnitude-rewind",
+                                                                       "method.finetune_epochs=1"]))
+    parent_dir = run_dir(parent_run(run))
     init = torch.load(results.weights_at_epoch(parent_dir, 0), weights_only=True)
     torch.manual_seed(run.seed)  # what the parent's training built before its first step
     assert all(torch.equal(init[k], v) for k, v in build_model(run.model, 32, _spec(run)).state_dict().items())
     trained = torch.load(parent_dir / results.MODEL_FILE, weights_only=True)
     model, masks = prune.pruned_model(run, make_job(run).member, _spec(run), parent_dir, "finished")
-    saved = torch.load(run.run_dir / results.MASKS_FILE, weights_only=True)
+    saved = torch.load(run_dir(run) / results.MASKS_FILE, weights_only=True)
     for name, layer in weight_layers(model).items():
         assert torch.equal(masks[name], saved[name])  # the mask the run trained with
         kept = masks[name]
@@ -283,7 +285,7 @@ def test_a_structured_resnet_member_trains_end_to_end(tmp_path):
                 "dataset.test_size=16", "optim.batch_size=16", "method.prune=structured", "--out", tmp_path)
     assert res.exit_code == 0, res.output
     member = next(d for d in tmp_path.iterdir() if "-pruned-" in d.name)
-    _, run = config.load(["dataset=synthetic", "model=resnet18", "width=2", "dataset.image_size=8"])
+    _, run = compose.load(["dataset=synthetic", "model=resnet18", "width=2", "dataset.image_size=8"])
     model = build_model(run.model, 2, _spec(run))
     model.load_state_dict(torch.load(member / results.MODEL_FILE, weights_only=True))  # the base model's shapes
     assert count_weights(model) == pd.read_parquet(member / results.SUMMARY_FILE).n_weights.iloc[0]

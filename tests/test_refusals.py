@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from widen_cli.cli import app
-from widen_cli.config import load, overrides_from_options
+from widen_cli.compose import load, overrides_from_options
 from widen_cli.data import spec_from_config
 from widen_cli.jobs import make_job
 from widen_cli.models import build_model
@@ -71,6 +71,40 @@ def test_refused_with_one_line_and_nothing_written(tmp_path, case):
     args, needle = REFUSED[case]
     out = tmp_path / "out"
     res = runner.invoke(app, [str(a).format(tmp=tmp_path) for a in args] + ["--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert_refused(res.output, needle, out)
+
+
+def _image_folders(root: Path) -> Path:
+    """A real (tiny) image-folder dataset: <root>/train/<class>/*.png and <root>/val/<class>/*.png."""
+    from PIL import Image
+
+    for part in ("train", "val"):
+        for c, cls in enumerate(("ant", "bee")):
+            (root / part / cls).mkdir(parents=True)
+            for k in range(3):
+                Image.new("RGB", (12, 12), (80 * c, 40 * k, 0)).save(root / part / cls / f"{k}.png")
+    return root
+
+
+FOLDER_HOLDOUTS = {  # what only in-memory datasets can do, asked of an image folder
+    "sweep --select-on val": (["sweep-width", "--select-on", "val"], "--select-on val holds out part of the training"),
+    "sweep --select-on val --dry-run": (["sweep-width", "--select-on", "val", "--dry-run"], "--select-on val"),
+    "train dataset.val_fraction": (["train", "++dataset.val_fraction=0.5"], "dataset.val_fraction and dataset.norm"),
+    "train dataset.normalize": (["train", "++dataset.normalize=per-pixel"], "dataset.val_fraction and dataset.norm"),
+}
+
+
+@pytest.mark.parametrize("case", FOLDER_HOLDOUTS)
+def test_image_folder_holdout_refused_before_anything_is_written(tmp_path, case):
+    """Image folders have no held-out validation split (val/ is their test set): asking for one is refused
+    up front, not planned and then failed by every member as it loads its data."""
+    (command, *args), needle = FOLDER_HOLDOUTS[case]
+    data = _image_folders(tmp_path / "pictures")
+    sizes = ["--width", "8"] if command == "train" else ["--base-width", "8", "--widths", "8,16"]
+    out = tmp_path / "out"
+    res = runner.invoke(app, [command, "--dataset", "imagefolder", "--data-root", str(data), "--model", "mlp",
+                              "--image-size", "8", "--epochs", "1", *sizes, *args, "--out", str(out)])
     assert res.exit_code == 2, res.output
     assert_refused(res.output, needle, out)
 

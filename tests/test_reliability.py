@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from helpers import check_ddp_matches_single_process, metrics, start, wait_for, widen
-from widen_cli import checkpoint, config, results
+from widen_cli import checkpoint, compose, results
+
+from widen_cli.identity import identity_of
 from widen_cli.results import METRICS_COLUMNS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py; helpers.ENV says why
@@ -96,11 +98,11 @@ class Exploit:
 
 def real_checkpoint(path: Path, overrides: list[str]) -> None:
     """A checkpoint as a run writes it (epoch 1 of the config that `overrides` compose)."""
-    _, run = config.load(overrides)
+    _, run = compose.load(overrides)
     model = torch.nn.Linear(64, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
-    checkpoint.save(path, identity=run.identity(), epoch=1, rows=[], elapsed=0.0, model=model, optimizer=opt,
+    checkpoint.save(path, identity=identity_of(run), epoch=1, rows=[], elapsed=0.0, model=model, optimizer=opt,
                     scheduler=sched, masks=None)
 
 

@@ -10,6 +10,7 @@ from matplotlib.image import imread
 from fake_runs import member_run, mlp_weights, row, write_sweep
 from helpers import widen
 from widen_cli import report, results
+from widen_cli.identity import identity_of, run_dir
 
 ALL_FIGURES = ["test_acc_vs_width", "train_acc_vs_width", "test_acc_vs_connectivity", "improvement_fraction",
                "widening_gain", "bottleneck", "mlp_grid", "kernel_distance", "layer_kept_fraction"]
@@ -129,7 +130,7 @@ def test_repeats_that_disagree_are_named_and_counted_once(tmp_path):
     flat = "".join(res.output.split())  # rich wraps long paths anywhere
     warning = "1experiment(s)wererunmorethanonce(sameidentityandseed)withdifferentnumbers"
     assert flat.count(warning) == 1
-    assert f"{first.run_dir}(test60.00)vs{again.run_dir}(test90.00)".replace(" ", "") in flat
+    assert f"{run_dir(first)}(test60.00)vs{run_dir(again)}(test90.00)".replace(" ", "") in flat
     table = pd.read_csv(tmp_path / "report" / "table.csv").set_index("row")
     assert table.loc["sparse b=4", "seeds_w8"] == 2
     assert table.loc["sparse b=4", "test_acc_w8"] == pytest.approx(65.0)  # the first run of seed 0, and seed 1
@@ -151,7 +152,7 @@ def test_unknown_and_unreadable_tables_are_skipped_with_a_warning(fake_results, 
     res = widen("report", odd, root / "kernel-fig7", "--out", tmp_path / "report")
     assert res.exit_code == 0, res.output
     flat = " ".join(res.output.split())  # rich may wrap long paths
-    assert "skipping" in flat and "results.parquet: unknown columns" in flat
+    assert "skipping" in flat and "results.parquet: no widen table kind in its metadata" in flat
     assert "broken.parquet: not a readable Parquet table" in flat
     assert (tmp_path / "report" / "kernel_distance.png").exists()
     assert not (tmp_path / "report" / "table.csv").exists()  # no runs, no Table 1
@@ -187,12 +188,12 @@ def test_interrupted_members_are_left_out_with_a_warning(tmp_path):
 def write_run(out, acc, *member, epochs):
     """A finished `widen train` run folder: metrics.parquet and summary.parquet through the real write path."""
     run = member_run(*member, epochs=epochs, out=out)
-    run.run_dir.mkdir(parents=True)
+    run_dir(run).mkdir(parents=True)
     metrics = pd.DataFrame(dict(epoch=range(1, epochs + 1), lr=0.1, train_loss=0.5, train_acc=acc + 0.01,
                                 test_loss=0.6, test_acc=np.linspace(acc / 2, acc, epochs), seconds=0.1))
-    results.write_table(metrics, run.run_dir / results.METRICS_FILE, "metrics")
+    results.write_table(metrics, run_dir(run) / results.METRICS_FILE, "metrics")
     summary = row(run.method.name, run.width, run.base_width, run.seed, acc, dataset=run.dataset.name, epochs=epochs)
-    results.write_table(pd.DataFrame([summary]), run.run_dir / results.SUMMARY_FILE, "summary")
+    results.write_table(pd.DataFrame([summary]), run_dir(run) / results.SUMMARY_FILE, "summary")
     return run
 
 
@@ -226,10 +227,10 @@ def test_a_differing_method_option_splits_the_family(tmp_path):
     for rescale, acc in ((True, 0.8), (False, 0.6)):
         run = member_run("digits", "sparse", 8, 4, 0, out=tmp_path / "runs")
         run = replace(run, method=replace(run.method, rescale_init=rescale))
-        run.run_dir.mkdir(parents=True)
+        run_dir(run).mkdir(parents=True)
         summary = row("sparse", 8, 4, 0, acc)
-        summary["identity"] = json.dumps(run.identity(), sort_keys=True)
-        results.write_table(pd.DataFrame([summary]), run.run_dir / results.SUMMARY_FILE, "summary")
+        summary["identity"] = json.dumps(identity_of(run), sort_keys=True)
+        results.write_table(pd.DataFrame([summary]), run_dir(run) / results.SUMMARY_FILE, "summary")
     res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
     assert res.exit_code == 0, res.output
     assert "differ in method.rescale_init:" in " ".join(res.output.split())
@@ -241,21 +242,29 @@ def test_a_differing_method_option_splits_the_family(tmp_path):
 OLD_SUMMARY_COLUMNS = results.SUMMARY_COLUMNS[:results.SUMMARY_COLUMNS.index("wall_seconds") + 1]
 
 
-def test_tables_without_metadata_are_read_by_their_columns_with_one_warning(tmp_path):
-    """A sweep gathered by an older widen (no kind in its metadata, no identity) beside a new run of the same
-    member: both are read, and kept apart since the old runs' identity is unknown."""
+def test_tables_without_a_kind_or_of_an_older_schema_are_skipped_with_a_warning(tmp_path):
+    """Only the tables this widen writes are read (0.1.0 is the first release): one without a kind in its
+    metadata, or of an older schema version, is skipped with a warning; the run beside them is reported."""
+    import pyarrow.parquet as pq
+
     old = pd.DataFrame([row("sparse", w, 4, s, 0.7 + 0.01 * s + 0.1 * (w == 8)) for w in (4, 8) for s in (0, 1)])
     old["run"] = [f"old-{i}" for i in range(len(old))]
     (tmp_path / "runs" / "old").mkdir(parents=True)
     old[[*OLD_SUMMARY_COLUMNS, "widening_factor", "distribution", "last_layer_connectivity", "run", "error"]] \
         .to_parquet(tmp_path / "runs" / "old" / results.RESULTS_FILE, index=False)
-    write_run(tmp_path / "runs", 0.5, "digits", "sparse", 8, 4, 0, epochs=3)
+    new = write_run(tmp_path / "runs", 0.5, "digits", "sparse", 8, 4, 0, epochs=3)
+    older = tmp_path / "runs" / "older"
+    older.mkdir()
+    table = pq.read_table(run_dir(new) / results.SUMMARY_FILE)
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"widen.schema_version": b"1"}),
+                   older / results.SUMMARY_FILE)
     res = widen("report", tmp_path / "runs", "--out", tmp_path / "report")
     assert res.exit_code == 0, res.output
     flat = " ".join(res.output.split())
-    assert flat.count("carry no kind in their metadata") == 1 and "old/results.parquet" in flat
+    assert "old/results.parquet: no widen table kind in its metadata" in flat
+    assert "summary table of schema version 1, older than this widen's" in flat
     table = pd.read_csv(tmp_path / "report" / "table.csv").set_index(["setting", "row"])
-    assert table.loc[("digits mlp, identity unknown", "sparse b=4"), "test_acc_w8"] == pytest.approx(80.5)
+    assert list(table.index) == [("digits mlp", "sparse b=4")]
     assert table.loc[("digits mlp", "sparse b=4"), "test_acc_w8"] == pytest.approx(50.0)
 
 

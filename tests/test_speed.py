@@ -14,12 +14,14 @@ from helpers import check_bf16_against_fp32
 from widen_cli import family, hardware, sparse_ops
 from widen_cli.budget import plan_member
 from widen_cli.cli import app
-from widen_cli.config import MethodConfig, ModelConfig, load
+from widen_cli.schema import MethodConfig, ModelConfig
+from widen_cli.compose import load
 from widen_cli.errors import UserError
 from widen_cli.jobs import make_job
 from widen_cli.models import InputSpec, build_model, weight_layers
 from widen_cli.sparsity import draw_masks, sparsify
 from widen_cli.train import Totals, make_optimizer, run_training, train_epoch
+from widen_cli.identity import run_name
 
 QUIET = Console(quiet=True)
 runner = CliRunner()
@@ -49,7 +51,7 @@ def assert_same_run(run, alone, batched, tmp_path):
     for key in state_a:
         torch.testing.assert_close(state_b[key].cpu(), state_a[key].cpu(), atol=1e-5, rtol=1e-4)
     # Same folder name and the same files, read back the same way.
-    a_dir, b_dir = tmp_path / "alone" / run.run_name(), tmp_path / "batched" / run.run_name()
+    a_dir, b_dir = tmp_path / "alone" / run_name(run), tmp_path / "batched" / run_name(run)
     assert sorted(p.name for p in a_dir.iterdir()) == sorted(p.name for p in b_dir.iterdir())
     sa, sb = pd.read_parquet(a_dir / "summary.parquet"), pd.read_parquet(b_dir / "summary.parquet")
     assert list(sa.columns) == list(sb.columns)

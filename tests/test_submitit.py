@@ -56,7 +56,7 @@ def test_time_limit_within_the_signal_delay_is_warned(timeout_min, delay, warned
     from rich.console import Console
 
     from widen_cli import slurm
-    from widen_cli.config import SubmititConfig
+    from widen_cli.schema import SubmititConfig
 
     console = Console(record=True, width=300)
     slurm.warn_limits(SimpleNamespace(submitit=SubmititConfig(timeout_min=timeout_min, slurm_signal_delay_s=delay)),

@@ -196,9 +196,9 @@ def test_same_name_with_other_settings_is_refused_unless_restart(tmp_path):
 
 def _planned(out, *overrides):
     """A digits sweep's composed config and plan, as sweep-width makes them, under --name s."""
-    from widen_cli import config, plan
+    from widen_cli import compose, plan
 
-    cfg = config.compose_config(["dataset=digits", "model=mlp", "method=sparse", "base_width=8", f"out={out}",
+    cfg = compose.compose_config(["dataset=digits", "model=mlp", "method=sparse", "base_width=8", f"out={out}",
                                  *overrides], ())
     return cfg, plan.plan_sweep(plan.family_run(cfg, None), plan.settings(cfg, widths=[8, 16]), "s")
 

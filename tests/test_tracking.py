@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from helpers import widen
-from widen_cli.config import load
+from widen_cli.compose import load
+from widen_cli.identity import identity_of, run_name
 
 TRAIN = ["train", "--dataset", "digits", "--width", "8", "--epochs", "3"]
 METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
@@ -31,7 +32,7 @@ def test_tracking_is_no_part_of_the_identity():
     _, plain = load(["width=8"])
     _, tracked = load(["width=8", "tracking=[tensorboard]"])
     assert tracked.tracking == ("tensorboard",)
-    assert tracked.run_name() == plain.run_name() and tracked.identity() == plain.identity()
+    assert run_name(tracked) == run_name(plain) and identity_of(tracked) == identity_of(plain)
 
 
 def test_tensorboard_holds_each_epoch(tmp_path):

@@ -10,7 +10,7 @@ LAUNCHERS = ("local", "pool", "submitit")  # widen_cli.sweep.LAUNCHERS' names; s
 
 
 def _dirs(ctx) -> list[Path]:
-    from widen_cli.config import config_dirs
+    from widen_cli.compose import config_dirs
     from widen_cli.errors import UserError
 
     try:  # --config-dir given earlier on the line, and WIDEN_CONFIG_PATH
@@ -21,7 +21,7 @@ def _dirs(ctx) -> list[Path]:
 
 def _group(group: str):
     def complete(ctx, incomplete: str) -> list[str]:
-        from widen_cli.config import choices
+        from widen_cli.compose import choices
 
         return [n for n in choices(group, _dirs(ctx)) if n.startswith(incomplete)]
     return complete
@@ -30,7 +30,7 @@ def _group(group: str):
 def _listed(group: str):
     """A comma-separated list (--methods sparse,linear-bottleneck): complete the part after the last comma."""
     def complete(ctx, incomplete: str) -> list[str]:
-        from widen_cli.config import choices
+        from widen_cli.compose import choices
 
         done, _, last = incomplete.rpartition(",")
         head = f"{done}," if done else ""

@@ -9,20 +9,16 @@ there (headers and listings only, no image decoded), else the dataset's document
 """
 from __future__ import annotations
 
-import pickle
-import struct
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 from widen_cli.budget import Member
-from widen_cli.config import FOLDER_DATASETS, DatasetConfig, ModelConfig
+from widen_cli import datasets
+from widen_cli.schema import DatasetConfig, ModelConfig
+from widen_cli.methods import method_of
 from widen_cli.models import InputSpec, build_model
 
-# Documented training images per epoch: what the estimate assumes when the files are not there (yet).
-TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 73_257, "mnist": 60_000, "digits": 1_437,
-                "imagenet": 1_281_167}
 TRAIN_FLOPS_PER_MAC = 6  # forward 2 FLOPs per multiply-add; backward about twice the forward
 CPU_WARN_FLOPS = 1e15  # ~a day or more on a few CPU cores
 
@@ -50,7 +46,7 @@ def trace(cfg: ModelConfig, spec: InputSpec, member: Member) -> Trace:
 def _trace(cfg: ModelConfig, spec: InputSpec, member: Member) -> Trace:
     from torch.utils.flop_counter import FlopCounterMode
 
-    width = member.base_width if member.variant == "structured" else member.width  # pruned to the base shapes
+    width = method_of(member).model_width(member)  # structured pruning: the base shapes
     with torch.device("meta"):
         model = build_model(cfg, width, spec, inner=member.inner, ranks=member.ranks)
     sizes = []
@@ -76,7 +72,7 @@ def forward_macs(cfg: ModelConfig, spec: InputSpec, member: Member) -> int:
 
 def member_key(member: Member) -> tuple:
     """What decides a member's forward cost (its seed, learning rate and sparsity pattern do not)."""
-    width = member.base_width if member.variant == "structured" else member.width
+    width = method_of(member).model_width(member)
     ranks = tuple(sorted(member.ranks.items())) if member.ranks else None
     return width, tuple(member.inner) if member.inner else None, ranks
 
@@ -86,70 +82,10 @@ class Images(NamedTuple):
     documented: bool  # the dataset's documented size, not counted on disk
 
 
-def _idx_count(path: Path) -> int:
-    with open(path, "rb") as f:  # IDX header: magic, then the item count (big-endian int32)
-        return struct.unpack(">ii", f.read(8))[1]
-
-
-def _cifar_count(root: Path, name: str) -> int:
-    from torchvision import datasets
-
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    total = 0
-    for file, _ in cls.train_list:
-        with open(root / cls.base_folder / file, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        total += len(batch["labels" if "labels" in batch else "fine_labels"])
-    return total
-
-
-def _svhn_count(root: Path) -> int:
-    from scipy.io import whosmat  # shapes from the .mat headers, nothing loaded
-
-    shapes = dict((name, shape) for name, shape, _ in whosmat(root / "train_32x32.mat"))
-    return shapes["X"][-1]  # 32 x 32 x 3 x N
-
-
-def _folder_count(root: Path) -> int:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
-
-    from widen_cli.folders import samples
-
-    _, index = find_classes(str(root / "train"))  # the loader's own listing: the files it reads
-    return len(samples(str(root / "train"), index, IMG_EXTENSIONS))
-
-
-def _on_disk(ds: DatasetConfig) -> int | None:
-    """The training split's size as its files say, None when they are not there or not readable."""
-    if ds.root is None:
-        return None
-    root = Path(ds.root)
-    try:
-        if ds.name == "mnist":
-            return _idx_count(root / "MNIST" / "raw" / "train-images-idx3-ubyte")
-        if ds.name in ("cifar10", "cifar100"):
-            return _cifar_count(root, ds.name)
-        if ds.name == "svhn":
-            return _svhn_count(root)
-        if ds.name in FOLDER_DATASETS:
-            return _folder_count(root)
-    except Exception:  # absent or garbled: training refuses it with its own message; here the documented size
-        return None
-    return None
-
-
 def train_images(ds: DatasetConfig) -> Images:
-    """Images trained on in one epoch: the training split (on disk, else documented), less dataset.subset
-    and the dataset.val_fraction holdout, as data.load_data draws them."""
-    if ds.name == "synthetic":
-        size, documented = ds.train_size, False
-    elif ds.name == "digits":
-        size, documented = TRAIN_IMAGES["digits"], False  # made from scikit-learn's bundled data: always this
-    else:
-        size = _on_disk(ds)
-        documented = size is None
-        if documented:
-            size = TRAIN_IMAGES.get(ds.name)
+    """Images trained on in one epoch: the training split (on disk, else documented: the dataset
+    registry's), less dataset.subset and the dataset.val_fraction holdout, as data.load_data draws them."""
+    size, documented = datasets.get(ds.name).train_images(ds)
     if size is None:
         return Images(None, True)
     if ds.subset is not None:

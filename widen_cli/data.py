@@ -1,23 +1,23 @@
-"""Datasets: read from disk once, then served as batches on the training device.
+"""Datasets served as batches on the training device (which dataset is what: the registry, datasets/).
 
-CIFAR-10/100, SVHN, MNIST, digits and synthetic data are small: they are decoded once into a uint8
-tensor and augmented on the device in whole batches (no per-image PIL work). ImageNet-style folders
-stream through a multi-worker DataLoader with the paper's transforms.
+In-memory datasets (CIFAR-10/100, SVHN, MNIST, digits, synthetic) are small: decoded once into a uint8
+tensor (datasets/readers.py) and augmented on the device in whole batches (no per-image PIL work).
+Image folders stream through a multi-worker DataLoader with the paper's transforms.
 """
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from widen_cli.config import FOLDER_DATASETS, DatasetConfig
+from widen_cli import datasets, images
+from widen_cli.schema import DatasetConfig
+from widen_cli.datasets.readers import Split, load_tensors
 from widen_cli.errors import UserError
-from widen_cli import images
 from widen_cli.hardware import available_cpus
 from widen_cli.models import InputSpec
 
@@ -25,12 +25,6 @@ from widen_cli.models import InputSpec
 SUBSET_SEED = 0
 EVAL_BATCH = 1000
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-@dataclass
-class Split:
-    images: torch.Tensor  # uint8, N x C x H x W
-    labels: torch.Tensor  # int64, N
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -131,112 +125,21 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-# ---------------------------------------------------------------- readers of each on-disk format
-
-def _torchvision_split(cls, root: Path, train: bool, download: bool, **kw) -> Split:
-    ds = cls(str(root), train=train, download=download, **kw)
-    images = torch.as_tensor(ds.data)
-    if images.ndim == 3:  # MNIST: N x H x W
-        images = images.unsqueeze(1)
-    elif images.shape[-1] == 3:  # CIFAR: N x H x W x C
-        images = images.permute(0, 3, 1, 2)
-    return Split(images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long))
-
-
-def _svhn_split(root: Path, train: bool, download: bool) -> Split:
-    from torchvision.datasets import SVHN
-
-    ds = SVHN(str(root), split="train" if train else "test", download=download)
-    return Split(torch.as_tensor(ds.data), torch.as_tensor(ds.labels, dtype=torch.long))
-
-
-def _digits_splits() -> tuple[Split, Split]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = torch.as_tensor(digits.images * (255 / 16)).round().to(torch.uint8).unsqueeze(1)
-    labels = torch.as_tensor(digits.target, dtype=torch.long)
-    tr, te = train_test_split(range(len(labels)), test_size=0.2, random_state=0, stratify=digits.target)
-    return Split(images[tr], labels[tr]), Split(images[te], labels[te])
-
-
-def _synthetic_splits(cfg: DatasetConfig) -> tuple[Split, Split]:
-    """A learnable toy problem: each class is a fixed random prototype plus per-sample noise."""
-    g = torch.Generator().manual_seed(cfg.data_seed)
-    shape = (cfg.channels, cfg.image_size, cfg.image_size)
-    prototypes = torch.rand(cfg.num_classes, *shape, generator=g)
-
-    def make(n):
-        labels = torch.randint(0, cfg.num_classes, (n,), generator=g)
-        x = 0.6 * prototypes[labels] + 0.4 * torch.rand(n, *shape, generator=g)
-        return Split((x * 255).round().to(torch.uint8), labels)
-
-    return make(cfg.train_size), make(cfg.test_size)
-
-
-def _expected(cfg: DatasetConfig, root: Path) -> str:
-    """The path a torchvision dataset expects, for error messages."""
-    return {
-        "cifar10": root / "cifar-10-batches-py",
-        "cifar100": root / "cifar-100-python",
-        "svhn": root / "train_32x32.mat and test_32x32.mat",
-        "mnist": root / "MNIST" / "raw",
-    }[cfg.name].as_posix()
-
+# ---------------------------------------------------------------- files on disk; in-memory splits (datasets/readers.py)
 
 def require(cfg: DatasetConfig) -> None:
     """Refuse a dataset whose files are not where the config says, naming what is expected; reading
     them is load_data's. `sweep-width` asks this before it writes any member folder."""
-    if cfg.name in ("digits", "synthetic") or cfg.download:
+    entry = datasets.get(cfg.name)
+    if entry.generated is not None or cfg.download:
         return
     if cfg.root is None:
         raise UserError(f"{cfg.name} needs --data-root (where its files lie)")
     root = Path(cfg.root)
-    if cfg.name in FOLDER_DATASETS:
-        expected = [root / "train", root / "val"]
-    elif cfg.name == "svhn":
-        expected = [root / "train_32x32.mat", root / "test_32x32.mat"]
-    elif cfg.name in ("cifar10", "cifar100", "mnist"):
-        expected = [Path(_expected(cfg, root))]
-    else:
-        return  # a dataset this version cannot check without reading it
-    missing = [p for p in expected if not p.exists()]
+    missing = [root / p for p in entry.expected if not (root / p).exists()]
     if missing:
         raise UserError(f"{cfg.name}: {', '.join(map(str, missing))} not found (data root {root}); "
                         f"pass --download to fetch it, or --data-root to point at it")
-
-
-def _read_torchvision(cfg: DatasetConfig) -> tuple[Split, Split]:
-    from torchvision import datasets
-
-    if cfg.root is None:
-        raise UserError(f"{cfg.name} needs --data-root (a folder for torchvision's {cfg.name} files)")
-    root = Path(cfg.root)
-    if not cfg.download and not root.is_dir():
-        raise UserError(f"data root {root} does not exist; expected {cfg.name} at {_expected(cfg, root)} "
-                        f"(pass --download to fetch it, or --data-root to point at it)")
-    readers = {
-        "cifar10": lambda train: _torchvision_split(datasets.CIFAR10, root, train, cfg.download),
-        "cifar100": lambda train: _torchvision_split(datasets.CIFAR100, root, train, cfg.download),
-        "mnist": lambda train: _torchvision_split(datasets.MNIST, root, train, cfg.download),
-        "svhn": lambda train: _svhn_split(root, train, cfg.download),
-    }
-    try:
-        return readers[cfg.name](True), readers[cfg.name](False)
-    except UserError:
-        raise
-    except Exception as e:  # torchvision reports missing/corrupt files as RuntimeError, unpickling errors, ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else "the files are not in its format"
-        raise UserError(f"could not read {cfg.name} from {_expected(cfg, root)} ({reason}); "
-                        f"pass --download to fetch it, or --data-root to point at it") from None
-
-
-def _resize(split: Split, size: int) -> Split:
-    if split.images.shape[-1] == size and split.images.shape[-2] == size:
-        return split
-    x = F.interpolate(split.images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return Split(x.round().clamp(0, 255).to(torch.uint8), split.labels)
 
 
 def _subset(split: Split, n: int | None) -> Split:
@@ -286,22 +189,6 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         means.append(mean)
         stds.append(((counts * (values - mean) ** 2).sum() / (n - 1)).sqrt())  # unbiased, as Tensor.std
     return (torch.stack(means) / 255).float(), (torch.stack(stds) / 255).clamp_min(1e-6).float()
-
-
-# dataset.name -> the reader of both splits of an in-memory dataset (image folders stream instead:
-# FOLDER_DATASETS). A user's own dataset config names one of these, e.g. `name: imagefolder`.
-TENSOR_DATASETS = {"digits": lambda cfg: _digits_splits(), "synthetic": _synthetic_splits,
-                   "cifar10": _read_torchvision, "cifar100": _read_torchvision, "mnist": _read_torchvision,
-                   "svhn": _read_torchvision}
-
-
-def load_tensors(cfg: DatasetConfig) -> tuple[Split, Split]:
-    """Both splits of an in-memory dataset as uint8 tensors at the configured image size."""
-    if cfg.name not in TENSOR_DATASETS:
-        raise UserError(f"dataset.name {cfg.name!r} names no reader; valid: "
-                        f"{', '.join([*TENSOR_DATASETS, *FOLDER_DATASETS])}")
-    train, test = TENSOR_DATASETS[cfg.name](cfg)
-    return _resize(train, cfg.image_size), _resize(test, cfg.image_size)
 
 
 # ---------------------------------------------------------------- image folders (ImageNet and others)
@@ -365,9 +252,6 @@ def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, se
 
     from widen_cli.folders import ImageFolder  # links handled safely (no loops, nothing out of the root)
 
-    if cfg.val_fraction or cfg.normalize != "per-channel":
-        raise UserError(f"{cfg.name}: dataset.val_fraction and dataset.normalize are for in-memory datasets "
-                        f"(image folders use ImageNet's mean and std and have val/ as their test set)")
     root = Path(cfg.root)
     workers = available_cpus() if cfg.workers is None else cfg.workers  # PyTorch warns above the CPUs we may use
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -430,7 +314,7 @@ def spec_from_config(cfg: DatasetConfig) -> InputSpec:
 
 def load_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: int):
     """(train loader, test loader, InputSpec) for a dataset config; data errors become UserError."""
-    if cfg.name in FOLDER_DATASETS:
+    if datasets.get(cfg.name).layout == datasets.FOLDER:
         return _image_folders(cfg, batch_size, device, seed)
     train, test = load_tensors(cfg)
     mean, std = channel_stats(train.images)  # full training split, before any subset

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from widen_cli import results
+from widen_cli.methods import rows_where
 
 
 def _columns(title: str, columns: tuple[str, ...], **kw) -> Table:
@@ -54,7 +55,7 @@ def plan(console: Console, plan, sweep_dir: Path) -> None:
                       f"{r.n_weights:,}", f"{r.n_weights_dense:,}", f"{r.deviation:+,}",
                       f"{r.bottleneck_ratio:.3f}" if pd.notna(r.bottleneck_ratio) else "")
     console.print(table)
-    sparse = plan[plan.method == "sparse"]
+    sparse = plan[rows_where(plan.method, lambda m: m.random_mask)]
     if len(sparse):
         kept = Table(title="kept fraction per layer (sparse members)", header_style="bold")
         kept.add_column("layer")

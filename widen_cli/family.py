@@ -25,20 +25,21 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from widen_cli import checkpoint, hardware, lifecycle
+from widen_cli import checkpoint, datasets, hardware, lifecycle
 from widen_cli.budget import Member
-from widen_cli.config import RunConfig
-from widen_cli.data import FOLDER_DATASETS, TensorLoader
+from widen_cli.identity import run_dir
+from widen_cli.schema import RunConfig
+from widen_cli.data import TensorLoader
 from widen_cli.errors import Interrupted
 from widen_cli.jobs import Job
 from widen_cli.lifecycle import EpochTotals, RunResult
 from widen_cli.models import InputSpec, build_model
 from widen_cli.models.mlp import MLP
 from widen_cli.models.stacked import StackedMLP
-from widen_cli.sparsity import Masks, sparsify
+from widen_cli.methods import method_of
+from widen_cli.sparsity import Masks
 from widen_cli.train import Totals, keep_weights, load_run_data, make_optimizer, run_training, train_run
 
-BATCHED_METHODS = ("sparse", "dense")
 CPU_EVAL_CHUNK = 256
 
 
@@ -50,11 +51,11 @@ def batch_key(run: RunConfig):
     batches per lr (a per-member lr would need its own SGD step, and a weight-decay term that scaling
     the loss cannot give). bf16 runs train alone (autocast would not reach the stacked layers the same way).
     """
-    if (run.model.name != "mlp" or run.method.name not in BATCHED_METHODS or run.precision != "fp32"
-            or run.dataset.name in FOLDER_DATASETS):
+    if (run.model.name != "mlp" or not method_of(run).batched or run.precision != "fp32"
+            or datasets.get(run.dataset.name).layout != datasets.TENSOR):
         return None
     return (run.dataset, run.model, run.optim, run.device, run.method.name,
-            run.width if run.method.name == "dense" else None)
+            run.width if method_of(run).dense else None)
 
 
 def group(items: list, key) -> list[list]:
@@ -142,15 +143,15 @@ def build(runs: list[RunConfig], members: list[Member], states: list[dict | None
         torch.manual_seed(r.seed)
         model = build_model(r.model, r.width, spec, inner=member.inner, ranks=member.ranks).to(device)
         if state is None:
-            masks.append(sparsify(model, member, r.seed, r.method.rescale_init) if r.method.name == "sparse" else None)
+            masks.append(method_of(r).masks(r, model, member))
         else:  # a damaged checkpoint is refused in one line (checkpoint.py), as when resuming alone
-            path = r.run_dir / checkpoint.FILENAME
+            path = run_dir(r) / checkpoint.FILENAME
             checkpoint.check_fits(state, model, path)
             model.load_state_dict(state["model"])
             shapes = {n: torch.zeros(shape, dtype=torch.bool) for n, shape in member.layers.items()}
             masks.append(Masks(model, checkpoint.saved_masks(state, shapes, path)) if state["masks"] is not None else None)
         models.append(model)
-    sparse = run.method.name == "sparse"
+    sparse = method_of(run).random_mask
     stacked = StackedMLP(models, [mk.state() if mk is not None else None for mk in masks],
                          [seeds.index(r.seed) for r in runs], len(seeds), sparse).to(device)
     return Stack(stacked, [train_loader.reseeded(s) for s in seeds], test_loader, train_loader.val, masks, spec)

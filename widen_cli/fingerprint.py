@@ -21,26 +21,10 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from widen_cli.config import GENERATED_DATASETS, DatasetConfig, RunConfig
+from widen_cli import datasets
+from widen_cli.schema import DatasetConfig, RunConfig
 
 DIGEST_CHARS = 12
-
-
-def _read_files(name: str) -> list[str] | None:
-    """The files (relative to the data root) that data.py's reader of `name` reads; None for folders
-    and generated data."""
-    from torchvision import datasets
-
-    if name == "mnist":  # torchvision reads the unpacked IDX files
-        return [f"MNIST/raw/{split}-{kind}" for split in ("train", "t10k")
-                for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
-    if name in ("cifar10", "cifar100"):
-        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-        names = [f for f, _ in (*cls.train_list, *cls.test_list)] + [cls.meta["filename"]]
-        return [f"{cls.base_folder}/{f}" for f in names]
-    if name == "svhn":
-        return [datasets.SVHN.split_list[split][1] for split in ("train", "test")]
-    return None
 
 
 def _digest(data) -> str:
@@ -84,27 +68,30 @@ def _folders(root: Path) -> str | None:
     return f"{counts} images {len(classes)} classes {_digest([classes, splits])}"
 
 
-def _generated(cfg: DatasetConfig) -> str:
-    if cfg.name == "synthetic":
-        return f"{cfg.train_size}+{cfg.test_size} samples {cfg.num_classes} classes"
-    from widen_cli.data import TENSOR_DATASETS
+def _generated(entry: datasets.Dataset, cfg: DatasetConfig) -> str:
+    train, test = entry.sizes(cfg)
+    classes = cfg.num_classes if entry.classes is None else entry.classes
+    return f"{train}+{test} samples {classes} classes"
 
-    train, test = TENSOR_DATASETS[cfg.name](cfg)
-    classes = len(set(train.labels.tolist()) | set(test.labels.tolist()))
-    return f"{len(train.labels)}+{len(test.labels)} samples {classes} classes"
+
+def _read_files(cfg: DatasetConfig) -> list[str] | None:
+    """The files (relative to the data root) that its reader reads; None for folders and generated data."""
+    entry = datasets.get(cfg.name)
+    if cfg.root is None or entry.files is None:
+        return None
+    return entry.files()
 
 
 def of(cfg: DatasetConfig) -> str | None:
     """The fingerprint of the data `cfg` names (see the module's docstring); None where there is none."""
-    from widen_cli.data import FOLDER_DATASETS
-
-    if cfg.name in GENERATED_DATASETS:
-        return _generated(cfg)
+    entry = datasets.get(cfg.name)
+    if entry.generated is not None:
+        return _generated(entry, cfg)
     if cfg.root is None:
         return None
-    if cfg.name in FOLDER_DATASETS:
+    if entry.layout == datasets.FOLDER:
         return _folders(Path(cfg.root))
-    names = _read_files(cfg.name)
+    names = _read_files(cfg)
     return None if names is None else _files(Path(cfg.root), names)
 
 
@@ -112,9 +99,9 @@ def attach(run: RunConfig, fetch: bool = False) -> RunConfig:
     """`run` with its data's fingerprint. `fetch`: with --download, data not all there yet is downloaded
     first, so that the run is named after the data it will train on."""
     cfg = run.dataset
-    names = _read_files(cfg.name) if cfg.root is not None and cfg.name not in GENERATED_DATASETS else None
+    names = _read_files(cfg)
     if fetch and cfg.download and names and not all((Path(cfg.root) / n).is_file() for n in names):
-        from widen_cli.data import load_tensors
+        from widen_cli.datasets.readers import load_tensors
 
         load_tensors(cfg)  # downloads (a failure is the reader's one-line error)
     return replace(run, data_fingerprint=of(cfg))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from widen_cli.errors import UserError
+from widen_cli.validation import check_device
 
 THREADS_ENV = ("WIDEN_THREADS", "OMP_NUM_THREADS")  # the first one set wins
 
@@ -22,10 +23,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    check_device(name)
+    device = torch.device(name)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
                         f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")

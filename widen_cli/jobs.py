@@ -9,8 +9,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from widen_cli.budget import Member, plan_member
-from widen_cli.config import DENSE, OptimConfig, RunConfig
+from widen_cli.schema import DENSE, OptimConfig, RunConfig
 from widen_cli.data import spec_from_config
+from widen_cli.identity import run_dir
+from widen_cli.methods import method_of
 
 
 @dataclass(frozen=True)
@@ -21,12 +23,12 @@ class Job:
 
     @property
     def run_dir(self) -> Path:
-        return self.run.run_dir
+        return run_dir(self.run)
 
     @property
     def epochs(self) -> int:
         """Epochs this run trains: the recipe's, or a pruned run's epochs after pruning."""
-        return self.run.finetune_epochs() if self.run.method.name == "pruned" else self.run.optim.epochs
+        return method_of(self.run).epochs(self.run)
 
     @property
     def optim(self) -> OptimConfig:
@@ -52,5 +54,5 @@ def parent_run(run: RunConfig) -> RunConfig:
 
 def parent_job(run: RunConfig) -> Job:
     """The parent's job; it keeps its weights at the epoch a magnitude-rewind run goes back to."""
-    keep = (run.method.rewind_epoch,) if run.method.prune == "magnitude-rewind" else ()
+    keep = method_of(run).parent_keep_epochs(run)
     return Job(parent_run(run), make_job(parent_run(run)).member, keep)

@@ -4,13 +4,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from widen_cli.budget import DISTRIBUTIONS
-from widen_cli.config import CONF_DIR, DatasetConfig, compose_config, folder_name
+from widen_cli import datasets
+from widen_cli.budget import check_distribution
+from widen_cli.compose import CONF_DIR, compose_config
+from widen_cli.identity import folder_name
+from widen_cli.schema import DatasetConfig
 from widen_cli.validation import check_device, check_name, validate
 from widen_cli.errors import UserError
 
 KERNEL_DEFAULTS_FILE = CONF_DIR / "kernel.yaml"
-KERNEL_INPUTS = ("gaussian", "mnist", "digits", "cifar10", "cifar100", "svhn", "synthetic")
+KERNEL_INPUTS = ("gaussian", *datasets.names(datasets.TENSOR))  # Gaussian vectors or an in-memory dataset's
 
 
 def dataset_config(name: str, overrides: list[str] = (), extra_dirs=()) -> DatasetConfig:
@@ -66,15 +69,20 @@ def parse_reference(text: str) -> int | None:
     raise UserError(f"--reference must be analytic or dense:N with N >= 1 (e.g. dense:10000), got {text!r}")
 
 
-def kernel_config(given: dict) -> tuple[KernelConfig, DatasetConfig | None]:
-    """Validate kernel-distance options (None: not given) over conf/kernel.yaml's defaults into a
-    KernelConfig (and the dataset's config, for real inputs)."""
+# What kernel-distance's options may set besides conf/kernel.yaml's keys.
+OPTION_KEYS = ("widths", "weights", "dataset.root", "dataset.download")
+
+
+def kernel_config(given: dict, dirs=()) -> tuple[KernelConfig, DatasetConfig | None]:
+    """Validate kernel-distance options, by the key each sets (None: not given), over conf/kernel.yaml's
+    defaults into a KernelConfig (and the dataset's config, for real inputs)."""
     defaults = kernel_defaults()
+    unknown = set(given) - set(defaults) - set(OPTION_KEYS)
+    if unknown:  # an option declared with a key nothing here reads would be dropped silently
+        raise ValueError(f"kernel-distance has no settings {sorted(unknown)}")
     given = {k: v for k, v in given.items() if v is not None and v is not False}
-    dirs = given.pop("config_dir", ())
     o = {**defaults, **given}
-    if o["distribution"] not in DISTRIBUTIONS:
-        raise UserError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {o['distribution']!r}")
+    check_distribution(o["distribution"], "--distribution")
     check_device(str(o["device"]), "--device")
     check_name(o["name"])
     if o["inputs"] not in KERNEL_INPUTS:
@@ -93,8 +101,9 @@ def kernel_config(given: dict) -> tuple[KernelConfig, DatasetConfig | None]:
         raise UserError("give the budget as --base-width or --weights, not both")
     ds, input_dim, outputs = None, o["input_dim"], o["outputs"]
     if o["inputs"] != "gaussian":
-        overrides = [f"dataset.root={o['data_root']}"] if o.get("data_root") is not None else []
-        ds = dataset_config(o["inputs"], overrides + (["dataset.download=true"] if o.get("download") else []), dirs)
+        overrides = [f"dataset.root={o['dataset.root']}"] if o.get("dataset.root") is not None else []
+        ds = dataset_config(o["inputs"], overrides + (["dataset.download=true"] if o.get("dataset.download") else []),
+                            dirs)
         input_dim = ds.channels * ds.image_size ** 2
         if given.get("input_dim", input_dim) != input_dim:
             raise UserError(f"--input-dim {given['input_dim']} does not match {o['inputs']} images ({input_dim} "

@@ -1,4 +1,4 @@
-"""Kernel distance of a sparse one-hidden-layer ReLU network (paper Section 3, App. F; docs/kernel-theory.md).
+"""Kernel distance of a sparse one-hidden-layer ReLU network (paper Section 3, App. F; docs/explanations/kernel-theory.md).
 
 f(x) = (n d)^-1/2 v.[u x]_+ in NTK parameterisation, no biases. Its GP kernel at initialisation,
 conditional on the first layer u, is Θ(x, y) = (1/(n d)) Σ_i [u_i.x]_+ [u_i.y]_+; the infinite-width
@@ -15,8 +15,9 @@ from omegaconf import OmegaConf
 
 from widen_cli import budget, results
 from widen_cli.budget import DENSE_LAST
-from widen_cli.config import MethodConfig, ModelConfig
+from widen_cli.schema import MethodConfig, ModelConfig
 from widen_cli.errors import UserError
+from widen_cli.methods.sparse import SPARSE
 from widen_cli.models import InputSpec
 
 FIG7_WIDTHS = (8, 32, 128, 216, 328, 512, 635)
@@ -38,7 +39,8 @@ def network(width: int, n_weights: int, d: int, outputs: int, distribution: str)
     spec = InputSpec(channels=d, image_size=1, num_classes=outputs)  # d flat inputs
     if width < math.ceil(n_weights / (d + outputs)):
         raise budget.Infeasible(f"width {width} holds fewer than {n_weights:,} weights")
-    return budget.sparse_member(NETWORK, spec, width, n_weights, MethodConfig(name="sparse", distribution=distribution))
+    return budget.sparse_member(NETWORK, spec, width, n_weights,
+                                MethodConfig(name=SPARSE.name, distribution=distribution))
 
 
 def first_layer_weights(m: budget.Member) -> int:
@@ -123,7 +125,7 @@ def eq29_width(n_weights: int, d: int, outputs: int) -> float:
 
 
 def leading_order(p: float, n: int, d: int) -> float:
-    """Theorem 1 to leading order for i.i.d. unit-variance inputs, x != y (docs/kernel-theory.md, section 8)."""
+    """Theorem 1 to leading order for i.i.d. unit-variance inputs, x != y (docs/explanations/kernel-theory.md, section 8)."""
     return ((1 - 1 / math.pi ** 2) + 3 * (1 - p) / (d * p)) / (4 * n)
 
 
@@ -199,7 +201,7 @@ def theorem1(x, y, p: float, n: int, samples: int, generator, reference: int | N
     error is therefore the one of a mean over independent blocks (block sums, unequal last block
     allowed): it covers both the mask noise and the choice of pairs, i.e. what another seed would
     change. (A fresh mask per pair spreads ~8x less, but costs ~10x the time: more than the empirical
-    column at every width; docs/kernel-theory.md, section 5.) NaN with a single block.
+    column at every width; docs/explanations/kernel-theory.md, section 5.) NaN with a single block.
     The mask noise is removed from the squares, so a tiny bias can come out slightly negative.
     A dense width-N reference adds its variance.
     """
@@ -323,7 +325,7 @@ def inputs(cfg, dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tens
     if dataset is None:
         x, y = gaussian_pairs(cfg.pairs, cfg.input_dim, g)
     else:
-        from widen_cli.data import load_tensors
+        from widen_cli.datasets.readers import load_tensors
 
         _, test = load_tensors(dataset)
         x, y = data_pairs(test.images, cfg.pairs, g)

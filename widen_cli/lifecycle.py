@@ -13,14 +13,11 @@ Under torchrun every rank drives the loop and only rank 0 writes, prints or clai
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import shutil
 import signal
 import threading
 import time
-import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +30,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from widen_cli import checkpoint, claims, distributed, epochlog, provenance, results, tracking
-from widen_cli.config import RunConfig, to_yaml
-from widen_cli.validation import resolve_distribution
 from widen_cli.errors import Interrupted, UserError
+from widen_cli.identity import differences, dumps, identity_of, loads, run_name, to_yaml
 from widen_cli.jobs import Job, parent_run
+from widen_cli.methods import method_of
 
 POLL_SECONDS = 1.0  # how often a run claimed elsewhere is checked while waiting for it
 
@@ -61,64 +58,7 @@ class EpochTotals:
     val_acc: float | None = None
 
 
-# ---------------------------------------------------------------- identity
-
-def _normal(d: dict) -> dict:
-    return json.loads(json.dumps(d, sort_keys=True))  # tuples as lists, keys sorted: comparable
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def differences(here: dict, there: dict, where: Path) -> list[str]:
-    """The settings in which two identities differ, e.g. `optim.epochs: 400 here, 10 in runs/x`."""
-    a, b = _flat(_normal(here)), _flat(_normal(there))
-    return [f"{k}: {a.get(k, 'unset')} here, {b.get(k, 'unset')} in {where}"
-            for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
-
-
-def config_run(data: dict) -> RunConfig | None:
-    """The run a config.yaml describes (this version's, or an older Hydra dump: keys this version does
-    not know are ignored); None when it is not a run config."""
-    hints = typing.get_type_hints(RunConfig)
-    kwargs = {}
-    for f in dataclasses.fields(RunConfig):
-        value = data.get(f.name, f.default)
-        cls = hints[f.name]
-        if dataclasses.is_dataclass(cls) and isinstance(value, dict):
-            known = {g.name for g in dataclasses.fields(cls)}
-            try:
-                value = cls(**{k: v for k, v in value.items() if k in known})
-            except TypeError:
-                return None
-        kwargs[f.name] = value
-    try:
-        run = RunConfig(**kwargs)
-        run.identity()  # a config whose parts are not what a run's are is no run config
-        return resolve_distribution(run)
-    except (TypeError, AttributeError):
-        return None
-
-
-def config_identity(data: dict) -> dict | None:
-    """The identity of the run a config.yaml describes (see config_run)."""
-    run = config_run(data)
-    return None if run is None else run.identity()
-
-
-def stored_identity(summary: dict, run_dir: Path) -> dict | None:
-    """A finished run's identity: its summary's, else (older runs) its config.yaml's."""
-    if isinstance(summary.get("identity"), str):
-        return json.loads(summary["identity"])
-    try:
-        return config_identity(yaml.safe_load((run_dir / results.CONFIG_FILE).read_text()) or {})
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-
+# ---------------------------------------------------------------- finished runs
 
 def finished(job: Job) -> RunResult | None:
     """The run's result read back if it has finished; refused if it finished with other settings, or
@@ -127,8 +67,8 @@ def finished(job: Job) -> RunResult | None:
     if not path.exists():
         return None
     summary = results.read_finished(path, "summary", job.run_dir).iloc[0].to_dict()
-    stored = stored_identity(summary, job.run_dir)
-    diffs = differences(job.run.identity(), stored, job.run_dir) if stored is not None else []
+    stored = loads(summary.get("identity"))
+    diffs = differences(identity_of(job.run), stored, job.run_dir) if stored is not None else []
     if diffs:
         raise UserError(f"{job.run_dir} holds a finished run with other settings ({'; '.join(diffs)}); "
                         f"choose another --name or --out, or delete the folder to retrain it")
@@ -288,7 +228,7 @@ class Run:
         self.state = checkpoint.load(path)
         if self.state is None:
             return self
-        diffs = differences(run.identity(), json.loads(self.state["identity"]), path)
+        diffs = differences(identity_of(run), loads(self.state["identity"]), path)
         if diffs:
             raise UserError(f"checkpoint {path} was written by a run with a different config ({'; '.join(diffs)}); "
                             f"pass --restart to discard it and start the run over (or choose another --name)")
@@ -334,11 +274,11 @@ class Run:
         if self.main:
             results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics", self.check_claim)
             if not diverged:  # a diverged run is over: nothing to resume
-                checkpoint.save(self.dir / checkpoint.FILENAME, identity=self.job.run.identity(), epoch=epoch,
+                checkpoint.save(self.dir / checkpoint.FILENAME, identity=identity_of(self.job.run), epoch=epoch,
                                 rows=self.rows, elapsed=self.elapsed + elapsed, **snapshot(), check=self.check_claim)
         if diverged:
             self.status = "diverged"
-            self.console.print(f"[red]{self.job.run.run_name()}: training loss is {t.train_loss} in epoch {epoch}: "
+            self.console.print(f"[red]{run_name(self.job.run)}: training loss is {t.train_loss} in epoch {epoch}: "
                                f"stopping this run (status diverged)[/red]", soft_wrap=True)
             return False
         self.saved = epoch
@@ -361,19 +301,20 @@ class Run:
 
 def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: float) -> dict:
     run, member = job.run, job.member
-    pruned = run.method.name == "pruned"
+    method = method_of(run)
+    fields = method.summary_fields(run, len(metrics))  # variant, total_epochs, last_layer_connectivity
     return dict(
         dataset=run.dataset.name, model=run.model.name, method=run.method.name, width=run.width,
         base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
         connectivity=member.connectivity, seed=run.seed, epochs=len(metrics), status=status,
         best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
         best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
-        wall_seconds=wall_seconds, variant=run.method.prune if pruned else None,
-        parent_run=parent_run(run).run_name() if pruned else None,
-        total_epochs=len(metrics) + (run.optim.epochs if pruned else 0), activation=run.model.activation,
+        wall_seconds=wall_seconds, variant=fields["variant"],
+        parent_run=run_name(parent_run(run)) if method.has_parent else None,
+        total_epochs=fields["total_epochs"], activation=run.model.activation,
         distribution=member.distribution, within=member.within,
-        last_layer_connectivity=run.method.last_layer_connectivity if run.method.name == "sparse" else None,
-        identity=json.dumps(run.identity(), sort_keys=True), budget=member.budget,
+        last_layer_connectivity=fields["last_layer_connectivity"],
+        identity=dumps(identity_of(run)), budget=member.budget,
         val_acc=_last(metrics, "val_acc"), run=job.run_dir.name,
     )
 

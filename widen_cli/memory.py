@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from widen_cli import budget, cost
+from widen_cli import budget, cost, datasets
 from widen_cli.budget import Member
-from widen_cli.config import FOLDER_DATASETS, DatasetConfig, RunConfig
+from widen_cli.schema import DatasetConfig, RunConfig
 from widen_cli.errors import UserError
+from widen_cli.methods import method_of
 from widen_cli.models import InputSpec, build_model
 
 FLOAT = 4  # bytes: parameters, gradients and activations are fp32
 EVAL_BATCH = 1000  # data.EVAL_BATCH: evaluation runs without gradients, one layer's output at a time
-# (train images, test images, side in pixels) of the in-memory datasets as read, before any subset or resize.
-TENSOR_DATASETS = {"digits": (1437, 360, 8), "mnist": (60_000, 10_000, 28), "cifar10": (50_000, 10_000, 32),
-                   "cifar100": (50_000, 10_000, 32), "svhn": (73_257, 26_032, 32)}
 
 
 def size_text(n: float) -> str:
@@ -33,14 +31,12 @@ def size_text(n: float) -> str:
 def data_bytes(ds: DatasetConfig) -> int:
     """An in-memory dataset: both splits as uint8 at dataset.image_size, plus the float copy a resize makes
     of each (image folders are read batch by batch: nothing here)."""
-    if ds.name in FOLDER_DATASETS:
+    entry = datasets.get(ds.name)
+    sizes = entry.sizes(ds)  # as read, before any subset or resize
+    if entry.layout != datasets.TENSOR or sizes is None:
         return 0
-    if ds.name == "synthetic":
-        train, test, side = ds.train_size, ds.test_size, ds.image_size
-    elif ds.name in TENSOR_DATASETS:
-        train, test, side = TENSOR_DATASETS[ds.name]
-    else:
-        return 0
+    train, test = sizes
+    side = entry.side or ds.image_size
     pixels = (train + test) * ds.channels * ds.image_size ** 2
     return pixels * (1 + (FLOAT if side != ds.image_size else 0))
 
@@ -56,7 +52,7 @@ def _activations(run: RunConfig, spec: InputSpec, member: Member) -> tuple[int, 
     needs)."""
     shapes = list(member.layers.values())
     if all(len(s) == 2 for s in shapes):
-        width = member.base_width if member.variant == "structured" else member.width
+        width = method_of(member).model_width(member)
         with torch.device("meta"):
             model = build_model(run.model, width, spec, inner=member.inner, ranks=member.ranks)
         params = sum(p.numel() for p in model.parameters())
@@ -69,7 +65,7 @@ def _activations(run: RunConfig, spec: InputSpec, member: Member) -> tuple[int, 
 def run_bytes(run: RunConfig, spec: InputSpec, member: Member, ranks: int = 1) -> dict[str, int]:
     """The estimate of one run, by part (bytes); under torchrun, of one of its `ranks` processes, which
     holds the whole model and its slice of each batch."""
-    copies = 2 + (run.optim.momentum > 0) + (run.method.name in ("sparse", "pruned"))  # + gradient, momentum, mask
+    copies = 2 + (run.optim.momentum > 0) + method_of(run).mask_copies  # + gradient, momentum, mask
     weights = sum(budget.numel(s) for s in member.layers.values())
     parts = {"data": data_bytes(run.dataset), "parameters+state": weights * FLOAT * copies, "activations": 0}
     if sum(parts.values()) > 2 ** 62:  # far beyond any device; and the model would not build even on meta
@@ -92,7 +88,7 @@ def kernel_bytes(cfg, dataset: DatasetConfig | None) -> dict[str, int]:
     parts = {"pairs": cfg.pairs * (2 * d * FLOAT + 12 * 8), "blocks": 8 * CHUNK_ELEMENTS * FLOAT,
              "reference": 2 * (cfg.reference or 0) * d * FLOAT}
     if dataset is not None:
-        test = TENSOR_DATASETS.get(dataset.name, (0, 0, 0))[1] if dataset.name != "synthetic" else dataset.test_size
+        test = (datasets.get(dataset.name).sizes(dataset) or (0, 0))[1]
         parts["data"] = data_bytes(dataset) + test * d * (8 + FLOAT)
     return parts
 

@@ -6,16 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from widen_cli import budget, config, results, validation
-from widen_cli.config import MethodConfig, RunConfig, SweepConfig
+from widen_cli import budget, compose, datasets, results, schema, validation
+from widen_cli.schema import MethodConfig, RunConfig, SweepConfig
 from widen_cli.errors import UserError
+from widen_cli.identity import family_identity, folder_name, run_name, without_lr
 from widen_cli.jobs import Job
+from widen_cli.methods import method_of
+from widen_cli.methods.sparse import SPARSE
 
 # Without a preset, sweeps default to the paper's main method (the model follows the dataset, as for train).
-SWEEP_DEFAULTS = {"method": "sparse"}
+SWEEP_DEFAULTS = {"method": SPARSE.name}
 # Dense members: exactly what composing method=dense gives, without the family's method options (so
 # their folders are those of plain dense runs).
-DENSE = config.DENSE
+DENSE = schema.DENSE
 
 
 def family_run(cfg, base_width: int | None) -> RunConfig:
@@ -73,29 +76,27 @@ def plan_family(run: RunConfig, spec, widths: list[int], dense_wide: bool,
                 continue
             members.append((budget.plan_member(run.model, spec, run.base_width, w, method),
                             method.last_layer_connectivity))
-    if run.method.name == "dense":
-        return members
-    if run.method.name == "pruned":  # parents first (the local launcher runs jobs in order), always planned
-        pruned = [(m, None) for m, _ in members if m.width > run.base_width]
-        return [(budget.plan_member(run.model, spec, run.base_width, w, DENSE), None) for w in widths] + pruned
-    dense_widths = [w for w in widths if w > run.base_width] if dense_wide else []
-    if run.method.name == "linear-bottleneck":
-        dense_widths = [run.base_width] + dense_widths
-    return members + [(budget.plan_member(run.model, spec, run.base_width, w, DENSE), None) for w in dense_widths]
+    m = method_of(run.method)
+
+    def dense(ws):
+        return [(budget.plan_member(run.model, spec, run.base_width, w, DENSE), None) for w in ws]
+
+    # The method's parents first (the local launcher runs jobs in order), then its members and companions.
+    return (dense(m.parent_widths(run.base_width, widths)) + [(p, c) for p, c in members if m.in_family(p)]
+            + dense(m.companion_widths(run.base_width, widths, dense_wide)))
 
 
 def is_dense_baseline(member: budget.Member) -> bool:
-    """A sparse or non-linear bottleneck member at its base width that keeps every weight: the dense
-    baseline itself (it trains to the same numbers), not a model of its own."""
-    return member.method in ("sparse", "nonlinear-bottleneck") and member.width == member.base_width \
-        and member.n_weights == member.n_weights_dense
+    """A member at its base width that keeps every weight (sparse, non-linear bottleneck): the dense
+    baseline itself (it trains to the same numbers), not a model of its own (Method.is_dense_baseline)."""
+    return method_of(member).is_dense_baseline(member)
 
 
 def member_run(run: RunConfig, member: budget.Member, llc: float | None, seed: int, out: Path,
                lr: float | None = None) -> RunConfig:
     """The member's own RunConfig, derived from its family's: its width, method, seed and (with --lrs) its
     learning rate, in the sweep folder."""
-    method = DENSE if member.method == "dense" else budget.fix_last_layer(run.method, llc)
+    method = DENSE if method_of(member).dense else budget.fix_last_layer(run.method, llc)
     optim = run.optim if lr is None else replace(run.optim, lr=lr)
     return replace(run, width=member.width, seed=seed, method=method, optim=optim, out=str(out), name=None)
 
@@ -123,10 +124,10 @@ def method_configs(overrides: list[str], dirs, names: list[str]) -> list[MethodC
     options = [o for o in overrides if key(o).startswith("method.")]
     out = []
     for name in dict.fromkeys(names):
-        cfg = config.compose_config([*plain, f"method={name}"], dirs)
+        cfg = compose.compose_config([*plain, f"method={name}"], dirs)
         known = [o for o in options if key(o).removeprefix("method.") in cfg.method]
         if known:
-            cfg = config.compose_config([*plain, f"method={name}", *known], dirs)
+            cfg = compose.compose_config([*plain, f"method={name}", *known], dirs)
         out.append(family_run(cfg, None).method)
     return out
 
@@ -143,14 +144,14 @@ def sweep_identity(families: list[Family], s: SweepConfig) -> dict:
     several budgets or methods, their lists; with --lrs, no learning rate (the lrs may grow too). A sweep
     of one budget and one method without --lrs has exactly its family's identity, as before."""
     runs = [f.run for f in families]
-    ident = runs[0].family_identity()
+    ident = family_identity(runs[0])
     budgets = sorted({r.base_width for r in runs})
     methods = list(dict.fromkeys(r.method for r in runs))
     if len(budgets) > 1:
         ident["base_width"] = budgets
     if len(methods) > 1:
-        ident["method"] = [r.family_identity()["method"] for r in runs if r.base_width == runs[0].base_width]
-    return config.without_lr(ident) if s.lrs else ident
+        ident["method"] = [family_identity(r)["method"] for r in runs if r.base_width == runs[0].base_width]
+    return without_lr(ident) if s.lrs else ident
 
 
 def sweep_name(families: list[Family], s: SweepConfig) -> str:
@@ -160,7 +161,7 @@ def sweep_name(families: list[Family], s: SweepConfig) -> str:
     methods = "+".join(dict.fromkeys(r.method.name for r in runs))
     budgets = "+".join(map(str, dict.fromkeys(r.base_width for r in runs)))
     tuned = "-lrs" if s.lrs else ""
-    return config.folder_name(f"{runs[0].dataset.name}-{runs[0].model.name}-{methods}-b{budgets}{tuned}",
+    return folder_name(f"{runs[0].dataset.name}-{runs[0].model.name}-{methods}-b{budgets}{tuned}",
                               sweep_identity(families, s))
 
 
@@ -181,9 +182,9 @@ class SweepPlan:
                 # The dense baseline is one run whichever family plans it (the dense one of pruned or linear
                 # bottleneck, or the sparse or non-linear member at the base width): keyed by the dense run's
                 # folder, kept as the family member, so that family's line keeps its base point.
-                key = member_run(f.run, replace(m, method="dense") if is_dense_baseline(m) else m, llc, 0,
-                                 self.sweep_dir).run_name()
-                if key not in seen or (seen[key][1].method == "dense" and m.method != "dense"):
+                key = run_name(member_run(f.run, replace(m, method=DENSE.name) if is_dense_baseline(m) else m, llc,
+                                          0, self.sweep_dir))
+                if key not in seen or (method_of(seen[key][1]).dense and not method_of(m).dense):
                     seen[key] = (f.run, m, llc)
         return list(seen.values())
 
@@ -199,14 +200,13 @@ class SweepPlan:
     def jobs(self) -> list[Job]:
         """One job per member, learning rate and seed; every seed of a member shares its plan. Dense runs
         that parent magnitude-rewind members keep their weights at the rewind epochs."""
-        rewind = tuple(sorted({f.run.method.rewind_epoch for f in self.families
-                               if f.run.method.name == "pruned" and f.run.method.prune == "magnitude-rewind"}))
+        rewind = tuple(sorted({e for f in self.families for e in method_of(f.run).parent_keep_epochs(f.run)}))
         jobs = {}
         for run, m, llc in self.entries:
             for lr in self.lrs:
                 for seed in self.settings.seeds:
                     job = Job(member_run(run, m, llc, seed, self.sweep_dir, lr), m,
-                              rewind if m.method == "dense" else ())
+                              rewind if method_of(m).dense else ())
                     jobs.setdefault(job.run_dir, job)
         return list(jobs.values())
 
@@ -279,6 +279,9 @@ def plan_sweep(run: RunConfig, s: SweepConfig, name: str | None = None,
 
     validation.check_name(name)
     if s.select_on == "val":
+        if not datasets.get(run.dataset.name).holds_out:  # else every member would fail as it loads its data
+            raise UserError(f"--select-on val holds out part of the training split, which {run.dataset.name} "
+                            f"(image folders, val/ being the test set) cannot; use --select-on test")
         run = replace(run, dataset=replace(run.dataset, val_fraction=s.val_fraction))
     spec = spec_from_config(run.dataset)
     budgets = base_widths(run, s)

@@ -30,12 +30,13 @@ def environment() -> dict:
     import widen_cli
 
     commit, dirty = git_state(Path(widen_cli.__file__).resolve().parent.parent)
-    return dict(widen_version=_version(), git_commit=commit, git_dirty=dirty,
+    return dict(widen_version=widen_version(), git_commit=commit, git_dirty=dirty,
                 python_version=platform.python_version(), torch_version=str(torch.__version__),
                 cuda_version=torch.version.cuda, hostname=socket.gethostname(), command=shlex.join(sys.argv))
 
 
-def _version() -> str:
+def widen_version() -> str:
+    """The installed distribution's version; a source checkout never installed reports widen_cli.__version__."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

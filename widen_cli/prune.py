@@ -23,8 +23,9 @@ from torch import nn
 
 from widen_cli import results
 from widen_cli.budget import Member
-from widen_cli.config import RunConfig
+from widen_cli.schema import RunConfig
 from widen_cli.errors import MemberError
+from widen_cli.methods.pruned import PRUNED
 from widen_cli.models import InputSpec, build_model, weight_layers
 
 
@@ -154,10 +155,10 @@ def pruned_model(run: RunConfig, member: Member, spec: InputSpec, parent_dir: Pa
     method = run.method
     parent = build_model(run.model, run.width, spec)
     _fill(parent, parent_dir / results.MODEL_FILE, "trained weights")
-    if method.prune == "structured":
+    if PRUNED.structured(method):
         small = build_model(run.model, run.base_width, spec)
         return structured(parent, small, run.model.name, member.layers), None
     masks = magnitude_masks(parent, member, method.scope)
-    if method.prune == "magnitude-rewind":
+    if PRUNED.rewinds(method):
         _fill(parent, results.weights_at_epoch(parent_dir, method.rewind_epoch), f"weights at epoch {method.rewind_epoch}")
     return parent, masks

@@ -62,7 +62,7 @@ METRICS_FIELDS = _fields("epoch:int lr:float train_loss:float train_acc:float te
                          "val_loss:float val_acc:float seconds:float run:str", required=("epoch",))
 
 # One row per run. status: finished, or diverged (stopped at the first epoch with a non-finite loss).
-# distribution and within are the member's (None for dense); identity is json.dumps(run.identity(),
+# distribution and within are the member's (None for dense); identity is json.dumps(identity_of(run),
 # sort_keys=True), the whole experiment seed included, so a reader can tell which runs may be pooled.
 # budget is the weight count the member's family holds, N(base) (a dense model's own count): with
 # dataset and distribution it is what kernel-distance tables are joined on. val_acc: the last epoch's

@@ -26,7 +26,7 @@ from pathlib import Path
 import submitit.helpers
 
 from widen_cli import results
-from widen_cli.config import SweepConfig
+from widen_cli.schema import SweepConfig
 from widen_cli.errors import Interrupted, UserError
 from widen_cli.jobs import Job
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from widen_cli import results
-from widen_cli.budget import Member
+from widen_cli.shapes import Member
 from widen_cli.models import weight_layers
 
 

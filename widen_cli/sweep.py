@@ -16,9 +16,11 @@ import pandas as pd
 from rich.markup import escape
 
 from widen_cli import checkpoint, results, slurm
-from widen_cli.config import SweepConfig
+from widen_cli.schema import SweepConfig
 from widen_cli.errors import MemberError, UserError
+from widen_cli.identity import differences, dumps, identity_of, run_name, without_lr
 from widen_cli.jobs import Job, parent_run
+from widen_cli.methods import method_of
 
 
 def run_member(job: Job, threads: int | None = None, restart: bool = False) -> str:
@@ -110,7 +112,8 @@ def _pool(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, c
     threads = max(1, hardware.available_cpus() // n_jobs)
     console.print(f"pool: up to {n_jobs} members at once, {threads} CPU thread{'s' if threads > 1 else ''} each; "
                   f"each member logs its epochs to {results.LOG_FILE} in its folder", highlight=False)
-    pool.launch(todo, done, n_jobs, threads, _pool_gpus(todo[0].run.device), restart, console)
+    pool.launch(todo, done, n_jobs, threads, _pool_gpus(todo[0].run.device), restart, console,
+                run_member)
 
 
 def _pool_gpus(device: str) -> int:
@@ -169,8 +172,6 @@ def claim(sweep_dir: Path, plan, cfg, restart: bool) -> None:
 
 
 def _check_identity(sweep_dir: Path, identity: dict) -> None:
-    from widen_cli.lifecycle import differences
-
     there = _stored_identity(sweep_dir)
     diff = [] if there is None else differences(identity, there, sweep_dir)
     if diff:
@@ -183,8 +184,6 @@ def _stored_identity(sweep_dir: Path) -> dict | None:
     UserError."""
     import yaml
 
-    from widen_cli.lifecycle import config_run
-
     path = sweep_dir / results.SWEEP_FILE
     try:
         stored = yaml.safe_load(path.read_text())
@@ -194,14 +193,10 @@ def _stored_identity(sweep_dir: Path) -> dict | None:
         why = e.strerror if isinstance(e, OSError) and e.strerror else f"not valid YAML: {str(e).splitlines()[0]}"
         raise UserError(f"cannot read {path} ({why}); repair or delete it, choose another --name, or pass "
                         f"--restart to write these settings there") from None
-    if isinstance(stored, dict) and isinstance(stored.get(SWEEP_IDENTITY), dict):
-        return stored[SWEEP_IDENTITY]
-    # written before sweeps recorded their identity: one family, its base run's
-    run = config_run(stored) if isinstance(stored, dict) else None
-    if run is None:
+    if not isinstance(stored, dict) or not isinstance(stored.get(SWEEP_IDENTITY), dict):
         raise UserError(f"{path} does not describe a sweep; repair or delete it, choose another --name, or pass "
                         f"--restart to write these settings there")
-    return run.family_identity()
+    return stored[SWEEP_IDENTITY]
 
 
 SWEEP_IDENTITY = "sweep_identity"  # sweep.yaml's key for plan.sweep_identity (what claim compares)
@@ -327,10 +322,10 @@ def gather(jobs: list[Job], sweep_dir: Path, errors: dict[Path, str] | None = No
                        base_width=m.base_width, n_weights=m.n_weights, n_weights_dense=m.n_weights_dense,
                        connectivity=m.connectivity, seed=job.run.seed, epochs=epochs,
                        status="interrupted" if stopped else "failed", error=error)
-        pruned = job.member.method == "pruned"  # the pruning columns, for failed rows and older summaries
+        method = method_of(job.member)  # the pruning columns, for failed rows and older summaries
         row.setdefault("variant", job.member.variant)
-        row.setdefault("parent_run", parent_run(job.run).run_name() if pruned else None)
-        row.setdefault("total_epochs", None if pruned else row["epochs"])
+        row.setdefault("parent_run", run_name(parent_run(job.run)) if method.has_parent else None)
+        row.setdefault("total_epochs", method.summary_fields(job.run, row["epochs"], complete=False)["total_epochs"])
         row.update(widening_factor=job.member.widening_factor, distribution=job.member.distribution,
                    budget=job.member.budget, last_layer_connectivity=job.run.method.last_layer_connectivity,
                    run=job.run_dir.name, lr=job.run.optim.lr)
@@ -356,11 +351,7 @@ SELECT_COLUMNS = {"test": "best_test_acc", "val": "val_acc"}
 
 def _untuned(job: Job) -> str:
     """A run's identity without its learning rate: the runs of one member and seed over --lrs share it."""
-    import json
-
-    from widen_cli.config import without_lr
-
-    return json.dumps(without_lr(job.run.identity()), sort_keys=True)
+    return dumps(without_lr(identity_of(job.run)))
 
 
 def select(df: pd.DataFrame, members: list[str], select_on: str) -> pd.Series:

@@ -12,23 +12,24 @@ from rich.console import Console
 from rich.progress import Progress
 
 from widen_cli import checkpoint, distributed, hardware, jobs, lifecycle, prune, results
-from widen_cli.config import OptimConfig, RunConfig
+from widen_cli.schema import OptimConfig, RunConfig
 from widen_cli.data import load_data, spec_from_config
 from widen_cli.errors import UserError
 from widen_cli.hardware import resolve_device
+from widen_cli.identity import run_name
 from widen_cli.jobs import Job
 from widen_cli.lifecycle import EpochTotals, RunResult
+from widen_cli.methods import MaskUpdater, method_of
 from widen_cli.models import build_model, weight_layers
 from widen_cli.schedules import SCHEDULES
-from widen_cli.sparsity import Masks, sparsify
+from widen_cli.sparsity import Masks
 
 # Epochs with more batches than this get their own (transient) progress bar.
 BATCH_BAR_MIN = 50
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig):
-    if cfg.schedule not in SCHEDULES:
-        raise UserError(f"unknown optim.schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    # cfg.schedule is one of SCHEDULES: validation checked it (with their names, from schedules.py)
     opt = hardware.EagerSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return opt, SCHEDULES[cfg.schedule](opt, cfg)
 
@@ -56,17 +57,22 @@ class Totals:
         return int(self.correct) / max(self.count, 1)
 
 
-def train_epoch(model, loader, opt, masks: Masks | None = None, progress: Progress | None = None) -> Totals:
+def train_epoch(model, loader, opt, masks: Masks | None = None, progress: Progress | None = None,
+                updater: MaskUpdater | None = None, first_step: int = 0) -> Totals:
+    """One epoch of SGD; `updater` (Method.updater) sees every step between backward and the optimiser
+    step, numbered from `first_step`."""
     model.train()
     totals = Totals()
     task = None
     if progress is not None and len(loader) > BATCH_BAR_MIN:
         task = progress.add_task("  batches", total=len(loader), status="")
-    for x, y in loader:
+    for i, (x, y) in enumerate(loader):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if updater is not None:
+            updater.after_backward(first_step + i)
         opt.step()
         if masks is not None:
             masks.apply_()
@@ -112,7 +118,7 @@ def run_training(job: Job, console: Console | None = None, restart: bool = False
         return opened
     with opened as run:
         parent = None
-        if job.run.method.name == "pruned":  # its dense parent first: read back, waited for, or trained here
+        if method_of(job.run).has_parent:  # its dense parent first: read back, waited for, or trained here
             parent_job = jobs.parent_job(job.run)
             parent = (parent_job.run_dir, run_training(parent_job, run.console).summary.get("status", "finished"))
         return train_run(run, parent)
@@ -137,7 +143,7 @@ def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int, initial
     magnitude-rewind members pruned from it go back to. `initial`: at epoch 0 of a resumed run, whether
     `model` still holds the initial weights (drawn again from the seed; not yet restored)."""
     job = run.job
-    if not run.main or job.run.method.name != "dense" or not (epoch == 0 or epoch in job.keep_weights):
+    if not run.main or not method_of(job.run).dense or not (epoch == 0 or epoch in job.keep_weights):
         return
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     path = results.weights_at_epoch(run.dir, epoch)
@@ -173,12 +179,8 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
     model = model.to(memory_format=hardware.memory_format(model, device))  # before the masks copy its layout
     built = {n: tuple(m.weight.shape) for n, m in weight_layers(model).items()}
     assert built == member.layers, f"plan and model disagree: {member.layers} vs {built}"
-    masks = None
-    if run.method.name == "sparse":
-        masks = sparsify(model, member, run.seed, run.method.rescale_init)
-    elif kept is not None:  # a magnitude-pruned member's mask, fixed from here on
-        masks = Masks(model, kept)
-        masks.apply_()
+    method = method_of(run)
+    masks = method.masks(run, model, member, kept)  # sparse: drawn from the seed; pruned: the parent's
     if masks is not None:
         if state is not None and state["masks"] is not None:  # go on with exactly the masks the run started with
             masks = Masks(model, checkpoint.saved_masks(state, masks.state(), opened.dir / checkpoint.FILENAME))
@@ -188,6 +190,7 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
         checkpoint.check_fits(state, model, opened.dir / checkpoint.FILENAME)
     keep_weights(opened, model, 0)
     opt, sched = make_optimizer(model, opened.job.optim)
+    updater = method.updater(run, model, masks, opt, len(train_loader))  # a mask that changes as it trains
     if state is not None:
         checkpoint.restore(state, model, opt, sched, opened.dir / checkpoint.FILENAME)
     # What forward passes go through (DDP, bf16 autocast, compile); `model` stays the plain module the
@@ -198,7 +201,8 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
     def step(epoch: int, progress) -> tuple[float, list[EpochTotals]]:
         train_loader.set_epoch(epoch)
         lr = opt.param_groups[0]["lr"]
-        tr = all_ranks(ctx, device, train_epoch(net, train_loader, opt, masks, progress))
+        tr = all_ranks(ctx, device, train_epoch(net, train_loader, opt, masks, progress, updater,
+                                                (epoch - 1) * len(train_loader)))
         keep_weights(opened, model, epoch)
         te = all_ranks(ctx, device, evaluate(evaluator, test_loader))
         va = all_ranks(ctx, device, evaluate(evaluator, val_loader)) if val_loader is not None else None
@@ -213,4 +217,4 @@ def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device
         distributed.check_identical(ctx, dict(model.named_parameters()), "weights")
         return model
 
-    return lifecycle.drive([opened], run.run_name(), step, snapshot, trained)[0]
+    return lifecycle.drive([opened], run_name(run), step, snapshot, trained)[0]

@@ -1,5 +1,5 @@
-"""Validate a composed config once into the typed, frozen dataclasses of config.py: every value checked
-against its field's type (one line per mistake), then the checks that span fields."""
+"""Validate a composed config (compose.py) once into the typed, frozen dataclasses of schema.py: every
+value checked against its field's type (one line per mistake), then the checks that span fields."""
 from __future__ import annotations
 
 import math
@@ -7,12 +7,14 @@ import re
 from dataclasses import MISSING, fields, replace
 from typing import TYPE_CHECKING
 
-from widen_cli.budget import DISTRIBUTIONS, default_distribution, fix_last_layer
-from widen_cli.config import (AUGMENTATIONS, COMPUTED, FOLDER_DATASETS, INITS, NORMALIZATIONS, PRECISIONS,
-                              PRUNE_VARIANTS, SELECT_ON, DatasetConfig, MethodConfig, ModelConfig, OptimConfig,
-                              RunConfig, SubmititConfig, SweepConfig)
-from widen_cli import tracking
+from widen_cli.budget import check_distribution, check_member, fix_last_layer
+from widen_cli.schema import (COMPUTED, DEVICE_PATTERN, DEVICES, INITS, NORMALIZATIONS, PRECISIONS, SELECT_ON,
+                              DatasetConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, SubmititConfig,
+                              SweepConfig)
+from widen_cli import datasets, tracking
 from widen_cli.errors import UserError
+from widen_cli.methods import method_of
+from widen_cli.methods.pruned import PRUNE_VARIANTS
 from widen_cli.schedules import SCHEDULES
 
 if TYPE_CHECKING:
@@ -123,16 +125,14 @@ def validate(cfg: DictConfig) -> RunConfig:
         data["base_width"] = data.get("width")
     run = _build(RunConfig, data, "")
     run = resolve_distribution(run)
-    if run.base_width > run.width:
-        raise UserError(f"width {run.width} is below the base width {run.base_width}; family members have width "
-                        f">= {run.base_width}")
+    check_member(run.width, run.base_width, run.method.last_layer_connectivity)
+    check_distribution(run.method.distribution, "method.distribution")
     for key, value, valid in (
         ("model.activation", run.model.activation, ("relu", "linear")),
         ("model.parameterization", run.model.parameterization, ("standard", "ntk")),
         ("model.stem", run.model.stem, ("auto", "cifar", "imagenet")),
         ("optim.schedule", run.optim.schedule, tuple(SCHEDULES)),
         ("optim.name", run.optim.name, ("sgd",)),
-        ("method.distribution", run.method.distribution, tuple(DISTRIBUTIONS)),
         ("method.within", run.method.within, ("all", "io")),
         ("precision", run.precision, PRECISIONS),
         ("dataset.normalize", run.dataset.normalize, NORMALIZATIONS),
@@ -144,9 +144,6 @@ def validate(cfg: DictConfig) -> RunConfig:
     if run.model.name != "resnet18" and run.model.init is not None:
         raise UserError(f"model.init is for resnet18; the {run.model.name}'s initialisation is model.parameterization "
                         f"(standard | ntk)")
-    llc = run.method.last_layer_connectivity
-    if llc is not None and not 0 < llc <= 1:
-        raise UserError(f"method.last_layer_connectivity must be in (0, 1], got {llc}")
     _fraction("dataset.val_fraction", run.dataset.val_fraction, allow_none=True)
     _check_pruning(run)
     _check_optim(run)
@@ -158,8 +155,8 @@ def validate(cfg: DictConfig) -> RunConfig:
 
 
 def check_device(device: str, key: str = "device") -> None:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise UserError(f"{key} must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if not re.fullmatch(DEVICE_PATTERN, device):
+        raise UserError(f"{key} must be {DEVICES}, got {device!r}")
 
 
 NAME_MAX = 255  # bytes in one folder name on Linux and macOS file systems
@@ -190,14 +187,15 @@ def _check_optim(run: RunConfig) -> None:
         raise UserError(f"optim.milestones must be epochs >= 1, got {list(o.milestones)}")
 
 
-# Classes of the built-in in-memory datasets: fewer in dataset.num_classes would crash the loss on a label.
-CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10}
-
-
 def _check_dataset(ds) -> None:
-    if ds.num_classes is not None and ds.num_classes < CLASSES.get(ds.name, 0):
-        raise UserError(f"{ds.name}: dataset.num_classes={ds.num_classes} but it has {CLASSES[ds.name]} classes")
-    valid = AUGMENTATIONS["folder" if ds.name in FOLDER_DATASETS else "tensor"]
+    entry = datasets.get(ds.name)
+    # Fewer classes than an in-memory dataset's labels would crash the loss on a label.
+    if ds.num_classes is not None and entry.layout == datasets.TENSOR and ds.num_classes < (entry.classes or 0):
+        raise UserError(f"{ds.name}: dataset.num_classes={ds.num_classes} but it has {entry.classes} classes")
+    if not entry.holds_out and (ds.val_fraction or ds.normalize != "per-channel"):
+        raise UserError(f"{ds.name}: dataset.val_fraction and dataset.normalize are for in-memory datasets "
+                        f"(image folders use ImageNet's mean and std and have val/ as their test set)")
+    valid = entry.augmentations
     unknown = [a for a in ds.augment if a not in valid]
     if unknown:
         raise UserError(f"dataset.augment: unknown augmentation {unknown[0]!r} for {ds.name}; valid: "
@@ -206,12 +204,10 @@ def _check_dataset(ds) -> None:
 
 def resolve_distribution(run: RunConfig) -> RunConfig:
     """method.distribution null -> the model's default (sparse and pruned; the others keep staggered), then
-    dense-last beside a fixed last layer -> staggered (budget.fix_last_layer). validate does it, and so
-    does reading a stored sweep.yaml (the composed config, where null stays null)."""
+    dense-last beside a fixed last layer -> staggered (budget.fix_last_layer), so identities hold the name."""
     method = run.method
     if method.distribution is None:
-        method = replace(method, distribution=default_distribution(run.model.name) if method.name in ("sparse", "pruned")
-                         else "staggered")
+        method = replace(method, distribution=method_of(method).default_distribution(run.model.name))
     return replace(run, method=fix_last_layer(method, method.last_layer_connectivity))
 
 
@@ -221,9 +217,7 @@ def _check_pruning(run: RunConfig) -> None:
         raise UserError(f"method.prune must be one of {', '.join(PRUNE_VARIANTS)}, got {m.prune!r}")
     if m.scope not in ("layer", "global"):
         raise UserError(f"method.scope must be one of layer, global, got {m.scope!r}")
-    if m.name == "pruned" and m.prune == "structured" and m.scope == "global":
-        raise UserError("method.scope global is for magnitude pruning; structured pruning keeps the base "
-                        "model's units in every layer (scope layer)")
+    method_of(m).check(run)  # its own cross-field checks (pruned: structured keeps scope layer)
     if not isinstance(m.rewind_epoch, int) or not 0 <= m.rewind_epoch <= run.optim.epochs:
         raise UserError(f"method.rewind_epoch must be an integer from 0 to optim.epochs ({run.optim.epochs}), "
                         f"got {m.rewind_epoch!r}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from widen_cli.config import ModelConfig
+from widen_cli.schema import ModelConfig
 from widen_cli.models import mlp, resnet
 from widen_cli.models.bottleneck import factorize
 

@@ -10,7 +10,7 @@ from torch import nn
 from widen_cli.errors import UserError
 
 if TYPE_CHECKING:
-    from widen_cli.config import ModelConfig
+    from widen_cli.schema import ModelConfig
     from widen_cli.models import InputSpec
 
 

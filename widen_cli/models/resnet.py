@@ -19,7 +19,7 @@ from torch import nn
 from widen_cli.models.bottleneck import Factorized
 
 if TYPE_CHECKING:
-    from widen_cli.config import ModelConfig
+    from widen_cli.schema import ModelConfig
     from widen_cli.models import InputSpec
 
 BLOCK_MULTS = (1, 1, 2, 2, 4, 4, 8, 8)  # the 8 BasicBlocks' widths in units of `width`: 4 stages of 2

@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import ScaledTranslation
+from widen_cli.methods import method_of_line
 from matplotlib.ticker import (AutoLocator, FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter,
                                NullLocator)
 
@@ -151,8 +152,9 @@ def by_budget(lines: pd.DataFrame):
 
 
 def family_style(line: str) -> dict:
-    """Pruned families dotted with triangles, beside the solid sparse ones."""
-    return dict(marker="^", ls=":") if line.startswith("pruned") else dict(marker="o")
+    """The style of the method the line's label names (Method.line_style): pruned families dotted with
+    triangles, beside the solid sparse ones."""
+    return dict(method_of_line(line).line_style)
 
 
 def front(df: pd.DataFrame, *cols: str) -> pd.DataFrame:

@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from widen_cli.methods import rows_where
+from widen_cli.methods.dense import DENSE
 from widen_cli.report.axes import (Plot, band, by_budget, connectivity_axis, errorbar, family_style, front, legend,
                                    log_axis, log_fractions, panels, paper_style, settle, title)
 from widen_cli.report.curves import fig_training_curves
@@ -20,22 +22,20 @@ from widen_cli.report.load import Results
 from widen_cli.report.overlay import kernel_keys, kernel_overlay, tracking
 from widen_cli.report.runs import count, mean_sem
 
-BOTTLENECKS = ("linear-bottleneck", "nonlinear-bottleneck")
-WIDENED = ("sparse", "pruned")  # families that keep the budget at every width by removing weights
 
 
 # ---------------------------------------------------------------- figures (each returns None without its data)
 
 def fig_acc_vs_width(runs: pd.DataFrame, value: str = "test") -> Plot | None:
-    settings = sorted(runs[runs.method.isin(WIDENED)].setting.unique())
+    settings = sorted(runs[rows_where(runs.method, lambda m: m.widened)].setting.unique())
     if not settings:
         return None
     fig, axes = panels(len(settings))
     data = []
     for ax, setting in zip(axes, settings):
         here = runs[runs.setting == setting]
-        lines = mean_sem(here[here.method.isin(WIDENED)], ["line", "width"])
-        dense = mean_sem(here[here.dense_model], ["width"]).assign(line="dense")
+        lines = mean_sem(here[rows_where(here.method, lambda m: m.widened)], ["line", "width"])
+        dense = mean_sem(here[here.dense_model], ["width"]).assign(line=DENSE.name)
         for i, line, d in by_budget(lines):
             errorbar(ax, d.width, d, value, color=f"C{i}", label=f"{line}: {count(d.n_weights.median())} weights",
                       **family_style(line))
@@ -61,7 +61,7 @@ def fig_budget_methods(runs: pd.DataFrame) -> Plot | None:
     """One panel per setting and budget with pruned members: accuracy against the width the model had while
     it was trained (sparse: its width; pruned: its parent's), one line per method, the dense baseline at
     the base width as a dashed line."""
-    pruned = runs[runs.method == "pruned"]
+    pruned = runs[rows_where(runs.method, lambda m: m.has_parent)]
     groups = sorted(pruned.groupby(["setting", "base_width"]).groups)
     if not groups:
         return None
@@ -69,7 +69,7 @@ def fig_budget_methods(runs: pd.DataFrame) -> Plot | None:
     data = []
     for ax, (setting, base_width) in zip(axes, groups):
         here = runs[(runs.setting == setting) & (runs.base_width == base_width)]
-        lines = mean_sem(here[here.method.isin(WIDENED)], ["line", "width"])
+        lines = mean_sem(here[rows_where(here.method, lambda m: m.widened)], ["line", "width"])
         base = mean_sem(runs[(runs.setting == setting) & runs.dense_model & (runs.width == base_width)], ["width"])
         for i, line in enumerate(sorted(lines.line.unique())):
             d = lines[lines.line == line]
@@ -91,7 +91,7 @@ def fig_budget_methods(runs: pd.DataFrame) -> Plot | None:
 
 
 def fig_acc_vs_connectivity(runs: pd.DataFrame) -> Plot | None:
-    sparse = runs[runs.method == "sparse"]
+    sparse = runs[rows_where(runs.method, lambda m: m.random_mask)]
     settings = sorted(sparse.setting.unique())
     if not settings:
         return None
@@ -113,7 +113,7 @@ def fig_acc_vs_connectivity(runs: pd.DataFrame) -> Plot | None:
 
 
 def fig_bottleneck(runs: pd.DataFrame) -> Plot | None:
-    bottleneck = runs[runs.method.isin(BOTTLENECKS)]
+    bottleneck = runs[rows_where(runs.method, lambda m: m.bottleneck)]
     groups = sorted(bottleneck.groupby(["setting", "method"]).groups)
     if not groups:
         return None
@@ -255,7 +255,8 @@ def _kernel_order(handles: list, labels: list) -> tuple[list, list]:
 
 
 def fig_layer_kept(plans: dict[str, pd.DataFrame]) -> Plot | None:
-    sparse = {name: p[p.method == "sparse"] for name, p in sorted(plans.items()) if (p.method == "sparse").any()}
+    sparse = {name: p[rows_where(p.method, lambda m: m.random_mask)] for name, p in sorted(plans.items())
+              if rows_where(p.method, lambda m: m.random_mask).any()}
     if not sparse:
         return None
     fig, axes = panels(len(sparse), height=2.8)

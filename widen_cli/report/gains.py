@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from widen_cli.methods import rows_where
 from widen_cli.report.axes import Plot, errorbar, legend, log_axis, panels, title, COLUMN, PANEL_HEIGHT
 from widen_cli.report.runs import count, mean_sem
 
@@ -22,7 +23,7 @@ def widening_gains(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for setting, here in runs.groupby("setting"):
         dense = mean_sem(here[here.dense_model], ["width"]).set_index("width")
-        sparse = here[(here.method == "sparse") & here.last_layer_connectivity.isna()]
+        sparse = here[rows_where(here.method, lambda m: m.random_mask) & here.last_layer_connectivity.isna()]
         for (line, base_width), members in sparse.groupby(["line", "base_width"]):
             if base_width not in dense.index:
                 continue

@@ -1,7 +1,6 @@
 """Find the result tables under some folders and read each by the kind its metadata names.
 
-Tables written by an older widen carry no kind; they are recognised by the columns they must have, as
-before kinds existed, and one warning names them.
+A table without a kind, or of another schema version than this widen writes, is skipped with a warning.
 """
 from __future__ import annotations
 
@@ -11,25 +10,12 @@ from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from widen_cli import results
 from widen_cli.errors import UserError
 from widen_cli.report.curves import read_metrics
-from widen_cli.report.runs import label_runs, listing, repeats
+from widen_cli.report.runs import label_runs, repeats
 
-# Tables without a kind in their metadata: the columns each kind had to have, tried in this order.
-_OLD_SUMMARY = ["dataset", "model", "method", "width", "base_width", "n_weights", "n_weights_dense", "connectivity",
-                "seed", "epochs", "best_test_acc", "final_test_acc", "best_train_acc", "final_train_acc",
-                "wall_seconds"]
-OLD_KINDS = {
-    "results": [*_OLD_SUMMARY, "run"],
-    "summary": _OLD_SUMMARY,
-    "plan": ["width", "widening_factor", "method", "connectivity", "layers", "layer_kept_fraction"],
-    "kernel": ["width", "base_width", "distance_empirical", "distance_empirical_se", "distance_theorem1",
-               "distance_eq6", "distance_leading_order"],
-    "metrics": results.METRICS_COLUMNS,
-}
 DRAWN = ("summary", "results", "plan", "kernel")  # metrics are read beside the runs they belong to (curves.py)
 
 
@@ -55,20 +41,19 @@ def find_tables(paths: list[Path]) -> list[Path]:
     return list(dict.fromkeys(f.resolve() for f in files))  # nested or repeated folders are read once
 
 
-def kind_of(path: Path) -> tuple[str | None, str, bool]:
-    """(kind, why it is not read when kind is None, whether the kind was guessed from the columns)."""
+def kind_of(path: Path) -> tuple[str | None, str]:
+    """(kind, why it is not read when kind is None)."""
     found = results.table_kind(path)
     if found is None:
-        names = set(pq.read_schema(path).names)
-        kind = next((k for k, cols in OLD_KINDS.items() if names >= set(cols)), None)
-        return kind, "unknown columns (not a summary, results, plan or kernel-distance table)", True
+        return None, "no widen table kind in its metadata (not a summary, results, plan or kernel-distance table)"
     kind, version = found
     if kind not in results.TABLES:
-        return None, f"unknown table kind {kind!r} (written by a newer widen?)", False
-    if version > results.TABLES[kind].version:
-        return None, (f"{kind} table of schema version {version}, newer than this widen's "
-                      f"{results.TABLES[kind].version}"), False
-    return kind, "", False
+        return None, f"unknown table kind {kind!r} (written by a newer widen?)"
+    ours = results.TABLES[kind].version
+    if version != ours:
+        than = "newer" if version > ours else "older"  # 0.1.0 reads the tables it writes, no others
+        return None, f"{kind} table of schema version {version}, {than} than this widen's {ours}"
+    return kind, ""
 
 
 def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
@@ -76,10 +61,10 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
     where = ", ".join(map(str, paths))
     if not files:
         raise UserError(f"no Parquet files under {where}")
-    runs, plans, kernels, sources, skipped, guessed = [], {}, {}, [], [], []
+    runs, plans, kernels, sources, skipped = [], {}, {}, [], []
     for path in files:
         try:
-            kind, why, old = kind_of(path)
+            kind, why = kind_of(path)
             df = results.read_table(path) if kind in DRAWN else None
         except (OSError, ValueError, pa.ArrowException) as e:
             warn(f"skipping {path}: not a readable Parquet table ({str(e).splitlines()[0]})")
@@ -91,14 +76,12 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
             continue
         if df is None:
             continue
-        if old:
-            guessed.append(str(path))
         sources.append(str(path))
         label = _unique(path.parent.name, plans if kind == "plan" else kernels)
         if kind == "plan":
             plans[label] = df
         elif kind == "kernel":
-            kernels[label] = kernel_table(df).sort_values("width")
+            kernels[label] = df.sort_values("width")
         else:
             df = df.copy()
             df["run_dir"] = [str(path.parent / r) for r in df.run] if kind == "results" else str(path.parent)
@@ -108,9 +91,6 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
     if not (runs or plans or kernels):
         raise UserError(f"none of the {len(files)} Parquet files under {where} is a result table widen report "
                         f"reads (summary, results, plan, kernel distance)")
-    if guessed:
-        warn(f"{len(guessed)} table(s) carry no kind in their metadata (written by an older widen) and were "
-             f"recognised by their columns: {listing(guessed)}")
     columns = [*results.RESULTS_COLUMNS, "run_dir", "from_results", "lr_tuned"]
     table = pd.concat(runs, ignore_index=True) if runs else pd.DataFrame(columns=columns)
     # A sweep member appears in the sweep's results.parquet and as its own summary.parquet: count it once.
@@ -128,24 +108,6 @@ def load(paths: list[Path], warn: Callable[[str], None]) -> Results:
     return Results(labelled, plans, kernels, sources, skipped, repeats(labelled, warn), read_metrics(labelled, warn))
 
 
-# Kernel tables of schema 1 named the allocation rule `allocation`, with names of their own.
-OLD_ALLOCATIONS = {"first-layer": "dense-last", "uniform": "uniform"}
-
-
-def kernel_table(df: pd.DataFrame) -> pd.DataFrame:
-    """A kernel table with every current column: older ones get their rule under its current name, their
-    dataset from `inputs` (null for Gaussian), their budget from n_weights, and nulls for the rest."""
-    df = df.copy()
-    if "distribution" not in df and "allocation" in df:
-        df["distribution"] = df.allocation.map(OLD_ALLOCATIONS)
-    if "dataset" not in df and "inputs" in df:
-        df["dataset"] = df.inputs.where(df.inputs != "gaussian", None)
-    if "budget" not in df and "n_weights" in df:
-        df["budget"] = df.n_weights
-    for c in results.KERNEL_COLUMNS:
-        if c not in df:
-            df[c] = None
-    return df
 def lr_grid(results: pd.DataFrame) -> str:
     """A sweep's learning rates when it tuned over several ('0.01,0.1'), else ''."""
     if "selected" not in results or "lr" not in results:

@@ -9,13 +9,14 @@ table has. Gaussian kernel tables have no dataset, so no run is drawn over them.
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pandas as pd
 
+from widen_cli import identity
 from widen_cli.budget import DENSE_LAST
+from widen_cli.methods import rows_where
 from widen_cli.report.runs import mean_sem
 
 KEYS = ["dataset", "budget", "distribution"]  # what a run and a kernel table must share
@@ -35,11 +36,10 @@ def run_rule(runs: pd.DataFrame) -> pd.Series:
     return rule.where(~np.isclose(llc.fillna(0), 1), DENSE_LAST)
 
 
-def _hidden_layers(identity) -> int | None:
-    """model.hidden_layers from a run's identity; None when not recorded (tables of an older widen)."""
-    if not isinstance(identity, str):
-        return None
-    return json.loads(identity).get("model", {}).get("hidden_layers")
+def _hidden_layers(stored) -> int | None:
+    """model.hidden_layers from a run's stored identity; None when it has none (a failed row)."""
+    ident = identity.loads(stored)
+    return None if ident is None else ident["model"]["hidden_layers"]
 
 
 def matching_runs(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -48,7 +48,8 @@ def matching_runs(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     if keys["dataset"] is None or runs.empty:
         return runs.iloc[:0]
     hidden = runs.identity.map(_hidden_layers) if "identity" in runs else pd.Series(None, index=runs.index)
-    return runs[(runs.model == "mlp") & (runs.method == "sparse") & (hidden.isna() | (hidden == 1))
+    sparse = rows_where(runs.method, lambda m: m.random_mask)
+    return runs[(runs.model == "mlp") & sparse & (hidden.isna() | (hidden == 1))
                 & (runs.dataset == keys["dataset"]) & (runs.budget == keys["budget"])
                 & (run_rule(runs) == keys["distribution"])]
 

@@ -22,10 +22,11 @@ from typing import Callable
 
 import pandas as pd
 
-from widen_cli.budget import default_distribution
-from widen_cli.config import without_lr
+from widen_cli import identity
+from widen_cli.methods import method_of, rows_where
+from widen_cli.methods.dense import DENSE
 
-MEMBER_KEYS = ("seed", "width", "base_width", "method")  # identity keys a family's members differ in
+MEMBER_KEYS = ("seed", "width", "base_width", "method")  # identity.FIELDS a family's members differ in
 SHOWN_METHOD_KEYS = ("name", "distribution", "within", "last_layer_connectivity", "prune", "scope")  # in the labels
 
 
@@ -38,7 +39,7 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
         given = runs[name] if name in runs else pd.Series(None, index=runs.index, dtype=object)
         return given.astype(object).where(given.notna(), default)
 
-    dense = runs.method == "dense"
+    dense = rows_where(runs.method, lambda m: m.dense)
     runs["distribution"] = column("distribution").where(~dense, "").fillna("")
     runs["within"] = column("within", "all").where(~dense, "").fillna("")
     runs["last_layer_connectivity"] = pd.to_numeric(column("last_layer_connectivity"), errors="coerce").where(~dense)
@@ -49,8 +50,8 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
     runs["widening_factor"] = pd.to_numeric(factor, errors="coerce").fillna(runs.width / runs.base_width)
     # Members of a sweep over --lrs were each selected at its own lr: the lr is no setting of theirs.
     tuned = column("lr_tuned", "").fillna("")
-    identities = [without_lr(json.loads(s)) if isinstance(s, str) and t else json.loads(s) if isinstance(s, str)
-                  else None for s, t in zip(column("identity"), tuned)]
+    stored = [identity.loads(s) for s in column("identity")]  # None: a row without one (failed)
+    identities = [identity.without_lr(i) if i is not None and t else i for i, t in zip(stored, tuned)]
     runs["variant"] = column("variant")
     runs["scope"] = [(i or {}).get("method", {}).get("scope") for i in identities]
 
@@ -62,8 +63,8 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
     options = [None if i is None else {} if d else _method_options(i) for i, d in zip(identities, dense)]
     runs["family"] = family + apart.suffixes(runs.setting + ": " + family, options)
     runs["line"] = runs.family + runs.last_layer_connectivity.map(lambda c: "" if pd.isna(c) else f", last layer {c:g}")
-    runs["dense_model"] = dense | ((runs.method != "linear-bottleneck") & (runs.width == runs.base_width)
-                                   & (runs.connectivity >= 1 - 1e-9))
+    at_base = rows_where(runs.method, lambda m: m.baseline_at_base)  # not the linear bottleneck's full rank
+    runs["dense_model"] = dense | (at_base & (runs.width == runs.base_width) & (runs.connectivity >= 1 - 1e-9))
     runs["experiment"] = [_experiment(i, r) for i, r in zip(identities, runs.itertuples())]
     runs["test"] = 100 * runs.best_test_acc
     runs["train"] = 100 * runs.final_train_acc
@@ -73,15 +74,16 @@ def label_runs(runs: pd.DataFrame, warn: Callable[[str], None]) -> pd.DataFrame:
     return runs
 
 
-def _experiment(identity: dict | None, r) -> str:
+def _experiment(ident: dict | None, r) -> str:
     """What makes two runs one sample: their setting and identity, seed included. A dense model's is its
     identity without method and base width (the dense baseline a sparse member at its base width is, a
     dense-wide member of another budget: the same training). Without a recorded identity: its labels."""
-    if identity is None:
-        return json.dumps([r.setting, "dense" if r.dense_model else r.line, str(r.width), str(r.seed), "unknown"])
+    if ident is None:
+        return json.dumps([r.setting, DENSE.family_label(r) if r.dense_model else r.line, str(r.width), str(r.seed),
+                           "unknown"])
     if r.dense_model:
-        identity = {k: v for k, v in identity.items() if k not in ("method", "base_width")}
-    return json.dumps([r.setting, identity], sort_keys=True)
+        ident = {k: v for k, v in ident.items() if k not in ("method", "base_width")}
+    return json.dumps([r.setting, ident], sort_keys=True)
 
 
 # What repeated runs of one experiment must agree in (else the report says which disagree).
@@ -106,31 +108,18 @@ def repeats(runs: pd.DataFrame, warn: Callable[[str], None]) -> int:
 
 
 def _family(r) -> str:
-    if r.method == "dense":
-        return "dense"
-    label = f"{r.method} b={r.base_width}"
-    if r.method == "pruned":  # structured, magnitude, magnitude-rewind; global magnitude said so
-        label = f"pruned {r.variant}{' global' if r.scope == 'global' else ''} b={r.base_width}"
-    if r.method == "sparse" and r.distribution not in ("", _default_distribution(r)):
-        label += f" {r.distribution}"
-    if r.method == "sparse" and r.within == "io":
-        label += " io"
-    return label
+    """The family's label: its method's (Method.family_label), e.g. `sparse b=32 uniform`."""
+    return method_of(r.method, strict=False).family_label(r)
 
 
-def _default_distribution(r) -> str:
-    """The distribution a sparse run gets without asking: the label names only others."""
-    return "staggered" if pd.notna(r.last_layer_connectivity) else default_distribution(r.model)
-
-
-def _recipe(identity: dict) -> dict:
+def _recipe(ident: dict) -> dict:
     """What the members of one family share: the identity without seed, width, base width and method."""
-    return {k: v for k, v in identity.items() if k not in MEMBER_KEYS}
+    return {k: v for k, v in ident.items() if k not in MEMBER_KEYS}
 
 
-def _method_options(identity: dict) -> dict:
+def _method_options(ident: dict) -> dict:
     """A member's method options that its family label does not show (rescale_init, ...)."""
-    return {"method": {k: v for k, v in identity.get("method", {}).items() if k not in SHOWN_METHOD_KEYS}}
+    return {"method": {k: v for k, v in ident.get("method", {}).items() if k not in SHOWN_METHOD_KEYS}}
 
 
 class _Apart:
@@ -141,7 +130,7 @@ class _Apart:
         self.labels: list[str] = []
 
     def suffixes(self, groups: pd.Series, identities: list[dict | None]) -> pd.Series:
-        flat = [None if i is None else _flatten(i) for i in identities]
+        flat = [None if i is None else identity.flat(i) for i in identities]
         out = [""] * len(flat)
         members = defaultdict(list)
         for i, group in enumerate(groups):
@@ -159,13 +148,6 @@ class _Apart:
                           else "".join(f", {names[k]}={_show(flat[i].get(k), k)}" for k in keys))
             self.labels += sorted({group + out[i] for i in rows})
         return pd.Series(out, index=groups.index, dtype=object)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for k, v in d.items():
-        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return flat
 
 
 def _show(v, key: str = "") -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from widen_cli.methods.dense import DENSE
 from widen_cli.report.runs import count, mean_sem
 
 
@@ -16,10 +17,10 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
     """
     if runs.empty:
         return pd.DataFrame()
-    runs = runs.assign(row=runs.line.where(~runs.dense_model, "dense"))
+    runs = runs.assign(row=runs.line.where(~runs.dense_model, DENSE.name))
     cells = mean_sem(runs, ["setting", "row", "width"], ("test",))
     order = cells.groupby(["setting", "row"]).n_weights.min().reset_index()
-    order["rank"] = (order.row != "dense").astype(int)
+    order["rank"] = (order.row != DENSE.name).astype(int)
     order = order.sort_values(["setting", "rank", "n_weights", "row"])[["setting", "row"]]
     values = {"test_mean": "test_acc", "test_sem": "test_sem", "n_weights": "n_weights", "runs": "seeds"}
     wide = cells.pivot(index=["setting", "row"], columns="width", values=list(values))
