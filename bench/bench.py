@@ -6,7 +6,7 @@
            layer's gradient masked in Python each step, .item() every step). Target >= 2x on CPU, 3x on GPU.
 2. masks   the same model, sparse against dense, our path: the cost of the masks. Target <= 5% extra.
 3. family  the Figure 7 MLP family (784-d input, base width 8, widths 8..635, one hidden layer, sparse):
-           batched (widen_cli/family.py) against one member after another, training steps. Target >= 5x
+           batched (widen_cli/stacked_training.py) against one member after another, training steps. Target >= 5x
            on CPU. For information also whole epochs, evaluation on 10,000 test images included.
 4. memory  the peak memory of each variant, each run alone in a subprocess (the OS's peak resident
            set of the process, VmHWM; on CUDA also torch's peak allocated memory).
@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from widen_cli import family, hardware, sparse_ops  # noqa: E402
+from widen_cli import hardware, sparse_ops, stacked_training  # noqa: E402
 from widen_cli.budget import plan_member  # noqa: E402
 from widen_cli.compose import load  # noqa: E402
 from widen_cli.data import load_data, spec_from_config  # noqa: E402
@@ -215,17 +215,17 @@ class FamilyBatched:
 
     def setup(self):
         runs, members = _fig7(self.device_name)
-        self.stack = family.build(runs, members)
+        self.stack = stacked_training.build(runs, members)
         self.opt, _ = make_optimizer(self.stack.model, runs[0].optim)
 
     def run(self, n: int):
         model, loaders = self.stack.model, self.stack.loaders
         sparse_ops.PATH = self.path  # variants take turns in one process
         for _ in range(n if self.epochs else 1):
-            totals = family.train_epoch(model, loaders if self.epochs else [Steps(l, n) for l in loaders], self.opt)
+            totals = stacked_training.train_epoch(model, loaders if self.epochs else [Steps(l, n) for l in loaders], self.opt)
             totals.loss.tolist()
             if self.epochs:
-                family.evaluate(model, self.stack.test_loader).loss.tolist()
+                stacked_training.evaluate(model, self.stack.test_loader).loss.tolist()
 
 
 class FamilyOneByOne:

@@ -6,7 +6,7 @@
    whole training epochs with each method's updates at its schedule against static `sparse` epochs (as
    ratios). SET updates once per epoch; RigL (delta_t 100 steps) once every few epochs on digits, so its
    epochs are timed over a whole schedule's span and reported per epoch.
-2. The batched family path (widen_cli/family.py, models/stacked.py: each layer's kept weights and their
+2. The batched family path (widen_cli/stacked_training.py, models/stacked.py: each layer's kept weights and their
    index, built from the masks): `rebuild_stack` builds the stacked model and its optimiser's momentum
    again from new masks, as a batched SET/RigL family would after each update. Its cost against one
    stacked training step and one stacked epoch; and, for RigL, the dense gradient the stack does not

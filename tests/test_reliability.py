@@ -209,7 +209,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     check_ddp_matches_single_process(tmp_path, "cpu")  # gloo (helpers.py); tests/test_gpu.py runs it with NCCL on two GPUs
 
 
-# Batched digits families (sweep-width trains each as one stacked model, family.py) with everything that
+# Batched digits families (sweep-width trains each as one stacked model, stacked_training.py) with everything that
 # has state: momentum, weight decay, an lr milestone after the kill; sparse members of several widths and
 # seeds, or dense members of one width and several seeds.
 FAMILY = ["sweep-width", "--dataset", "digits", "--model", "mlp", "--epochs", 30, "--no-dense-wide",

@@ -11,7 +11,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from helpers import check_bf16_against_fp32
-from widen_cli import family, hardware, sparse_ops
+from widen_cli import hardware, sparse_ops, stacked_training
 from widen_cli.budget import plan_member
 from widen_cli.cli import app
 from widen_cli.schema import MethodConfig, ModelConfig
@@ -37,7 +37,7 @@ def train_both(tmp_path, overrides: list[str], members: list[tuple[int, int]]):
     """Train (width, seed) members as one batch and each alone; return pairs of RunResults and runs."""
     batch = [make_job(load([*overrides, f"width={w}", f"seed={s}", f"out={tmp_path / 'batched'}"])[1])
              for w, s in members]
-    batched = family.train_family(batch, QUIET)
+    batched = stacked_training.train_family(batch, QUIET)
     alone = [run_training(make_job(load([*overrides, f"width={w}", f"seed={s}", f"out={tmp_path / 'alone'}"])[1]),
                           QUIET) for w, s in members]
     return [(job.run, a, b) for job, a, b in zip(batch, alone, batched)]
@@ -101,7 +101,7 @@ def test_dense_family_of_seeds_equals_each_alone(tmp_path):
 
 def test_which_runs_are_batched():
     def key(*overrides):
-        return family.batch_key(load(["model=mlp", *overrides])[1])
+        return stacked_training.batch_key(load(["model=mlp", *overrides])[1])
 
     assert key("method=sparse", "width=8", "base_width=4") == key("method=sparse", "width=16", "base_width=4", "seed=1")
     assert key("method=dense", "width=8") != key("method=dense", "width=16")  # dense: one width per batch
@@ -111,7 +111,7 @@ def test_which_runs_are_batched():
     assert key("model=resnet18") is None
     assert key("method=linear-bottleneck", "width=8") is None
     items = ["a1", "b1", "a2", "x", "b2"]
-    assert family.group(items, lambda s: None if s == "x" else s[0]) == [["a1", "a2"], ["b1", "b2"], ["x"]]
+    assert stacked_training.group(items, lambda s: None if s == "x" else s[0]) == [["a1", "a2"], ["b1", "b2"], ["x"]]
 
 
 # ---------------------------------------------------------------- masks and totals

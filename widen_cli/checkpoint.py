@@ -22,7 +22,7 @@ FORMAT = "widen-checkpoint/1"
 
 def save(path: Path, *, identity: dict, epoch: int, rows: list[dict], elapsed: float, model: torch.nn.Module,
          optimizer, scheduler, masks: dict[str, torch.Tensor] | None, batched: bool = False, check=None) -> None:
-    """`batched`: a batched family's stacked model wrote it (the member resumes in one again, family.py).
+    """`batched`: a batched family's stacked model wrote it (the member resumes in one again, stacked_training.py).
     check: as for results.atomic_write."""
     state = dict(
         format=FORMAT, identity=json.dumps(identity, sort_keys=True), epoch=epoch, rows=rows, elapsed=elapsed,

@@ -5,6 +5,7 @@ here, so that `--help` and option errors answer at once.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from widen_cli.errors import UserError
@@ -35,7 +36,7 @@ def train(given: dict, experiment: str | None, overrides: list[str] | None, conf
     ctx = distributed.from_env()  # under torchrun: this process's GPU and its slice of each batch
     memory.check("this run", memory.run_bytes(run, spec_from_config(run.dataset), job.member, ctx.world),
                  resolve_device(distributed.device_for(ctx, run.device)))
-    result = run_training(job, err, restart=restart)
+    result = run_training(replace(job, restart=restart), err)
     if not is_main_process():
         return
     if result.skipped:

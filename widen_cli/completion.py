@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-LAUNCHERS = ("local", "pool", "submitit")  # widen_cli.sweep.LAUNCHERS' names; sweep itself loads too much
+LAUNCHERS = ("local", "pool", "submitit")  # widen_cli.launch.LAUNCHERS' names; launch itself loads too much
 
 
 def _dirs(ctx) -> list[Path]:

@@ -53,7 +53,7 @@ def epoch_line(epoch: int, epochs: int, t, seconds: float, eta: float) -> str:
 
 
 class EpochLog:
-    """The log lines of the runs one epoch loop drives (lifecycle.drive): to stdout when it is not a
+    """The log lines of the runs one epoch loop trains together (epochs.Epochs): to stdout when it is not a
     terminal, to each run's own log file in a member process, else nowhere. Only rank 0 writes."""
 
     def __init__(self, runs: list, epochs: int, progress=None, heartbeat: float = HEARTBEAT_SECONDS):

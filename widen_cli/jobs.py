@@ -20,6 +20,7 @@ class Job:
     run: RunConfig  # validated; its width, base_width, seed and method are this member's
     member: Member  # the planned member: shapes, kept weights, bottleneck sizes
     keep_weights: tuple[int, ...] = ()  # dense runs: epochs whose weights to keep (magnitude-rewind targets)
+    restart: bool = False  # --restart: its checkpoint is discarded and it starts from epoch 1 (lifecycle.start)
 
     @property
     def run_dir(self) -> Path:

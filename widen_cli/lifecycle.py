@@ -1,39 +1,34 @@
 """A run's lifecycle: the one owner of a run folder's files and states.
 
-Single (train.py) and batched (family.py) training only compute each member's per-epoch totals; this
-module does everything else, the same way for both:
+Single (train.py) and batched (stacked_training.py) training call it, the same way for both:
 
     start   finished already? (read back, or refused if its settings differ) -> claim the folder
             (claims.py; wait while a live process elsewhere holds it) -> config.yaml -> checkpoint
-    drive   the epoch loop: progress display, metrics rows and metrics.parquet, the per-epoch
-            checkpoint, divergence (status diverged), the Ctrl-C message
+            (discarded first when the job says restart)
+    record  each epoch (through epochs.py, the loop's display and logs): its metrics row and
+            metrics.parquet, the checkpoint, divergence (status diverged)
     finish  model.pt, then summary.parquet (which marks the run done); the checkpoint and claim go
 
-Under torchrun every rank drives the loop and only rank 0 writes, prints or claims.
+Under torchrun every rank trains and only rank 0 writes, prints or claims.
 """
 from __future__ import annotations
 
 import math
 import shutil
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from widen_cli import checkpoint, claims, distributed, epochlog, provenance, results, tracking
-from widen_cli.errors import Interrupted, UserError
-from widen_cli.identity import differences, dumps, identity_of, loads, run_name, to_yaml
-from widen_cli.jobs import Job, parent_run
-from widen_cli.methods import method_of
+from widen_cli import checkpoint, claims, distributed, provenance, results
+from widen_cli.errors import UserError
+from widen_cli.identity import differences, identity_of, loads, run_name, to_yaml
+from widen_cli.jobs import Job
+from widen_cli.summary import summary_row
 
 POLL_SECONDS = 1.0  # how often a run claimed elsewhere is checked while waiting for it
 
@@ -80,19 +75,19 @@ def finished(job: Job) -> RunResult | None:
 
 # ---------------------------------------------------------------- start
 
-def start(job: Job, console: Console | None = None, restart: bool = False, wait: bool = True):
-    """Open `job`'s run folder for training: a Run (claimed, config.yaml written, its checkpoint loaded
-    unless `restart`), or a RunResult when it has finished already. A run claimed by a live process
-    elsewhere is waited for (`wait=False`: None is returned instead)."""
+def start(job: Job, console: Console | None = None, wait: bool = True) -> Run:
+    """Open `job`'s run folder: a Run, claimed, config.yaml written and its checkpoint loaded (none
+    when the job says restart), to train; or, when it has finished already, one holding its `result`.
+    A run claimed by a live process elsewhere is waited for (`wait=False`: a Run marked `busy`)."""
     main = distributed.is_main_process()
     console = (console or Console(stderr=True)) if main else Console(stderr=True, quiet=True)
     announced = False
     while True:
         done = finished(job)
         if done is not None:
-            return done
+            return Run(job, console, None, main, result=done)
         if not main:  # rank 0 holds the claim for every rank
-            return Run(job, console, None, main).prepare(restart)
+            return Run(job, console, None, main).prepare()
         created = _missing(job.run_dir)
         try:
             claim = claims.acquire(job.run_dir)
@@ -102,9 +97,9 @@ def start(job: Job, console: Console | None = None, restart: bool = False, wait:
             if (job.run_dir / results.SUMMARY_FILE).exists():  # it finished while we claimed it
                 claim.release()
                 continue
-            return Run(job, console, claim, main, created).prepare(restart)
+            return Run(job, console, claim, main, created).prepare()
         if not wait:
-            return None
+            return Run(job, console, None, main, busy=True)
         if not announced:
             console.print(f"waiting for {job.run_dir}: {claim} is training it", highlight=False, soft_wrap=True)
             announced = True
@@ -133,11 +128,13 @@ def _wait_while_claimed(run_dir: Path) -> None:
 # ---------------------------------------------------------------- one run
 
 class Run:
-    """A claimed run folder being trained. A context manager: leaving it releases the claim."""
+    """A run folder opened by start: claimed to be trained, or with the `result` of a run that finished
+    before, or `busy` (another process trains it). A context manager: leaving it releases the claim."""
 
     def __init__(self, job: Job, console: Console, claim: claims.Claim | None, main: bool,
-                 created: list[Path] = ()):
+                 created: list[Path] = (), result: RunResult | None = None, busy: bool = False):
         self.job, self.dir, self.console, self.claim, self.main = job, job.run_dir, console, claim, main
+        self.result, self.busy = result, busy
         self.created = list(created)  # the folders this process made for the run (removed if it is refused)
         self.state: dict | None = None  # the checkpoint resumed from
         self.rows: list[dict] = []
@@ -184,10 +181,10 @@ class Run:
         if self.claim is not None:
             self.claim.check()
 
-    def prepare(self, restart: bool) -> Run:
-        """config.yaml, and the checkpoint to resume from (`restart`: discard it instead)."""
+    def prepare(self) -> Run:
+        """config.yaml, and the checkpoint to resume from (the job's `restart`: discard it instead)."""
         try:
-            return self._prepare(restart)
+            return self._prepare(self.job.restart)
         except BaseException as e:
             self.__exit__(type(e), e, None)
             raise
@@ -263,9 +260,8 @@ class Run:
     def metrics(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=results.METRICS_COLUMNS).assign(run=self.dir.name)
 
-    def record(self, epoch: int, lr: float, t: EpochTotals, seconds: float, elapsed: float,
-               snapshot: Callable[[], dict]) -> bool:
-        """An epoch's row and checkpoint (snapshot(): its model, optimizer, scheduler and masks state).
+    def record(self, epoch: int, lr: float, t: EpochTotals, seconds: float, elapsed: float, state: dict) -> bool:
+        """An epoch's row and checkpoint (state: its model, optimizer, scheduler and Masks or None).
         False when the training loss stopped being finite: the run is over, with status diverged."""
         self.rows.append(dict(epoch=epoch, lr=lr, train_loss=t.train_loss, train_acc=t.train_acc,
                               test_loss=t.test_loss, test_acc=t.test_acc, seconds=seconds, val_loss=t.val_loss,
@@ -274,8 +270,10 @@ class Run:
         if self.main:
             results.write_table(self.metrics(), self.dir / results.METRICS_FILE, "metrics", self.check_claim)
             if not diverged:  # a diverged run is over: nothing to resume
+                masks = None if state["masks"] is None else state["masks"].state()
                 checkpoint.save(self.dir / checkpoint.FILENAME, identity=identity_of(self.job.run), epoch=epoch,
-                                rows=self.rows, elapsed=self.elapsed + elapsed, **snapshot(), check=self.check_claim)
+                                rows=self.rows, elapsed=self.elapsed + elapsed, **{**state, "masks": masks},
+                                check=self.check_claim)
         if diverged:
             self.status = "diverged"
             self.console.print(f"[red]{run_name(self.job.run)}: training loss is {t.train_loss} in epoch {epoch}: "
@@ -297,133 +295,3 @@ class Run:
             (self.dir / checkpoint.FILENAME).unlink(missing_ok=True)
         self.release()
         return RunResult(metrics, summary, model=model)
-
-
-def summary_row(job: Job, metrics: pd.DataFrame, status: str, wall_seconds: float) -> dict:
-    run, member = job.run, job.member
-    method = method_of(run)
-    fields = method.summary_fields(run, len(metrics))  # variant, total_epochs, last_layer_connectivity
-    return dict(
-        dataset=run.dataset.name, model=run.model.name, method=run.method.name, width=run.width,
-        base_width=run.base_width, n_weights=member.n_weights, n_weights_dense=member.n_weights_dense,
-        connectivity=member.connectivity, seed=run.seed, epochs=len(metrics), status=status,
-        best_test_acc=float(metrics.test_acc.max()), final_test_acc=float(metrics.test_acc.iloc[-1]),
-        best_train_acc=float(metrics.train_acc.max()), final_train_acc=float(metrics.train_acc.iloc[-1]),
-        wall_seconds=wall_seconds, variant=fields["variant"],
-        parent_run=run_name(parent_run(run)) if method.has_parent else None,
-        total_epochs=fields["total_epochs"], activation=run.model.activation,
-        distribution=member.distribution, within=member.within,
-        last_layer_connectivity=fields["last_layer_connectivity"],
-        identity=dumps(identity_of(run)), budget=member.budget,
-        val_acc=_last(metrics, "val_acc"), run=job.run_dir.name,
-    )
-
-
-def _last(metrics: pd.DataFrame, column: str) -> float | None:
-    """The last epoch's value; None where it was not recorded (no holdout, or metrics from before)."""
-    if column not in metrics or metrics[column].isna().all():
-        return None
-    return float(metrics[column].iloc[-1])
-
-
-# ---------------------------------------------------------------- the epoch loop
-
-COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-           TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
-
-
-def drive(runs: list[Run], title: str, step: Callable[[int, Progress], tuple[float, list[EpochTotals]]],
-          snapshot: Callable[[int], dict], model_of: Callable[[int], torch.nn.Module],
-          until: int | None = None) -> list[RunResult | None]:
-    """Train runs that start at the same epoch together: step(epoch, progress) trains one epoch of all
-    of them and returns the learning rate and each run's totals; snapshot(i) is run i's checkpoint
-    state and model_of(i) its trained model. Times (seconds, wall_seconds) are the batch's divided
-    by its number of runs. A run that diverges finishes there; the others go on. `until`: stop after
-    that epoch's checkpoint, before the last epoch; runs left unfinished then are None."""
-    first, epochs = runs[0].first, runs[0].job.epochs
-    last = epochs if until is None else min(until, epochs)
-    assert all(r.first == first for r in runs), "runs driven together start at the same epoch"
-    n, out = len(runs), [None] * len(runs)
-    for run in runs:
-        run.announce()
-    start = time.perf_counter()
-
-    def elapsed() -> float:
-        return (time.perf_counter() - start) / n
-
-    try:
-        with Progress(*COLUMNS, console=runs[0].console, transient=False) as progress, \
-                epochlog.EpochLog(runs, epochs, progress) as log, tracking.Trackers(runs) as trackers:
-            task = log.epoch_task = progress.add_task(title, total=epochs, completed=first - 1, status="")
-            for run in runs:
-                log.start(run)
-            for epoch in range(first, last + 1):
-                t0 = time.perf_counter()
-                log.begin(epoch)
-                lr, totals = step(epoch, progress)
-                wall = time.perf_counter() - t0
-                seconds = wall / n
-                with _interrupts_deferred():
-                    for i, run in enumerate(runs):
-                        if out[i] is None:
-                            recorded = run.record(epoch, lr, totals[i], seconds, elapsed(), lambda: snapshot(i))
-                            log.end(run, epoch, totals[i], wall)
-                            trackers.log(run)
-                            if not recorded:
-                                out[i] = run.finish(model_of(i), elapsed())
-                    log.ended()
-                progress.update(task, advance=1, status=_status(runs, totals, out))
-                if all(o is not None for o in out):
-                    break
-    except KeyboardInterrupt:
-        raise Interrupted(interrupted([r for r, o in zip(runs, out) if o is None])) from None
-    if last < epochs:
-        return out
-    return [o if o is not None else run.finish(model_of(i), elapsed()) for i, (run, o) in enumerate(zip(runs, out))]
-
-
-@contextmanager
-def _interrupts_deferred():
-    """Ctrl-C or SIGTERM while an epoch is being recorded takes effect once every run has recorded it,
-    so that the checkpoints and the interrupt message agree on what is saved."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-        if caught:
-            signal.raise_signal(caught[0])  # now handled as it would have been
-
-
-def _status(runs: list[Run], totals: list[EpochTotals], out: list) -> str:
-    best = max(r["test_acc"] for run in runs for r in run.rows)
-    if len(runs) == 1:
-        t = totals[0]
-        return f"train {t.train_acc:.1%}  test {t.test_acc:.1%}  best {best:.1%}  loss {t.train_loss:.3f}"
-    return f"{sum(o is None for o in out)}/{len(runs)} members  best test {best:.1%}"
-
-
-def interrupted(runs: list[Run]) -> str:
-    """The Ctrl-C message: the epochs each unfinished run really has in its checkpoint."""
-    again = "run the same command again to resume"
-    if not runs:
-        return f"interrupted; {again}"
-    epochs = runs[0].job.epochs
-    if len(runs) == 1:
-        run = runs[0]
-        if not run.saved:
-            return "interrupted before the first epoch ended; run the same command again to start"
-        return f"interrupted: epochs 1-{run.saved} of {epochs} are saved in {run.dir / checkpoint.FILENAME}; {again}"
-    by_saved: dict[int, list[str]] = {}
-    for run in runs:
-        by_saved.setdefault(run.saved, []).append(run.dir.name)
-    parts = []
-    for saved, names in sorted(by_saved.items(), reverse=True):
-        who = f"each of the {len(names)} members" if len(by_saved) == 1 else ", ".join(names)
-        parts.append(f"epochs 1-{saved} of {epochs} are saved for {who}" if saved else f"no epoch is saved for {who}")
-    return f"interrupted: {'; '.join(parts)} (in {runs[0].dir.parent}); {again}"

@@ -107,9 +107,9 @@ def _worker(conn, parent: int, gpu: str | None, threads: int) -> None:
             item = conn.recv()
             if item is None:
                 return
-            run_member, job, restart = item  # run_member: the sweep's (pool never imports sweep: no cycle)
+            run_member, job = item  # run_member: the sweep's (pool never imports sweep: no cycle)
             try:
-                run_member(job, threads, restart)
+                run_member(job, threads)
                 outcome = ("finished",)
             except KeyboardInterrupt as e:
                 outcome = ("interrupted", str(e))
@@ -132,9 +132,9 @@ class Worker:
     job: object = None  # the member it trains now
 
 
-def launch(todo: list, done, n_jobs: int, threads: int, gpus: int, restart: bool, console, run_member) -> None:
+def launch(todo: list, done, n_jobs: int, threads: int, gpus: int, console, run_member) -> None:
     """Train `todo` on up to `n_jobs` workers with `threads` CPU threads each, each member by
-    run_member(job, threads, restart) (a top-level function: it is pickled); done(job[, error]) as each
+    run_member(job, threads) (a top-level function: it is pickled); done(job[, error]) as each
     member ends. Interrupted (after the running members have stopped) on SIGTERM or Ctrl-C."""
     import multiprocessing as mp
 
@@ -156,7 +156,7 @@ def launch(todo: list, done, n_jobs: int, threads: int, gpus: int, restart: bool
     def give(worker: Worker) -> None:
         worker.job = queue.popleft() if queue else None
         try:
-            worker.conn.send(None if worker.job is None else (run_member, worker.job, restart))
+            worker.conn.send(None if worker.job is None else (run_member, worker.job))
         except OSError:
             pass  # it died: its sentinel says so next
 

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import submitit.helpers
@@ -48,7 +49,7 @@ class MemberJob(submitit.helpers.Checkpointable):
     resumes the member from its last checkpoint. Its start and resume lines go to stdout, which
     submitit writes to the member's SLURM log."""
 
-    def __call__(self, job: Job, threads: int | None = None, restart: bool = False) -> str:
+    def __call__(self, job: Job, threads: int | None = None) -> str:
         from rich.console import Console
 
         from widen_cli.train import run_training
@@ -60,11 +61,12 @@ class MemberJob(submitit.helpers.Checkpointable):
                      else env.get("SLURM_JOB_ID", "?"))
         print(f"widen: member {job.run_dir.name} (SLURM job {slurm_job}, restart "
               f"{env.get('SLURM_RESTART_COUNT', '0')})", flush=True)
-        run_training(job, Console(file=sys.stdout, soft_wrap=True), restart=restart)
+        run_training(job, Console(file=sys.stdout, soft_wrap=True))
         return str(job.run_dir)
 
-    def checkpoint(self, job: Job, threads: int | None = None, restart: bool = False):
-        return submitit.helpers.DelayedSubmission(self, job, threads)  # resume, never restart again
+    def checkpoint(self, job: Job, threads: int | None = None):
+        # the requeued job resumes from the checkpoint: never restart again
+        return submitit.helpers.DelayedSubmission(self, replace(job, restart=False), threads)
 
 
 class MemberFailed(UserError):
@@ -167,7 +169,7 @@ def _record(sweep_dir: Path, todo: list[Job], subs: list) -> None:
 
 # ---------------------------------------------------------------- launching and waiting
 
-def launch(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console, restart: bool) -> None:
+def launch(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, console) -> None:
     """Submit the members SLURM does not hold already as one array (--jobs at a time), then wait for
     them and for the held ones, calling done(job, error) as each ends."""
     import submitit
@@ -180,7 +182,7 @@ def launch(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, 
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=timeouts)
     executor.update_parameters(**parameters(s, sweep_dir.name))
     if cluster == "local":
-        return _local(todo, done, executor, n_jobs, console, restart)
+        return _local(todo, done, executor, n_jobs, console)
 
     held, todo_new = [], []  # (job, submitit job) pairs: a Job is not hashable
     in_queue = queue() if todo else {}
@@ -203,8 +205,7 @@ def launch(todo: list[Job], done, s: SweepConfig, n_jobs: int, sweep_dir: Path, 
         stderr = io.StringIO()
         try:
             with contextlib.redirect_stderr(stderr):  # submitit echoes sbatch's complaint: we say it once
-                subs = executor.map_array(MemberJob(), todo_new, [None] * len(todo_new),
-                                          [restart] * len(todo_new))
+                subs = executor.map_array(MemberJob(), todo_new, [None] * len(todo_new))
         except Exception as e:  # noqa: BLE001 - sbatch refused: its reason, one line
             raise UserError(f"sbatch refused the job array: {_sbatch_reason(e, stderr.getvalue())}") from None
         _record(sweep_dir, todo_new, subs)
@@ -316,7 +317,7 @@ def _user_error_names(kind: type = UserError) -> set[str]:
     return {kind.__name__}.union(*(_user_error_names(sub) for sub in kind.__subclasses__()))
 
 
-def _local(todo: list[Job], done, executor, n_jobs: int, console, restart: bool) -> None:
+def _local(todo: list[Job], done, executor, n_jobs: int, console) -> None:
     """sweep.submitit.cluster=local: processes on this machine, --jobs at a time."""
     console.print(f"submitit's local executor: members run as processes on this machine, {n_jobs} at a time",
                   highlight=False)
@@ -325,7 +326,7 @@ def _local(todo: list[Job], done, executor, n_jobs: int, console, restart: bool)
         while waiting or running:
             while waiting and len(running) < n_jobs:
                 key, job = waiting.pop(0)
-                running[key] = job, executor.submit(MemberJob(), job, None, restart)
+                running[key] = job, executor.submit(MemberJob(), job, None)
             for key, (job, sub) in list(running.items()):
                 if sub.done():
                     del running[key]

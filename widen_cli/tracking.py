@@ -187,7 +187,7 @@ def check(names) -> None:
 
 
 class Trackers:
-    """The trackers of the runs one epoch loop drives (lifecycle.drive); a context manager that closes them.
+    """The trackers of the runs one epoch loop trains together (epochs.Epochs); a context manager that closes them.
     A tracker that fails while logging is dropped with a warning: training goes on."""
 
     def __init__(self, runs: list):

@@ -1,10 +1,12 @@
-"""One training run: data -> model -> SGD epochs, each epoch's totals handed to the run's lifecycle
-(lifecycle.py), which writes the run folder, checkpoints and resumes. Under torchrun it trains with
-DDP (distributed.py)."""
+"""One training run (`train`, in one screen): data -> model and masks -> SGD epochs, each epoch's totals
+and state handed to the loop's helper (epochs.py) and the run's lifecycle (lifecycle.py), which write
+the run folder, checkpoint and resume. Under torchrun it trains with DDP (distributed.py)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +20,10 @@ from widen_cli.errors import UserError
 from widen_cli.hardware import resolve_device
 from widen_cli.identity import run_name
 from widen_cli.jobs import Job
+from widen_cli.epochs import Epochs
 from widen_cli.lifecycle import EpochTotals, RunResult
 from widen_cli.methods import MaskUpdater, method_of
-from widen_cli.models import build_model, weight_layers
+from widen_cli.models import InputSpec, build_model, weight_layers
 from widen_cli.schedules import SCHEDULES
 from widen_cli.sparsity import Masks
 
@@ -110,32 +113,111 @@ def load_run_data(run: RunConfig, device: torch.device, seed: int):
     return train_loader, test_loader, spec
 
 
-def run_training(job: Job, console: Console | None = None, restart: bool = False) -> RunResult:
-    """Train `job` in its run folder, resuming from its checkpoint if there is one (`restart`: discard
-    it and start over). A finished run is read back instead of retrained (lifecycle.start)."""
-    opened = lifecycle.start(job, console, restart)
-    if isinstance(opened, RunResult):
-        return opened
-    with opened as run:
+def run_training(job: Job, console: Console | None = None) -> RunResult:
+    """Train `job` in its run folder, resuming from its checkpoint if there is one (the job's `restart`:
+    discard it and start over). A finished run is read back instead of retrained (lifecycle.start)."""
+    with lifecycle.start(job, console) as run:
+        if run.result is not None:
+            return run.result
         parent = None
         if method_of(job.run).has_parent:  # its dense parent first: read back, waited for, or trained here
             parent_job = jobs.parent_job(job.run)
             parent = (parent_job.run_dir, run_training(parent_job, run.console).summary.get("status", "finished"))
-        return train_run(run, parent)
+        return train(run, parent)
 
 
-def train_run(run: lifecycle.Run, parent: tuple[Path, str] | None = None) -> RunResult:
-    """Train the opened `run` from its checkpoint, if any (a pruned run: from its parent's folder and
-    status). Under torchrun every rank trains its slice of each batch (DDP); the run (lifecycle.py)
-    writes and prints on rank 0 only."""
+def train(run: lifecycle.Run, parent: tuple[Path, str] | None = None) -> RunResult:
+    """The training of the opened `run`, from its checkpoint if it has one (a pruned run: from its
+    parent's folder and status): the model and masks, the optimiser, then each epoch trained, evaluated
+    and handed to the loop's helper (epochs.py), which has the run record and checkpoint it. Under
+    torchrun every rank trains its slice of each batch (DDP); only rank 0 writes and prints."""
+    cfg = run.job.run
+    with _process(run) as (ctx, device):
+        torch.manual_seed(cfg.seed)
+        data = _data(run, ctx, device)
+        model, masks = _model_and_masks(run, ctx, device, data.spec, parent)
+        keep_weights(run, model, 0)
+        opt, sched = make_optimizer(model, run.job.optim)
+        updater = method_of(cfg).updater(cfg, model, masks, opt, len(data.train))  # a mask that changes as it trains
+        if run.state is not None:
+            checkpoint.restore(run.state, model, opt, sched, run.dir / checkpoint.FILENAME)
+        # Forward passes go through `net` (DDP, bf16 autocast, compile); `model` stays the plain module
+        # that the optimiser, masks and checkpoints refer to.
+        net = hardware.accelerate(distributed.wrap(model, ctx, device), device, cfg.precision, cfg.compile)
+        evaluator = hardware.accelerate(model, device, cfg.precision)
+        with Epochs([run], run_name(cfg)) as loop:
+            for epoch in loop:
+                data.train.set_epoch(epoch)
+                lr = opt.param_groups[0]["lr"]
+                tr = all_ranks(ctx, device, train_epoch(net, data.train, opt, masks, loop.progress, updater,
+                                                        (epoch - 1) * len(data.train)))
+                keep_weights(run, model, epoch)
+                te = all_ranks(ctx, device, evaluate(evaluator, data.test))
+                va = all_ranks(ctx, device, evaluate(evaluator, data.val)) if data.val is not None else None
+                sched.step()
+                loop.end_epoch(lr, [epoch_totals(tr, te, va)],
+                               [dict(model=model, optimizer=opt, scheduler=sched, masks=masks)])
+        distributed.check_identical(ctx, dict(model.named_parameters()), "weights")
+        return loop.finish([model])[0]
+
+
+@contextmanager
+def _process(run: lifecycle.Run):
+    """This process's device and threads, and under torchrun its process group (distributed.py)."""
     ctx = distributed.from_env()
     device = resolve_device(distributed.device_for(ctx, run.job.run.device))
     hardware.setup(device, (run.state or {}).get("threads"))
     distributed.init(ctx, device, run.job.run.optim.batch_size)
     try:
-        return _train(run, ctx, device, parent)
+        yield ctx, device
     finally:
         distributed.close(ctx)
+
+
+class Data(NamedTuple):
+    train: object
+    test: object
+    val: object | None  # dataset.val_fraction's held-out part of the training split
+    spec: InputSpec
+
+
+def _data(run: lifecycle.Run, ctx: distributed.Context, device: torch.device) -> Data:
+    """The run's loaders, each rank's slice of them under torchrun; their sizes go in its provenance."""
+    train_loader, test_loader, spec = load_run_data(run.job.run, device, run.job.run.seed)
+    data = Data(train_loader, test_loader, getattr(train_loader, "val", None), spec)
+    run.uses(device, data.train, data.test, data.val)
+    for loader in (data.train, data.test, data.val):
+        if loader is not None:
+            loader.shard(ctx.rank, ctx.world)
+    return data
+
+
+def epoch_totals(tr: Totals, te: Totals, va: Totals | None) -> EpochTotals:
+    return EpochTotals(tr.mean_loss, tr.acc, te.mean_loss, te.acc, *((va.mean_loss, va.acc) if va is not None else ()))
+
+
+def _model_and_masks(run: lifecycle.Run, ctx: distributed.Context, device: torch.device, spec: InputSpec,
+                     parent: tuple[Path, str] | None) -> tuple[torch.nn.Module, Masks | None]:
+    """The run's model as planned, on its device, with its masks: drawn from its seed (sparse), kept from
+    its parent (pruned), or its checkpoint's; masks.pt written (lifecycle.Run.save_masks)."""
+    cfg, member, state = run.job.run, run.job.member, run.state
+    if parent is None:
+        model, kept = build_model(cfg.model, cfg.width, spec, inner=member.inner, ranks=member.ranks), None
+    else:
+        model, kept = prune.pruned_model(cfg, member, spec, *parent)
+    model = model.to(device)
+    model = model.to(memory_format=hardware.memory_format(model, device))  # before the masks copy its layout
+    built = {n: tuple(m.weight.shape) for n, m in weight_layers(model).items()}
+    assert built == member.layers, f"plan and model disagree: {member.layers} vs {built}"
+    masks = method_of(cfg).masks(cfg, model, member, kept)  # sparse: drawn from the seed; pruned: the parent's
+    if masks is not None:
+        if state is not None and state["masks"] is not None:  # go on with exactly the masks the run started with
+            masks = Masks(model, checkpoint.saved_masks(state, masks.state(), run.dir / checkpoint.FILENAME))
+        distributed.check_identical(ctx, masks.state(), "masks")
+        run.save_masks(masks)
+    if state is not None:  # refused before anything is written from this model
+        checkpoint.check_fits(state, model, run.dir / checkpoint.FILENAME)
+    return model, masks
 
 
 def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int, initial: bool = True) -> None:
@@ -159,62 +241,3 @@ def keep_weights(run: lifecycle.Run, model: torch.nn.Module, epoch: int, initial
         if not initial:
             return
     results.atomic_write(path, lambda tmp: torch.save(state, tmp), run.check_claim)
-
-
-def _train(opened: lifecycle.Run, ctx: distributed.Context, device: torch.device,
-           parent: tuple[Path, str] | None) -> RunResult:
-    run, member, state = opened.job.run, opened.job.member, opened.state
-    torch.manual_seed(run.seed)
-    train_loader, test_loader, spec = load_run_data(run, device, run.seed)
-    val_loader = getattr(train_loader, "val", None)  # dataset.val_fraction's held-out part
-    opened.uses(device, train_loader, test_loader, val_loader)
-    for loader in (train_loader, test_loader, val_loader):
-        if loader is not None:
-            loader.shard(ctx.rank, ctx.world)
-    if parent is None:
-        model, kept = build_model(run.model, run.width, spec, inner=member.inner, ranks=member.ranks), None
-    else:
-        model, kept = prune.pruned_model(run, member, spec, *parent)
-    model = model.to(device)
-    model = model.to(memory_format=hardware.memory_format(model, device))  # before the masks copy its layout
-    built = {n: tuple(m.weight.shape) for n, m in weight_layers(model).items()}
-    assert built == member.layers, f"plan and model disagree: {member.layers} vs {built}"
-    method = method_of(run)
-    masks = method.masks(run, model, member, kept)  # sparse: drawn from the seed; pruned: the parent's
-    if masks is not None:
-        if state is not None and state["masks"] is not None:  # go on with exactly the masks the run started with
-            masks = Masks(model, checkpoint.saved_masks(state, masks.state(), opened.dir / checkpoint.FILENAME))
-        distributed.check_identical(ctx, masks.state(), "masks")
-        opened.save_masks(masks)
-    if state is not None:  # refused before anything is written from this model
-        checkpoint.check_fits(state, model, opened.dir / checkpoint.FILENAME)
-    keep_weights(opened, model, 0)
-    opt, sched = make_optimizer(model, opened.job.optim)
-    updater = method.updater(run, model, masks, opt, len(train_loader))  # a mask that changes as it trains
-    if state is not None:
-        checkpoint.restore(state, model, opt, sched, opened.dir / checkpoint.FILENAME)
-    # What forward passes go through (DDP, bf16 autocast, compile); `model` stays the plain module the
-    # optimiser, masks and saved state refer to.
-    net = hardware.accelerate(distributed.wrap(model, ctx, device), device, run.precision, run.compile)
-    evaluator = hardware.accelerate(model, device, run.precision)
-
-    def step(epoch: int, progress) -> tuple[float, list[EpochTotals]]:
-        train_loader.set_epoch(epoch)
-        lr = opt.param_groups[0]["lr"]
-        tr = all_ranks(ctx, device, train_epoch(net, train_loader, opt, masks, progress, updater,
-                                                (epoch - 1) * len(train_loader)))
-        keep_weights(opened, model, epoch)
-        te = all_ranks(ctx, device, evaluate(evaluator, test_loader))
-        va = all_ranks(ctx, device, evaluate(evaluator, val_loader)) if val_loader is not None else None
-        sched.step()
-        return lr, [EpochTotals(tr.mean_loss, tr.acc, te.mean_loss, te.acc,
-                                *((va.mean_loss, va.acc) if va is not None else ()))]
-
-    def snapshot(_) -> dict:
-        return dict(model=model, optimizer=opt, scheduler=sched, masks=masks.state() if masks is not None else None)
-
-    def trained(_) -> torch.nn.Module:
-        distributed.check_identical(ctx, dict(model.named_parameters()), "weights")
-        return model
-
-    return lifecycle.drive([opened], run_name(run), step, snapshot, trained)[0]

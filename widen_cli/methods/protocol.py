@@ -45,7 +45,7 @@ class Method:
     widened: bool = False  # keeps the budget at every width by removing weights (the accuracy-vs-width lines)
     random_mask: bool = False  # a random static mask from the seed: connectivity figures, gains, kernel overlay
     bottleneck: bool = False  # holds the budget by narrowing inner sizes (the report's bottleneck figure)
-    batched: bool = False  # can train stacked with other members (family.py, MLPs only; it calls no updater)
+    batched: bool = False  # can train stacked with other members (stacked_training.py, MLPs only; it calls no updater)
     has_parent: bool = False  # trains from a dense parent at its width (read back, waited for or trained first)
     baseline_at_base: bool = True  # at its base width with every weight kept it is the dense baseline itself
     mask_copies: int = 0  # extra per-weight tensors while training (a mask), for the memory estimate

@@ -1,4 +1,4 @@
-"""M MLPs as one module, for family-batched training (widen_cli/family.py): `sparse` members of any
+"""M MLPs as one module, for family-batched training (widen_cli/stacked_training.py): `sparse` members of any
 widths as each layer's kept weights, multiplied by one `embedding_bag` per layer; `dense` members of one
 width as [M, out, in] weights, one batched matmul per layer. Activations are feature-major, [units of
 all members, batch]."""

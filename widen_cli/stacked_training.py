@@ -32,13 +32,14 @@ from widen_cli.schema import RunConfig
 from widen_cli.data import TensorLoader
 from widen_cli.errors import Interrupted
 from widen_cli.jobs import Job
+from widen_cli.epochs import Epochs, interrupted
 from widen_cli.lifecycle import EpochTotals, RunResult
 from widen_cli.models import InputSpec, build_model
 from widen_cli.models.mlp import MLP
 from widen_cli.models.stacked import StackedMLP
 from widen_cli.methods import method_of
 from widen_cli.sparsity import Masks
-from widen_cli.train import Totals, keep_weights, load_run_data, make_optimizer, run_training, train_run
+from widen_cli.train import Totals, keep_weights, load_run_data, make_optimizer, run_training, train
 
 CPU_EVAL_CHUNK = 256
 
@@ -129,7 +130,7 @@ class Stack:
 
 
 def build(runs: list[RunConfig], members: list[Member], states: list[dict | None] | None = None) -> Stack:
-    """Data, each member's initial model and masks exactly as `train.train_run` makes them, stacked;
+    """Data, each member's initial model and masks exactly as `train.train` makes them, stacked;
     a member with a checkpoint in `states` has its weights and masks from it instead."""
     run = runs[0]
     states = states or [None] * len(runs)
@@ -170,7 +171,7 @@ def train_family(jobs: list[Job], console: Console | None = None) -> list[RunRes
     `batched`), so `widen train` can resume a member too.
 
     Finished members are read back. Members checkpointed by a stacked model resume in one again, with
-    the fresh members (_train_stacked), and end as if never interrupted; a member checkpointed by a
+    the fresh members (_train_in_stacks), and end as if never interrupted; a member checkpointed by a
     single run resumes alone, and a lone fresh member trains alone, as either would outside a batch.
     Members that another process is training (claims.py) are left out and waited for at the end.
     `seconds` and `wall_seconds` of each member are the batch's times divided by its number of members.
@@ -182,26 +183,26 @@ def train_family(jobs: list[Job], console: Console | None = None) -> list[RunRes
     with ExitStack() as held:
         stacked: dict[int, lifecycle.Run] = {}
         for i, job in enumerate(jobs):
-            opened = lifecycle.start(job, console, wait=False)
-            if opened is None:
+            run = held.enter_context(lifecycle.start(job, console, wait=False))
+            if run.busy:
                 later.append(i)
-            elif isinstance(opened, RunResult):
-                out[i] = opened
-            elif held.enter_context(opened).state is not None and not opened.state.get("batched"):
-                out[i] = train_run(opened)
+            elif run.result is not None:
+                out[i] = run.result
+            elif run.state is not None and not run.state.get("batched"):
+                out[i] = train(run)
             else:
-                stacked[i] = opened
+                stacked[i] = run
         if len(stacked) == 1 and next(iter(stacked.values())).state is None:
             [(i, run)] = stacked.items()
-            out[i] = train_run(run)
+            out[i] = train(run)
         elif stacked:
-            out.update(_train_stacked(stacked))
+            out.update(_train_in_stacks(stacked))
     for i in later:
         out[i] = run_training(jobs[i], console)
     return [out[i] for i in range(len(jobs))]
 
 
-def _train_stacked(runs: dict[int, lifecycle.Run]) -> dict[int, RunResult]:
+def _train_in_stacks(runs: dict[int, lifecycle.Run]) -> dict[int, RunResult]:
     """Train runs in stacked models, each from its checkpoint or from scratch. Runs saved at one epoch
     form one stack. Runs at different epochs (killed while the members' checkpoints were being written,
     or members added to an interrupted family): the furthest behind catch up first, stacked on their
@@ -213,21 +214,20 @@ def _train_stacked(runs: dict[int, lifecycle.Run]) -> dict[int, RunResult]:
             first = min(r.first for r in pending.values())
             behind = {i: r for i, r in pending.items() if r.first == first}
             until = min((r.saved for r in pending.values() if r.first > first), default=None)
-            for (i, run), result in zip(behind.items(), _train_batch(list(behind.values()), until)):
+            for (i, run), result in zip(behind.items(), _train_stack(list(behind.values()), until)):
                 if result is None:
                     run.reload()  # its checkpoint is at `until` now
                 else:
                     out[i] = result
                     del pending[i]
     except KeyboardInterrupt:  # name every unfinished member, not only the stack that was training
-        raise Interrupted(lifecycle.interrupted([r for r in pending.values() if r.status != "diverged"])) from None
+        raise Interrupted(interrupted([r for r in pending.values() if r.status != "diverged"])) from None
     return out
 
 
-def _train_batch(runs: list[lifecycle.Run], until: int | None = None) -> list[RunResult | None]:
+def _train_stack(runs: list[lifecycle.Run], until: int | None = None) -> list[RunResult | None]:
     """Runs saved at one epoch (or fresh) as one stacked model, to the end or to epoch `until`."""
-    jobs = [r.job for r in runs]
-    states = [r.state for r in runs]
+    jobs, states = [r.job for r in runs], [r.state for r in runs]
     stack = build([j.run for j in jobs], [j.member for j in jobs], states)
     for i, (run, masks) in enumerate(zip(runs, stack.masks)):
         run.save_masks(masks)
@@ -241,19 +241,18 @@ def _train_batch(runs: list[lifecycle.Run], until: int | None = None) -> list[Ru
     resumed = f", resuming after epoch {runs[0].saved}" if states[0] is not None else ""
     runs[0].console.print(f"{title}: {len(runs)} member{'s' if len(runs) > 1 else ''} in one stacked model"
                           f"{resumed}", highlight=False, soft_wrap=True)
-
-    def step(epoch: int, progress) -> tuple[float, list[EpochTotals]]:
-        for loader in stack.loaders:
-            loader.set_epoch(epoch)
-        lr = opt.param_groups[0]["lr"]
-        tr_loss, tr_acc = _per_member(train_epoch(model, stack.loaders, opt))
-        te_loss, te_acc = _per_member(evaluate(model, stack.test_loader))
-        val = _per_member(evaluate(model, stack.val_loader)) if stack.val_loader is not None else ()
-        sched.step()
-        return lr, [EpochTotals(*t) for t in zip(tr_loss, tr_acc, te_loss, te_acc, *val)]
-
-    return lifecycle.drive(runs, title, step, lambda i: _snapshot(stack, i, jobs[i].run, opt, sched),
-                           lambda i: _member_model(stack, i, jobs[i].run), until)
+    with Epochs(runs, title, until) as loop:
+        for epoch in loop:
+            for loader in stack.loaders:
+                loader.set_epoch(epoch)
+            lr = opt.param_groups[0]["lr"]
+            tr_loss, tr_acc = _per_member(train_epoch(model, stack.loaders, opt))
+            te_loss, te_acc = _per_member(evaluate(model, stack.test_loader))
+            val = _per_member(evaluate(model, stack.val_loader)) if stack.val_loader is not None else ()
+            sched.step()
+            loop.end_epoch(lr, [EpochTotals(*t) for t in zip(tr_loss, tr_acc, te_loss, te_acc, *val)],
+                           (_snapshot(stack, i, j.run, opt, sched) for i, j in enumerate(jobs)))
+    return loop.finish([_member_model(stack, i, j.run) for i, j in enumerate(jobs)])
 
 
 def _restore(stack: Stack, opt, sched, states: list[dict], run: RunConfig) -> None:
@@ -295,6 +294,4 @@ def _snapshot(stack: Stack, i: int, run: RunConfig, opt, sched) -> dict:
         for name, p in model.named_parameters():
             if name in momentum:
                 member_opt.state[p]["momentum_buffer"] = momentum[name]
-    masks = stack.masks[i]
-    return dict(model=model, optimizer=member_opt, scheduler=member_sched,
-                masks=masks.state() if masks is not None else None, batched=True)
+    return dict(model=model, optimizer=member_opt, scheduler=member_sched, masks=stack.masks[i], batched=True)
