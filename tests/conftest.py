@@ -50,6 +50,7 @@ SLOW = {
     "test_fingerprint.py::test_a_sweep_over_other_data_plans_its_runs_as_not_finished",
     "test_fingerprint.py::test_the_fingerprint_is_computed_once_per_command",
     "test_fingerprint.py::test_a_run_from_before_fingerprints_is_not_pooled_with_one_on_known_data",
+    "test_gather.py::test_a_gathered_row_is_its_runs_summary_row",
     "test_images.py::test_an_unreadable_image_stops_the_run_naming_it",
     "test_images.py::test_a_truncated_jpeg_stops_the_run_naming_it",
     "test_images.py::test_skip_bad_images_trains_and_counts_them",
