@@ -22,7 +22,7 @@ from widen_cli.budget import (
     weight_shapes,
 )
 from widen_cli.schema import MethodConfig, ModelConfig, OptimConfig
-from widen_cli.data import spec_from_config
+from widen_cli.datasets import spec_from_config
 from widen_cli.errors import UserError
 from widen_cli.models import InputSpec, build_model, count_weights, weight_layers
 from widen_cli.models.resnet import BLOCK_MULTS

@@ -18,7 +18,7 @@ import torch
 from helpers import SMALL, dead_pid, one_error_line, start, wait_for, widen, write_claim
 from widen_cli import checkpoint, compose, results
 from widen_cli.identity import identity_of
-from widen_cli.data import spec_from_config
+from widen_cli.datasets import spec_from_config
 from widen_cli.models import build_model
 from widen_cli.train import make_optimizer
 

@@ -63,3 +63,14 @@ def test_the_graph_sees_imports_inside_functions():
 def test_widen_cli_has_no_import_cycle():
     cycles = sorted(c[c.index(min(c)):] + c[:c.index(min(c))] for c in nx.simple_cycles(import_graph()))
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c + c[:1]) for c in cycles[:20])
+
+
+def test_jobs_and_plan_need_no_torch():
+    """A job is plain picklable data and planning reads no data: neither pulls torch in (a fresh process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, widen_cli.jobs, widen_cli.plan; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

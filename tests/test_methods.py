@@ -9,7 +9,7 @@ from rich.console import Console
 
 from widen_cli import compose, plan, results
 from widen_cli.identity import run_name
-from widen_cli.data import spec_from_config
+from widen_cli.datasets import spec_from_config
 from widen_cli.jobs import make_job
 from widen_cli.methods import REGISTRY, method_of
 from widen_cli.methods.sparse import Sparse

@@ -70,6 +70,28 @@ def test_dense_members_of_a_sparse_family_are_plain_dense_runs():
                                                 f"out={family.sweep_dir}"])[1]]
 
 
+def test_family_run_leaves_the_composed_config_as_it_is():
+    from omegaconf import OmegaConf
+
+    cfg = compose_config(["+experiment=smoke_sweep", "width=32"])
+    before = OmegaConf.to_container(cfg)
+    assert plan.family_run(cfg, 8).width == 8
+    assert OmegaConf.to_container(cfg) == before
+
+
+def test_pruned_jobs_hold_the_sweeps_dense_parent_job():
+    from widen_cli.jobs import make_job
+
+    family, _ = sweep_jobs(["dataset=digits", "method=pruned", "method.prune=magnitude-rewind", "method.rewind_epoch=1"],
+                           8, widths=[8, 16, 32], seeds=[0, 1], dense_wide=False)
+    jobs = family.jobs()
+    pruned = [j for j in jobs if j.parent is not None]
+    assert len(pruned) == 4 and all(any(j.parent is d for d in jobs) for j in pruned)  # planned once, not again
+    assert all(j.parent.run.width == j.run.width and j.parent.run.seed == j.run.seed and
+               j.parent.keep_weights == (1,) for j in pruned)
+    assert make_job(pruned[0].run).parent == pruned[0].parent  # `widen train` plans it the same way
+
+
 class Compositions:
     """The log that tests/compose_spy/sitecustomize.py and this process's spy append to: one line per
     Hydra composition (`compose PID`), and one per process that started with the spy (`spy PID`)."""
@@ -126,6 +148,17 @@ def test_compositions_do_not_grow_with_the_family(tmp_path, compositions, launch
         assert len(pd.read_parquet(tmp_path / f"{launcher}-{widths}" / "results.parquet")) == \
             (1 if widths == "8" else 3)
     assert counts["8"] == counts["8,16"] == 1
+
+
+def test_several_methods_compose_once(tmp_path, compositions):
+    # One composition for the sweep and every method in it, options and all (was one per method, two
+    # for a method that takes a method option).
+    res = widen("sweep-width", "--dataset", "digits", "--methods", "sparse,pruned,pruned-rewind,linear-bottleneck",
+                "--widths", "32,64", "--dry-run", "--out", tmp_path, "method.distribution=erk")
+    assert res.exit_code == 0, res.output
+    assert len(compositions) == 1
+    plan_table = pd.read_parquet(next(tmp_path.glob("*/plan.parquet")))
+    assert set(plan_table.distribution.dropna()) == {"erk"}  # the option reached sparse and pruned
 
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

@@ -161,7 +161,7 @@ def test_every_pruned_member_keeps_the_budget_after_fine_tuning(tmp_path, varian
 
 
 def _spec(run):
-    from widen_cli.data import spec_from_config
+    from widen_cli.datasets import spec_from_config
 
     return spec_from_config(run.dataset)
 

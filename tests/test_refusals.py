@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from widen_cli.cli import app
 from widen_cli.compose import load, overrides_from_options
-from widen_cli.data import spec_from_config
+from widen_cli.datasets import spec_from_config
 from widen_cli.jobs import make_job
 from widen_cli.models import build_model
 

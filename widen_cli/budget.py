@@ -23,7 +23,7 @@ from widen_cli.shapes import (  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from widen_cli.schema import MethodConfig, ModelConfig
-    from widen_cli.models import InputSpec
+    from widen_cli.datasets import InputSpec
 
 
 def family_budget(cfg: ModelConfig, base_width: int, spec: InputSpec, method: str) -> int:

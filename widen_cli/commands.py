@@ -25,7 +25,7 @@ def train(given: dict, experiment: str | None, overrides: list[str] | None, conf
         return
 
     from widen_cli import claims, display, distributed, memory
-    from widen_cli.data import spec_from_config
+    from widen_cli.datasets import spec_from_config
     from widen_cli.distributed import is_main_process
     from widen_cli.hardware import resolve_device
     from widen_cli.jobs import make_job
@@ -67,20 +67,20 @@ def sweep_width(given: dict, sweep: dict, experiment: str | None, overrides: lis
     if experiment is None:
         given = {**given, **{k: v for k, v in plan.SWEEP_DEFAULTS.items() if given.get(k) is None}}
     composing = compose.overrides_from_options(experiment, given, overrides)
-    cfg = compose.compose_config(composing, config_dirs)
+    cfg, composed = plan.compose_sweep(composing, config_dirs, sweep["methods"])  # every method, composed once
     run = plan.family_run(cfg, budgets[0] if budgets else None)
     run = fingerprint.attach(run, fetch=not dry_run)  # once for every member: they share the data
     settings = plan.settings(cfg, **{**sweep, "methods": methods})
     if launcher == "submitit" and not dry_run:
         sweeps.slurm.check(settings)  # no SLURM here (and no explicit local executor): refused before writing
-    family = plan.plan_sweep(run, settings, given.get("name"), plan.methods(composing, config_dirs, run, settings))
+    family = plan.plan_sweep(run, settings, given.get("name"), plan.methods(composed, run, settings))
     # Refused before anything is shown or written: a member that cannot fit, data that is not there.
     needs = family.memory(refuse=not dry_run)
     if not dry_run:
         from widen_cli.data import require
 
         require(run.dataset)
-    sweeps.claim(family.sweep_dir, family, cfg, restart)
+    sweeps.claim(family.sweep_dir, family, plan.at_base_width(cfg, run.base_width), restart)
     table = family.table()
     display.plan(console, table, family.sweep_dir)
     display.sweep_cost(err, family.cost())

@@ -42,13 +42,13 @@ def choices(group: str, dirs: list[Path] | tuple = ()) -> list[str]:
     return sorted({p.stem for d in (*dirs, CONF_DIR) for p in (Path(d) / group).glob("*.yaml")})
 
 
-def _compose(overrides: list[str], dirs: list[Path]) -> DictConfig:
+def _compose(overrides: list[str], dirs: list[Path], hydra_node: bool = False) -> DictConfig:
     from hydra import compose, initialize_config_dir  # ~0.2 s: only for commands that compose
 
     extra = [d for d in dirs if d != CONF_DIR]
     search = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in extra)}]"] if extra else []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[*search, *overrides])
+        return compose(config_name="config", overrides=[*search, *overrides], return_hydra_config=hydra_node)
 
 
 def _unknown_key(key: str, overrides: list[str], dirs: list[Path]) -> str:
@@ -65,21 +65,23 @@ def _unknown_key(key: str, overrides: list[str], dirs: list[Path]) -> str:
     return f"unknown config key {key!r}; valid keys under {parent}: {', '.join(node.keys())}"
 
 
-def compose_config(overrides: list[str] = (), extra_dirs: list[Path] | tuple = ()) -> DictConfig:
-    """Compose conf/config.yaml with Hydra overrides; user mistakes become UserError."""
+def compose_config(overrides: list[str] = (), extra_dirs: list[Path] | tuple = (),
+                   hydra_node: bool = False) -> DictConfig:
+    """Compose conf/config.yaml with Hydra overrides; user mistakes become UserError. `hydra_node`: keep
+    Hydra's own `hydra:` node (hydra.runtime.choices: which YAML each group took)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     overrides, dirs = list(overrides), config_dirs(extra_dirs)
     for o in overrides:
-        key = o.lstrip("+~").split("=", 1)[0]
+        key = o.lstrip("+~").split("=", 1)[0].split("@", 1)[0]  # method@pkg=NAME: the method group too
         if "=" not in o and not o.startswith("~"):
             flag = " (flags such as --dry-run take no value)" if o.lower() in ("true", "false") else ""
             raise UserError(f"override {o!r} is not of the form key=value{flag}")
         if key in GROUPS and "=" in o and o.split("=", 1)[1] not in choices(key, dirs):
             raise UserError(f"unknown {key} {o.split('=', 1)[1]!r}; valid: {', '.join(choices(key, dirs))}")
     try:
-        return _compose(overrides, dirs)
+        return _compose(overrides, dirs, hydra_node)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         first = str(e).strip().splitlines()[0]
         unknown = re.match(r"Could not override '([^']+)'", first)

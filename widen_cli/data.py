@@ -19,7 +19,7 @@ from widen_cli.schema import DatasetConfig
 from widen_cli.datasets.readers import Split, load_tensors
 from widen_cli.errors import UserError
 from widen_cli.hardware import available_cpus
-from widen_cli.models import InputSpec
+from widen_cli.datasets import InputSpec
 
 # Fixed seed for `dataset.subset`: every run (any seed, any width) sees the same N samples.
 SUBSET_SEED = 0
@@ -298,19 +298,6 @@ def _image_folders(cfg: DatasetConfig, batch_size: int, device: torch.device, se
 
 
 # ---------------------------------------------------------------- entry point
-
-def spec_from_config(cfg: DatasetConfig) -> InputSpec:
-    """What a model needs to know, from the config alone (no data read): plans and dry runs."""
-    num_classes = cfg.num_classes
-    if num_classes is None:  # image folders: one class per folder under <root>/train
-        train = Path(cfg.root) / "train"
-        if not train.is_dir():
-            missing = "does not exist" if not Path(cfg.root).exists() else "has no train/ folder"
-            raise UserError(f"{cfg.name}: data root {cfg.root} {missing}; expected <root>/train/<class>/* and "
-                            f"<root>/val/<class>/* (or set dataset.num_classes to plan without data)")
-        num_classes = sum(1 for p in train.iterdir() if p.is_dir())
-    return InputSpec(channels=cfg.channels, image_size=cfg.image_size, num_classes=num_classes)
-
 
 def load_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: int):
     """(train loader, test loader, InputSpec) for a dataset config; data errors become UserError."""

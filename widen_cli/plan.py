@@ -3,14 +3,16 @@ and method (sweep.methods) -> each family's widths -> every member planned once 
 learning rate (sweep.lrs) and seed, kept once per run folder. Pure: no data read, no training."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from widen_cli import budget, compose, datasets, results, schema, validation
 from widen_cli.schema import MethodConfig, RunConfig, SweepConfig
+from widen_cli.datasets import spec_from_config
 from widen_cli.errors import UserError
 from widen_cli.identity import family_identity, folder_name, run_name, without_lr
-from widen_cli.jobs import Job
+from widen_cli.jobs import Job, make_job
 from widen_cli.methods import method_of
 from widen_cli.methods.sparse import SPARSE
 
@@ -22,11 +24,18 @@ DENSE = schema.DENSE
 
 
 def family_run(cfg, base_width: int | None) -> RunConfig:
-    """The family's base run, validated: the base width is the option's, else the config's base_width,
-    else its width; the base run is the member at that width."""
+    """The family's base run, validated (`cfg` is left as it is): the base width is the option's, else the
+    config's base_width, else its width; the base run is the member at that width."""
     base = next((b for b in (base_width, cfg.base_width, cfg.width) if b is not None), None)
+    return validation.validate(at_base_width(cfg, base))
+
+
+def at_base_width(cfg, base: int):
+    """A copy of the composed config with width and base_width the family's base width: the config the
+    base run is validated from, and the one sweep.yaml records."""
+    cfg = copy.deepcopy(cfg)
     cfg.width = cfg.base_width = base
-    return validation.validate(cfg)
+    return cfg
 
 
 def settings(cfg, **given) -> SweepConfig:
@@ -113,30 +122,78 @@ def base_widths(run: RunConfig, s: SweepConfig) -> list[int]:
     return list(dict.fromkeys(s.base_widths)) if s.base_widths else [run.base_width]
 
 
-def method_configs(overrides: list[str], dirs, names: list[str]) -> list[MethodConfig]:
-    """Each method's conf/method/<name>.yaml, composed through Hydra with the command's other overrides.
-    A trailing method.KEY=VALUE applies to the methods that have KEY (pruned's method.prune is no key of
-    sparse)."""
-    def key(o: str) -> str:
-        return o.lstrip("+~").split("=", 1)[0]
-
-    plain = [o for o in overrides if key(o) != "method" and not key(o).startswith("method.")]
-    options = [o for o in overrides if key(o).startswith("method.")]
-    out = []
-    for name in dict.fromkeys(names):
-        cfg = compose.compose_config([*plain, f"method={name}"], dirs)
-        known = [o for o in options if key(o).removeprefix("method.") in cfg.method]
-        if known:
-            cfg = compose.compose_config([*plain, f"method={name}", *known], dirs)
-        out.append(family_run(cfg, None).method)
-    return out
+OTHER_METHODS = "methods_"  # where compose_sweep puts the sweep's methods beside the base run's (taken out after)
 
 
-def methods(overrides: list[str], dirs, run: RunConfig, s: SweepConfig) -> list[MethodConfig] | None:
-    """sweep.methods composed (method_configs); None when it is the base run's method alone (no composing)."""
+def compose_sweep(overrides: list[str], dirs, names: list[str] | None = None):
+    """The sweep's config, composed once. With several methods (`names`), every conf/method YAML is
+    composed beside the base run's method (Hydra's group@package override, +method@methods_.m0=pruned):
+    the sweep's methods, and the base method's own YAML, to tell what the options and the preset set in
+    it. Returns the config as the overrides alone compose it, and Methods."""
+    from omegaconf import open_dict
+
+    valid = compose.choices("method", dirs)
+    for n in names or ():
+        if n not in valid:
+            raise UserError(f"unknown method {n!r}; valid: {', '.join(valid)}")
+    names = valid if names else []
+    extra = [f"+method@{OTHER_METHODS}.m{i}={n}" for i, n in enumerate(names)]
+    cfg = compose.compose_config([*overrides, *extra], dirs, hydra_node=True)
+    base = cfg.hydra.runtime.choices.method  # the YAML the base run's method came from
+    others = cfg.get(OTHER_METHODS, {})
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.pop(OTHER_METHODS, None)
+    return cfg, Methods(overrides, dirs, cfg, base, {n: others[f"m{i}"] for i, n in enumerate(names)})
+
+
+@dataclass(frozen=True)
+class Methods:
+    """A sweep's methods as composed with its config (compose_sweep)."""
+    overrides: list[str]
+    dirs: list
+    cfg: object  # the composed config
+    base: str  # the conf/method YAML of the base run's method
+    nodes: dict  # every conf/method YAML by name, composed (empty: composed without them)
+
+    def configs(self, names: list[str]) -> list[MethodConfig]:
+        """Each method in `names`, validated, as if composed alone with the command's overrides: the base
+        run's method as composed; another one its own YAML, with the keys a preset or config file set in
+        the base run's method, and the trailing method.KEY=VALUE options it has a KEY for (pruned's
+        method.prune is no key of sparse). sweep.methods from a config file (not --methods): composed
+        once more, with every method."""
+        from omegaconf import open_dict
+
+        if not any(n != self.base for n in names):
+            return [family_run(self.cfg, None).method]
+        if not self.nodes:
+            return compose_sweep(self.overrides, self.dirs, names)[1].configs(names)
+        options = {k.removeprefix("method.") for k in map(_key, self.overrides) if k.startswith("method.")}
+        own = self.nodes[self.base]
+        # What the preset or a config file set in the base run's method (Hydra merges it into any method).
+        merged = [k for k in self.cfg.method if k not in options and (k not in own or own[k] != self.cfg.method[k])]
+        out = []
+        for name in dict.fromkeys(names):
+            cfg = copy.deepcopy(self.cfg)
+            if name != self.base:
+                node = copy.deepcopy(self.nodes[name])
+                with open_dict(node):
+                    for k in merged + [k for k in options if k in node]:
+                        node[k] = self.cfg.method[k]  # the value as Hydra composed it for the base run's method
+                cfg.method = node
+            out.append(family_run(cfg, None).method)
+        return out
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def methods(composed: Methods, run: RunConfig, s: SweepConfig) -> list[MethodConfig] | None:
+    """sweep.methods, each validated (Methods.configs); None when it is the base run's method alone."""
     if not s.methods or list(dict.fromkeys(s.methods)) == [run.method.name]:
         return None
-    return method_configs(overrides, dirs, list(s.methods))
+    return composed.configs(list(s.methods))
 
 
 def sweep_identity(families: list[Family], s: SweepConfig) -> dict:
@@ -199,14 +256,15 @@ class SweepPlan:
 
     def jobs(self) -> list[Job]:
         """One job per member, learning rate and seed; every seed of a member shares its plan. Dense runs
-        that parent magnitude-rewind members keep their weights at the rewind epochs."""
+        that parent magnitude-rewind members keep their weights at the rewind epochs; each pruned job holds
+        its parent's job, the very dense job of the sweep (parents are planned before their members)."""
         rewind = tuple(sorted({e for f in self.families for e in method_of(f.run).parent_keep_epochs(f.run)}))
         jobs = {}
         for run, m, llc in self.entries:
             for lr in self.lrs:
                 for seed in self.settings.seeds:
-                    job = Job(member_run(run, m, llc, seed, self.sweep_dir, lr), m,
-                              rewind if method_of(m).dense else ())
+                    job = make_job(member_run(run, m, llc, seed, self.sweep_dir, lr), m,
+                                   rewind if method_of(m).dense else (), jobs)
                     jobs.setdefault(job.run_dir, job)
         return list(jobs.values())
 
@@ -219,7 +277,6 @@ class SweepPlan:
         (`documented`: the dataset's documented size, its files not there yet), and where it would run.
         Each distinct member's forward pass is counted once, whatever its seeds and learning rates."""
         from widen_cli import cost
-        from widen_cli.data import spec_from_config
         from widen_cli.hardware import resolve_device
 
         run, jobs = self.run, self.jobs()
@@ -242,7 +299,6 @@ class SweepPlan:
         """The largest member's memory estimate against the device (memory.check: refused if it cannot fit,
         unless not `refuse`)."""
         from widen_cli import memory
-        from widen_cli.data import spec_from_config
         from widen_cli.hardware import resolve_device
 
         spec = spec_from_config(self.run.dataset)
@@ -275,8 +331,6 @@ def plan_sweep(run: RunConfig, s: SweepConfig, name: str | None = None,
     """The whole sweep from its base run and settings: one family per budget (sweep.base_widths) and
     method (`methods`, default the run's), each with its own widths. With sweep.select_on val every
     member holds out sweep.val_fraction of the training split. An impossible member is refused here."""
-    from widen_cli.data import spec_from_config
-
     validation.check_name(name)
     if s.select_on == "val":
         if not datasets.get(run.dataset.name).holds_out:  # else every member would fail as it loads its data

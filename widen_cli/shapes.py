@@ -13,7 +13,7 @@ from widen_cli.distributions import DENSE_LAST, DISTRIBUTIONS, numel
 
 if TYPE_CHECKING:
     from widen_cli.schema import MethodConfig, ModelConfig
-    from widen_cli.models import InputSpec
+    from widen_cli.datasets import InputSpec
 
 
 # ---------------------------------------------------------------- shapes

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
 
-from widen_cli import checkpoint, distributed, hardware, jobs, lifecycle, prune, results
+from widen_cli import checkpoint, distributed, hardware, lifecycle, prune, results
 from widen_cli.schema import OptimConfig, RunConfig
-from widen_cli.data import load_data, spec_from_config
+from widen_cli.data import load_data
+from widen_cli.datasets import spec_from_config
 from widen_cli.errors import UserError
 from widen_cli.hardware import resolve_device
 from widen_cli.identity import run_name
@@ -120,9 +121,8 @@ def run_training(job: Job, console: Console | None = None) -> RunResult:
         if run.result is not None:
             return run.result
         parent = None
-        if method_of(job.run).has_parent:  # its dense parent first: read back, waited for, or trained here
-            parent_job = jobs.parent_job(job.run)
-            parent = (parent_job.run_dir, run_training(parent_job, run.console).summary.get("status", "finished"))
+        if job.parent is not None:  # its dense parent first: read back, waited for, or trained here
+            parent = (job.parent.run_dir, run_training(job.parent, run.console).summary.get("status", "finished"))
         return train(run, parent)
 
 

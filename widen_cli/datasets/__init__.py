@@ -121,3 +121,25 @@ def default_model(dataset: str) -> str:
     """The model without --model: the entry's, and ResNet-18 for a conf/dataset group of the user's own."""
     entry = DATASETS.get(dataset)
     return entry.model if entry is not None else "resnet18"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model needs to know about its data."""
+
+    channels: int
+    image_size: int
+    num_classes: int
+
+
+def spec_from_config(cfg: DatasetConfig) -> InputSpec:
+    """What a model needs to know, from the config alone (no data read): plans and dry runs."""
+    num_classes = cfg.num_classes
+    if num_classes is None:  # image folders: one class per folder under <root>/train
+        train = Path(cfg.root) / "train"
+        if not train.is_dir():
+            missing = "does not exist" if not Path(cfg.root).exists() else "has no train/ folder"
+            raise UserError(f"{cfg.name}: data root {cfg.root} {missing}; expected <root>/train/<class>/* and "
+                            f"<root>/val/<class>/* (or set dataset.num_classes to plan without data)")
+        num_classes = sum(1 for p in train.iterdir() if p.is_dir())
+    return InputSpec(channels=cfg.channels, image_size=cfg.image_size, num_classes=num_classes)

@@ -13,7 +13,7 @@ from widen_cli.shapes import Infeasible, Member, architecture, count, numel, wei
 
 if TYPE_CHECKING:
     from widen_cli.schema import ModelConfig
-    from widen_cli.models import InputSpec
+    from widen_cli.datasets import InputSpec
 
 LINEAR_NAME = "linear-bottleneck"
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from widen_cli.schema import MethodConfig, ModelConfig, RunConfig
-    from widen_cli.models import InputSpec
+    from widen_cli.datasets import InputSpec
     from widen_cli.sparsity import Masks
 
 

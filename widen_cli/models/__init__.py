@@ -12,24 +12,15 @@ can plan a family from shapes alone:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from torch import nn
 
+from widen_cli.datasets import InputSpec  # the models' input, from the dataset registry (no torch)
 from widen_cli.schema import ModelConfig
 from widen_cli.models import mlp, resnet
 from widen_cli.models.bottleneck import factorize
 
 ARCHITECTURES = {"mlp": mlp, "resnet18": resnet}
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model needs to know about its data."""
-
-    channels: int
-    image_size: int
-    num_classes: int
 
 
 def build_model(cfg: ModelConfig, width: int, spec: InputSpec, inner: list[int] | None = None,
