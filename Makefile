@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo docs test test-gpu test-lowest test-slurm bench clean
+.PHONY: setup demo docs test test-fast test-gpu test-lowest test-slurm bench clean
 
 $(BIN)/widen: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,11 @@ docs: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The unit layer, for the inner loop: all but the tests marked slow (training, subprocesses, big plans; listed
+# by name in tests/conftest.py), gpu or slurm. Under 2 minutes on 2 cores; `make test` runs everything.
+test-fast: setup
+	$(BIN)/python -m pytest -m 'not slow and not slurm and not gpu'
 
 # The CUDA paths (tests marked gpu; they skip without CUDA): a few minutes on one GPU.
 test-gpu: setup

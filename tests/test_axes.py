@@ -7,20 +7,14 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
+from helpers import widen
 from widen_cli import results
-from widen_cli.cli import app
 from widen_cli.compose import load
 from widen_cli.data import load_data
 from widen_cli.identity import run_name
 
-runner = CliRunner()
 CPU = torch.device("cpu")
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def summaries(sweep_dir):

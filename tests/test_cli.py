@@ -6,17 +6,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from widen_cli.cli import app
+from helpers import widen
 from widen_cli.results import METRICS_COLUMNS, SUMMARY_COLUMNS
 
-runner = CliRunner()
 WIDEN = shutil.which("widen", path=str(Path(sys.executable).parent)) or "widen"
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_train_digits_end_to_end(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from helpers import widen
 from widen_cli import compose, schema, validation
 
 from widen_cli.identity import identity_of, run_name
@@ -20,10 +21,6 @@ from widen_cli.compose import CONFIG_PATH_ENV
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def leaf_keys(cls, prefix=""):

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from test_data import WRITERS, write_folders, write_mnist
+from data_files import WRITERS, write_folders, write_mnist
 from torch.utils.flop_counter import FlopCounterMode
 from rich.console import Console
 from typer.testing import CliRunner

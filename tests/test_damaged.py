@@ -6,6 +6,7 @@ their rename."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import time
@@ -14,8 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from test_lifecycle import SMALL, dead_pid, one_error_line, widen, write_claim
-from test_reliability import start, wait_for
+from helpers import SMALL, dead_pid, one_error_line, start, wait_for, widen, write_claim
 from widen_cli import checkpoint, compose, results
 from widen_cli.identity import identity_of
 from widen_cli.datasets import spec_from_config
@@ -147,15 +147,34 @@ def test_an_intact_checkpoint_written_the_same_way_resumes(tmp_path):
 
 # ---------------------------------------------------------------- files a resumed run goes on from
 
+def start_args(method, out):
+    return ["train", "--dataset", "digits", "--model", "mlp", "--method", method, "--width", 32, "--base-width", 16,
+            "--epochs", 40, "--out", out, "--name", "r"]
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """A run of `method` killed (SIGKILL) once it saved a checkpoint: one process per method, its folder
+    copied for each damage (the run's identity holds no folder, so a copy resumes as the run itself)."""
+    made = {}
+
+    def folder(method):
+        if method not in made:
+            out = tmp_path_factory.mktemp(f"killed-{method}")
+            proc = start(*start_args(method, out))
+            wait_for(out / "r" / checkpoint.FILENAME, proc)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            made[method] = out / "r"
+        return made[method]
+    return folder
+
+
 @pytest.mark.parametrize("method,name", [("sparse", results.MASKS_FILE), ("dense", "weights-epoch0.pt")])
 @pytest.mark.parametrize("damage", ["truncated", "garbled", "missing"])
-def test_a_damaged_start_file_is_written_again_exactly_when_a_run_resumes(tmp_path, method, name, damage):
-    args = ["train", "--dataset", "digits", "--model", "mlp", "--method", method, "--width", 32, "--base-width", 16,
-            "--epochs", 40, "--out", tmp_path, "--name", "r"]
-    proc = start(*args)
-    wait_for(tmp_path / "r" / checkpoint.FILENAME, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+def test_a_damaged_start_file_is_written_again_exactly_when_a_run_resumes(tmp_path, killed, method, name, damage):
+    args = start_args(method, tmp_path)
+    shutil.copytree(killed(method), tmp_path / "r")
     path = tmp_path / "r" / name
     original = torch.load(path, weights_only=True)
     if damage == "truncated":

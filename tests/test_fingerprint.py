@@ -10,22 +10,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from test_data import write_folders, write_mnist
+from data_files import write_folders, write_mnist
+from helpers import widen
 from widen_cli import fingerprint, results
-from widen_cli.cli import app
 from widen_cli.schema import DatasetConfig
 from widen_cli.compose import load
 from widen_cli.identity import run_name
 
-runner = CliRunner()
 REUSED = "is done (status finished); showing its summary"
 MNIST = ["--dataset", "mnist", "--width", 8, "--epochs", 1, "--batch-size", 16]
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def run_folders(out: Path) -> list[Path]:

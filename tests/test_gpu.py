@@ -9,26 +9,17 @@ import pandas as pd
 import pytest
 import torch
 from rich.console import Console
-from typer.testing import CliRunner
 
-from test_reliability import check_ddp_matches_single_process, metrics
-from test_speed import check_bf16_against_fp32
-from test_sweep import sweep_args
-from widen_cli.cli import app
+from helpers import check_bf16_against_fp32, check_ddp_matches_single_process, metrics, sweep_args, widen
 from widen_cli.compose import load
 from widen_cli.models import weight_layers
 from widen_cli.train import run_training
 from widen_cli.identity import run_dir
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-runner = CliRunner()
 CUDA = ["--device", "cuda"]
 RESNET = ["--dataset", "synthetic", "--model", "resnet18", "--width", 4, "dataset.train_size=256",
           "dataset.test_size=64", "optim.batch_size=64", "optim.lr=0.05"]
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.mark.parametrize("args,learns", [(["--dataset", "digits", "--model", "mlp", "--width", 32], 0.8),

@@ -8,11 +8,11 @@ import warnings
 
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from test_data import CPU, _folder_cfg, write_folders
+from data_files import _folder_cfg, write_folders
+from helpers import CPU
 from widen_cli import compose, hardware
 from widen_cli.identity import run_name
 from widen_cli.cli import app

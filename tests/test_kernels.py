@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from test_data import write_mnist
+from data_files import write_mnist
 from widen_cli import kernels as K
 from widen_cli import results
 from widen_cli.cli import app

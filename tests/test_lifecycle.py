@@ -5,44 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from test_reliability import start, wait_for  # Ctrl-C must reach these subprocesses however the suite was started
-
+# helpers.start: Ctrl-C must reach these subprocesses however the suite was started
+from helpers import ENV, SMALL, WIDEN, dead_pid, one_error_line, start, wait_for, widen, write_claim
 from widen_cli import checkpoint, compose, results
 
 from widen_cli.identity import identity_of
-from widen_cli.cli import app
-
-runner = CliRunner()
-BIN = Path(sys.executable).parent
-WIDEN = shutil.which("widen", path=str(BIN)) or "widen"
-REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "WIDEN_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-
-SMALL = ["train", "--dataset", "digits", "--model", "mlp", "--width", 16, "--epochs", 2]
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(res, *needles):
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
-    for needle in needles:
-        assert needle in res.output, res.output
 
 
 # ---------------------------------------------------------------- identity before reuse
@@ -79,17 +55,6 @@ def test_unfinished_run_with_other_settings_names_them(tmp_path):
 
 
 # ---------------------------------------------------------------- claims
-
-def write_claim(folder: Path, pid: int, host: str, heartbeat: float) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / results.CLAIM_FILE).write_text(json.dumps(dict(pid=pid, host=host, heartbeat=heartbeat)))
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
 
 @pytest.mark.parametrize("holder", ["dead pid here", "silent elsewhere"])
 def test_stale_claim_is_recovered(tmp_path, holder):

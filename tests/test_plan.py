@@ -1,22 +1,16 @@
 """One plan per command: the config is composed once, every member is derived from it, folder names
 stay those of earlier versions, and every preset plans without data."""
+import os
 from pathlib import Path
 
 import hydra
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
+from helpers import widen
 from widen_cli import plan
-from widen_cli.cli import app
 from widen_cli.compose import CONF_DIR, compose_config, load
 from widen_cli.identity import run_name
-
-runner = CliRunner()
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_run_folder_names_are_those_of_earlier_versions():
@@ -98,32 +92,62 @@ def test_pruned_jobs_hold_the_sweeps_dense_parent_job():
     assert make_job(pruned[0].run).parent == pruned[0].parent  # `widen train` plans it the same way
 
 
+class Compositions:
+    """The log that tests/compose_spy/sitecustomize.py and this process's spy append to: one line per
+    Hydra composition (`compose PID`), and one per process that started with the spy (`spy PID`)."""
+
+    def __init__(self, log: Path):
+        self.log = log
+
+    def lines(self) -> list[tuple[str, int]]:
+        text = self.log.read_text() if self.log.exists() else ""
+        return [(what, int(pid)) for what, pid in (line.split() for line in text.splitlines())]
+
+    def clear(self) -> None:
+        self.log.unlink(missing_ok=True)
+
+    def __len__(self) -> int:
+        return sum(what == "compose" for what, _ in self.lines())
+
+    def workers(self) -> set[int]:
+        """The other processes that counted (pool workers): the spy reached them."""
+        return {pid for what, pid in self.lines() if what == "spy" and pid != os.getpid()}
+
+
 @pytest.fixture
-def compositions(monkeypatch):
-    """Counts real Hydra compositions (the real compose runs)."""
-    calls = []
+def compositions(monkeypatch, tmp_path):
+    """Counts real Hydra compositions (the real compose runs), in this process and in every Python process
+    it starts (the pool's spawned workers), through one log file."""
+    log = Compositions(tmp_path / "compositions.log")
+    monkeypatch.setenv("WIDEN_TEST_COMPOSE_LOG", str(log.log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent / "compose_spy"),
+                                                      os.environ.get("PYTHONPATH", "")]))
     real = hydra.compose
 
     def counting(*args, **kwargs):
-        calls.append(kwargs.get("overrides"))
+        with open(log.log, "a") as f:
+            f.write(f"compose {os.getpid()}\n")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(hydra, "compose", counting)
-    return calls
+    return log
 
 
 @pytest.mark.parametrize("launcher", ["local", "pool"])
 def test_compositions_do_not_grow_with_the_family(tmp_path, compositions, launcher):
     counts = {}
-    for widths, seeds in (("8", "0"), ("8,16,32", "0,1")):  # 2 and 10 runs (sparse and dense-wide members)
+    # 1 run and 3 (sparse 8 and 16, dense 16): a composition per member would count 1 and 3 (pool workers start
+    # per sweep, not per member, so more members would only add training time)
+    for widths, seeds in (("8", "0"), ("8,16", "0")):
         compositions.clear()
         res = widen("sweep-width", "--experiment", "smoke_sweep", "--widths", widths, "--seeds", seeds, "--epochs", 1,
                     "--launcher", launcher, "--jobs", 2, "--out", tmp_path, "--name", f"{launcher}-{widths}")
         assert res.exit_code == 0, res.output
         counts[widths] = len(compositions)
+        assert launcher == "local" or compositions.workers()  # the pool's workers counted theirs too
         assert len(pd.read_parquet(tmp_path / f"{launcher}-{widths}" / "results.parquet")) == \
-            (1 if widths == "8" else 10)
-    assert counts["8"] == counts["8,16,32"] == 1
+            (1 if widths == "8" else 3)
+    assert counts["8"] == counts["8,16"] == 1
 
 
 def test_several_methods_compose_once(tmp_path, compositions):

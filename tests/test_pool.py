@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,12 +18,8 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import ENV, WIDEN, _interruptible
 from widen_cli import checkpoint, epochlog, results
-
-BIN = Path(sys.executable).parent
-WIDEN = shutil.which("widen", path=str(BIN)) or "widen"
-REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "WIDEN_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 # 3 members on 2 workers: two train, one waits in the queue. Far more epochs than a test waits for.
 EPOCHS = 5000
@@ -32,12 +27,6 @@ SWEEP = ["sweep-width", "--dataset", "digits", "--model", "mlp", "--base-width",
          "--epochs", EPOCHS, "--launcher", "pool", "--jobs", 2]
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  train_loss [\d.]+  train_acc [\d.]+  test_loss [\d.]+  test_acc ([\d.]+)"
                         r"  [\d.]+ s/epoch  eta \d\d:\d\d:\d\d$")
-
-
-def _interruptible() -> None:
-    """In the child before exec: a suite started in the background has SIGINT ignored, and children
-    would inherit that; restore the default, as in a terminal."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start(*args, env=ENV, preexec_fn=_interruptible, **kw) -> subprocess.Popen:

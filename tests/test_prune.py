@@ -10,8 +10,8 @@ import time
 import pandas as pd
 import pytest
 import torch
-from test_reliability import ENV, WIDEN, one_thread, start, widen  # noqa: F401
 
+from helpers import ENV, WIDEN, start, widen
 from widen_cli import budget, checkpoint, compose, prune, results, schema
 
 from widen_cli.identity import identity_of, run_dir, run_name
@@ -21,7 +21,8 @@ from widen_cli.models import InputSpec, build_model, count_weights, weight_layer
 from widen_cli.models.mlp import MLP
 
 # Real `widen` subprocesses at one CPU thread (so resumed and whole runs agree bit for bit), as the
-# reliability tests run them; one_thread is their autouse fixture, active here too.
+# reliability tests run them (conftest.py's one_thread fixture).
+pytestmark = pytest.mark.usefixtures("one_thread")
 DIGITS = ["--dataset", "digits", "--model", "mlp", "--epochs", 2]
 
 

@@ -6,71 +6,20 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
+from helpers import check_ddp_matches_single_process, metrics, start, wait_for, widen
 from widen_cli import checkpoint, compose, results
 
 from widen_cli.identity import identity_of
-from widen_cli.cli import app
 from widen_cli.results import METRICS_COLUMNS
 
-runner = CliRunner()
-BIN = Path(sys.executable).parent
-WIDEN = shutil.which("widen", path=str(BIN)) or "widen"
-TORCHRUN = shutil.which("torchrun", path=str(BIN)) or "torchrun"
-REPO = Path(__file__).resolve().parent.parent
-# One thread everywhere, in subprocesses and in this process alike: the thread count decides how
-# matrix products split their sums (and so the last bits of every result) on some CPUs (AMD EPYC), so
-# resumed and uninterrupted runs are compared bit for bit only at the same count. hardware.setup reads
-# WIDEN_THREADS in every run, in-process runs included; setting torch's count here alone is not enough.
-ENV = {**os.environ, "WIDEN_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.setenv("WIDEN_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _interruptible() -> None:
-    """In the child before exec: a test suite started in the background (`make test &`, some CI runners)
-    has SIGINT ignored, children inherit that and Python then keeps it ignored, so Ctrl-C tests would
-    wait for a run that never sees the signal. Restore the default, as in a terminal."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start(*args) -> subprocess.Popen:
-    return subprocess.Popen([WIDEN, *map(str, args)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=_interruptible)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Poll until `path` exists (the process must still be running then)."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.005)
-
-
-def metrics(run: Path) -> pd.DataFrame:
-    # wall time is not reproducible; run: the folder's name
-    return pd.read_parquet(run / "metrics.parquet").drop(columns=["seconds", "run"])
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py; helpers.ENV says why
 
 
 # A run slow enough (~0.1 s an epoch) that a kill lands mid-run, with everything that has state:
@@ -256,40 +205,8 @@ def test_parallel_sweep_records_a_failed_member_and_the_others(tmp_path):
 
 # ---------------------------------------------------------------- DDP
 
-DDP_RUN = ["train", "--dataset", "digits", "--model", "mlp", "--method", "sparse", "--width", 32, "--base-width",
-           16, "--epochs", 3, "--subset", 1400]
-
-
 def test_two_process_ddp_matches_single_process(tmp_path):
-    check_ddp_matches_single_process(tmp_path, "cpu")  # gloo; tests/test_gpu.py runs it with NCCL on two GPUs
-
-
-def check_ddp_matches_single_process(tmp_path, device: str):
-    run = [*DDP_RUN, "--device", device]
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "widen_cli", *map(str, run),
-                           "--out", str(tmp_path), "--name", "ddp"], env=ENV, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    single = widen(*run, "--out", tmp_path, "--name", "single")
-    assert single.exit_code == 0, single.output
-
-    ddp, one = tmp_path / "ddp", tmp_path / "single"
-    # Rank 0 alone wrote and printed: one summary table, one file each, nothing left half-written.
-    assert proc.stdout.count("best_test_acc") == 1
-    assert sorted(p.name for p in ddp.iterdir()) == ["config.yaml", "masks.pt", "metrics.parquet", "model.pt",
-                                                     "summary.parquet"]
-    a, b = metrics(ddp), metrics(one)
-    assert a.epoch.tolist() == [1, 2, 3] and len(pd.read_parquet(ddp / "summary.parquet")) == 1
-    # Same global batches and data order: the accuracy table matches (up to float summation order).
-    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=2e-3, rtol=1e-3)
-    assert a.test_acc.iloc[-1] > 0.5
-    masks = [torch.load(r / "masks.pt", weights_only=True) for r in (ddp, one)]
-    assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
-    weights = [torch.load(r / "model.pt", weights_only=True) for r in (ddp, one)]
-    for k in weights[0]:
-        torch.testing.assert_close(weights[0][k], weights[1][k], atol=1e-4, rtol=1e-4)
-    for name, mask in masks[0].items():  # masked weights stayed exactly zero on the rank that wrote them
-        assert (weights[0][f"{name}.weight"][~mask] == 0).all()
+    check_ddp_matches_single_process(tmp_path, "cpu")  # gloo (helpers.py); tests/test_gpu.py runs it with NCCL on two GPUs
 
 
 # Batched digits families (sweep-width trains each as one stacked model, stacked_training.py) with everything that

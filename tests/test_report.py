@@ -1,136 +1,19 @@
 """`widen report` on result tables written in the real on-disk layout (fake numbers, and one real tiny sweep)."""
-import functools
 import json
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from matplotlib.image import imread
-from typer.testing import CliRunner
 
-from widen_cli import compose, report, results
-
+from fake_runs import member_run, mlp_weights, row, write_sweep
+from helpers import widen
+from widen_cli import report, results
 from widen_cli.identity import identity_of, run_dir
-from widen_cli.cli import app
-from widen_cli.budget import default_distribution, fix_last_layer
-from widen_cli.schema import MethodConfig
 
-runner = CliRunner()
 ALL_FIGURES = ["test_acc_vs_width", "train_acc_vs_width", "test_acc_vs_connectivity", "improvement_fraction",
                "widening_gain", "bottleneck", "mlp_grid", "kernel_distance", "layer_kept_fraction"]
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def mlp_weights(width, inputs=64, classes=10):
-    return width * (inputs + classes)
-
-
-def write_sweep(folder, rows, dataset="digits", method="sparse", base_width=8, members=True):
-    """A sweep folder as sweep-width leaves it: results.parquet, plan.parquet and one folder per member."""
-    folder.mkdir(parents=True)
-    df = pd.DataFrame(rows)
-    df["run"] = [f"{dataset}-mlp-{r.method}-w{r.width}-s{r.seed}-{i:08x}" for i, r in enumerate(df.itertuples())]
-    results.write_table(df, folder / "results.parquet", "results")
-    if members:
-        for r in df.to_dict("records"):
-            run_dir = folder / r["run"]
-            run_dir.mkdir()
-            results.write_table(pd.DataFrame([r]), run_dir / "summary.parquet", "summary")
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(
-                {"model": {"name": "mlp", "activation": "relu"},
-                 "method": {"name": r["method"], "within": "all", "distribution": r["distribution"]}}))
-    plan = df.drop_duplicates(["method", "width", "last_layer_connectivity"])
-    sizes = [[64 * w, 10 * w] for w in plan.width]
-    kept = [[round(min(1.0, c * 0.9) * a), round(min(1.0, c * 1.8) * b)] for c, (a, b) in zip(plan.connectivity, sizes)]
-    results.write_table(pd.DataFrame(dict(
-        width=plan.width, widening_factor=plan.widening_factor, method=plan.method, distribution=plan.distribution,
-        within=plan.within, last_layer_connectivity=plan.last_layer_connectivity, connectivity=plan.connectivity,
-        n_weights=plan.n_weights, n_weights_dense=plan.n_weights_dense, budget=mlp_weights(base_width), deviation=0,
-        bottleneck_ratio=None, layers=[["layers.0", "layers.1"]] * len(plan), layer_sizes=sizes, layer_kept=kept,
-        layer_kept_fraction=[[min(1.0, c * 0.9), min(1.0, c * 1.8)] for c in plan.connectivity], variant=None)),
-        folder / "plan.parquet", "plan")
-    return df
-
-
-@functools.cache
-def default_run(dataset):
-    return compose.load([f"dataset={dataset}", "model=mlp"])[1]
-
-
-def member_run(dataset, method, width, base_width, seed, llc=None, epochs=3, out="runs"):
-    """The validated config of a run of this member with these settings."""
-    run = default_run(dataset)
-    method = MethodConfig(name=method) if method != "sparse" else \
-        fix_last_layer(MethodConfig(name=method, distribution=default_distribution("mlp")), llc)  # as validate
-    return replace(run, method=method, width=width,
-                   base_width=base_width, seed=seed, optim=replace(run.optim, epochs=epochs), out=str(out))
-
-
-def identity(*member, **settings):
-    """The summary's identity column, as such a run records it."""
-    return json.dumps(identity_of(member_run(*member, **settings)), sort_keys=True)
-
-
-def row(method, width, base_width, seed, acc, dataset="digits", llc=None, n_weights=None, epochs=3):
-    dense = mlp_weights(width)
-    n = n_weights or (dense if method == "dense" else mlp_weights(base_width))
-    return dict(dataset=dataset, model="mlp", method=method, width=width, base_width=base_width, n_weights=n,
-                n_weights_dense=dense, connectivity=n / dense, seed=seed, epochs=epochs, status="finished",
-                best_test_acc=acc, final_test_acc=acc - 0.01, best_train_acc=acc + 0.02, final_train_acc=acc + 0.01,
-                wall_seconds=1.0, activation="relu",
-                distribution=None if method == "dense" else member_run(dataset, method, width, base_width, seed,
-                                                                       llc=llc).method.distribution,
-                within=None if method == "dense" else "all", last_layer_connectivity=llc,
-                identity=identity(dataset, method, width, base_width, seed, llc=llc, epochs=epochs),
-                widening_factor=width / base_width, run="", error=None, budget=n, variant=None, parent_run=None,
-                total_epochs=epochs)
-
-
-@pytest.fixture(scope="module")
-def fake_results(tmp_path_factory):
-    """Two sparse budgets with dense-wide rows and two seeds, an MLP grid, a bottleneck family, a kernel table."""
-    root = tmp_path_factory.mktemp("fake")
-    rng = np.random.default_rng(0)
-    dense = {}  # a dense model of one width and seed is one experiment, whichever sweep ran it: one accuracy
-
-    def acc(method, w, base, s, low, high):
-        drawn = rng.uniform(low, high)
-        return dense.setdefault((w, s), drawn) if method == "dense" or w == base else drawn
-
-    sweeps = []
-    for base in (4, 8):
-        rows = [row("sparse", w, base, s, acc("sparse", w, base, s, 0.5, 0.9)) for w in (base, 2 * base, 4 * base)
-                for s in (0, 1)]
-        rows += [row("dense", w, base, s, acc("dense", w, base, s, 0.5, 0.99)) for w in (2 * base, 4 * base)
-                 for s in (0, 1)]
-        sweeps.append(write_sweep(root / "runs" / f"digits-b{base}", rows, base_width=base))
-    grid = [row("sparse", w, 5, 0, rng.uniform(0.8, 0.98), dataset="mnist", llc=c, n_weights=3970)
-            for w in (5, 10, 20) for c in (1.0, 0.5, 0.2) if not (w == 5 and c < 1)]
-    for r in grid:
-        r["n_weights_dense"] = mlp_weights(r["width"], inputs=784)
-        r["connectivity"] = 3970 / r["n_weights_dense"]
-    sweeps.append(write_sweep(root / "runs" / "grid", grid, dataset="mnist", members=False))
-    bottleneck = [row("linear-bottleneck", w, 8, 0, rng.uniform(0.5, 0.9)) for w in (8, 16)] + [
-        row("dense", 8, 8, 0, dense[8, 0])]
-    sweeps.append(write_sweep(root / "runs" / "linear", bottleneck, members=False))
-    widths = np.array([4, 8, 16, 32])
-    kernel = pd.DataFrame(dict(
-        width=widths, base_width=4, n_weights=296, input_dim=64, outputs=10, connectivity=4 / widths,
-        first_layer_connectivity=4 / widths, first_layer_weights=256, distribution="staggered", inputs="gaussian",
-        dataset=None, budget=296, last_layer_weights=40, width_eq29=2 * (4 * 64) ** 0.5, min_eq29=widths == 32,
-        reference="analytic", pairs=100, inits=10, mask_samples=8, seed=0,
-        distance_empirical=1 / widths + 0.01, distance_empirical_se=0.002, distance_theorem1=1 / widths + 0.012,
-        distance_theorem1_bias=1 / widths + 0.013, distance_eq6=1 / widths + 0.015, distance_leading_order=1 / widths))
-    for name in ("empirical", "theorem1", "eq6", "leading_order"):
-        kernel[f"min_{name}"] = kernel[f"distance_{name}"] == kernel[f"distance_{name}"].min()
-    (root / "kernel-fig7").mkdir()
-    results.write_table(kernel, root / "kernel-fig7" / "kernel_distance.parquet", "kernel")
-    return root, sweeps
 
 
 @pytest.fixture(scope="module")

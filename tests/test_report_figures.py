@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_report import fake_results, row, widen, write_sweep  # noqa: F401 (fake_results: a fixture)
+from fake_runs import row, write_sweep
+from helpers import widen
 from widen_cli import report, results
 from widen_cli.report.axes import COLUMN
 from widen_cli.report.figures import NAMES, fig_acc_vs_connectivity

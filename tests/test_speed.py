@@ -10,6 +10,7 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
+from helpers import check_bf16_against_fp32
 from widen_cli import hardware, sparse_ops, stacked_training
 from widen_cli.budget import plan_member
 from widen_cli.cli import app
@@ -202,17 +203,7 @@ def test_precision_and_compile_options(tmp_path):
 
 
 def test_bf16_trains_on_cpu_with_other_numbers(tmp_path):
-    check_bf16_against_fp32(tmp_path, "cpu")  # tests/test_gpu.py: on CUDA
-
-
-def check_bf16_against_fp32(tmp_path, device: str):
-    args = ["train", "--width", 16, "--epochs", 1, "--out", tmp_path, "--device", device]
-    for precision in ("fp32", "bf16"):
-        res = runner.invoke(app, [*map(str, args), "--precision", precision, "--name", precision])
-        assert res.exit_code == 0, res.output
-    fp32, bf16 = (pd.read_parquet(tmp_path / p / "metrics.parquet").iloc[0] for p in ("fp32", "bf16"))
-    assert bf16.train_loss == pytest.approx(fp32.train_loss, rel=0.05)  # the same training, to bf16 precision
-    assert bf16.train_loss != fp32.train_loss  # autocast did run in bf16
+    check_bf16_against_fp32(tmp_path, "cpu")  # helpers.py; tests/test_gpu.py: on CUDA
 
 
 def test_accelerate_wraps_without_copying_parameters():

@@ -3,16 +3,9 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from widen_cli.cli import app
+from helpers import sweep_args, widen
 from widen_cli.results import SUMMARY_COLUMNS
-
-runner = CliRunner()
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_dry_run_cifar100_base18_plan(tmp_path):
@@ -55,12 +48,6 @@ def test_dry_run_bottleneck_families_report_deviation(tmp_path, method):
     assert (family.deviation <= 0).all() and (family.deviation > -0.001 * budget).all()
     assert (family.n_weights == family.budget + family.deviation).all()
     assert family.bottleneck_ratio.iloc[0] == 1.0 and family.bottleneck_ratio.is_monotonic_decreasing
-
-
-def sweep_args(widths="8,32", seeds="0,1"):
-    return ["sweep-width", "--dataset", "synthetic", "--model", "mlp", "--base-width", 8, "--widths", widths,
-            "--seeds", seeds, "--epochs", 2, "dataset.train_size=128", "dataset.test_size=64",
-            "dataset.image_size=8", "optim.batch_size=32"]
 
 
 SWEEP = sweep_args()
@@ -130,16 +117,20 @@ def test_missing_member_is_run_on_rerun(local_sweep, tmp_path):
                                                  ("sparse", 64)]
 
 
-@pytest.mark.parametrize("launcher", ["pool", "submitit"])
-def test_launchers_give_the_same_rows(local_sweep, launcher):
+# submitit on this machine's processes, never a SLURM that may be installed here (tests/test_slurm.py). It
+# starts a Python process per member, so it runs one seed's members (seed 1, not the default: the seed reaches
+# the job): every method and width, half the process starts; the pool runs both seeds.
+@pytest.mark.parametrize("launcher,seeds", [("pool", [0, 1]), ("submitit", [1])])
+def test_launchers_give_the_same_rows(local_sweep, launcher, seeds):
     out, _ = local_sweep
-    # submitit on this machine's processes, never a SLURM that may be installed here (tests/test_slurm.py)
     local = ["sweep.submitit.cluster=local"] if launcher == "submitit" else []
-    res = widen(*SWEEP, *local, "--out", out, "--name", launcher, "--launcher", launcher, "--jobs", 2)
+    res = widen(*sweep_args(seeds=",".join(map(str, seeds))), *local, "--out", out, "--name", launcher,
+                "--launcher", launcher, "--jobs", 2)
     assert res.exit_code == 0, res.output
     local = sorted_rows(pd.read_parquet(out / "local" / "results.parquet"))
     other = sorted_rows(pd.read_parquet(out / launcher / "results.parquet"))
-    local = local[local.seed.isin([0, 1]) & local.width.isin([8, 32])].reset_index(drop=True)
+    assert sorted(set(other.seed)) == seeds
+    local = local[local.seed.isin(seeds) & local.width.isin([8, 32])].reset_index(drop=True)
     pd.testing.assert_frame_equal(local[IDENTITY + ["run"]], other[IDENTITY + ["run"]])
     pd.testing.assert_frame_equal(local[METRICS], other[METRICS], atol=1e-6, rtol=0)
 
@@ -261,7 +252,7 @@ def test_two_sweeps_of_one_name_started_together(tmp_path, epochs, refused):
     import sys
 
     import yaml
-    from test_reliability import ENV, wait_for
+    from helpers import ENV, wait_for
 
     go = tmp_path / "go"
     procs = []
@@ -345,7 +336,6 @@ def test_pool_workers_take_one_gpu_each(monkeypatch):
     assert seen == ["0", "1", "0", "5", "3"]  # worker k: GPU k mod 2, among those already visible
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
     assert pool.gpu_of(0, 0) is None  # no GPUs to share (cpu, or a fixed cuda:N): left alone
-
 
 
 def test_submitit_without_slurm_is_refused(tmp_path, monkeypatch):

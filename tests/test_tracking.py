@@ -6,19 +6,13 @@ import struct
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from widen_cli.cli import app
+from helpers import widen
 from widen_cli.compose import load
 from widen_cli.identity import identity_of, run_name
 
-runner = CliRunner()
 TRAIN = ["train", "--dataset", "digits", "--width", "8", "--epochs", "3"]
 METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
-
-
-def widen(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def only_run(out):

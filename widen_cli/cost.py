@@ -23,16 +23,51 @@ TRAIN_FLOPS_PER_MAC = 6  # forward 2 FLOPs per multiply-add; backward about twic
 CPU_WARN_FLOPS = 1e15  # ~a day or more on a few CPU cores
 
 
-def forward_macs(cfg: ModelConfig, spec: InputSpec, member: Member) -> int:
-    """Multiply-adds of one image's forward pass through `member`'s (dense-equivalent) model."""
+class Trace(NamedTuple):
+    """What one forward pass of a member's model on the meta device shows, per image."""
+    macs: int  # multiply-adds
+    params: int  # the model's parameters (not per image)
+    kept: int  # every leaf layer's output: the activations kept for the backward pass
+    largest: int  # the largest of those outputs (evaluation holds one at a time)
+
+
+_TRACES: dict[tuple, Trace] = {}  # trace's cache: a sweep, and memory.py's estimate, trace each member once
+
+
+def trace(cfg: ModelConfig, spec: InputSpec, member: Member) -> Trace:
+    """`member`'s (dense-equivalent) model, traced once per distinct member (member_key) in this process:
+    its compute for this module and its activations for memory.py, from the same pass."""
+    key = (cfg, spec, member_key(member))
+    if key not in _TRACES:
+        _TRACES[key] = _trace(cfg, spec, member)
+    return _TRACES[key]
+
+
+def _trace(cfg: ModelConfig, spec: InputSpec, member: Member) -> Trace:
     from torch.utils.flop_counter import FlopCounterMode
 
     width = method_of(member).model_width(member)  # structured pruning: the base shapes
     with torch.device("meta"):
         model = build_model(cfg, width, spec, inner=member.inner, ranks=member.ranks)
+    sizes = []
+
+    def count(_layer, _inputs, out):
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel())
+
+    for layer in model.modules():
+        if not list(layer.children()):  # leaf modules: each output is one stored activation
+            layer.register_forward_hook(count)
+    # eval: batch norm takes a batch of one however small the last feature map (multiply-adds are the same)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.empty(1, spec.channels, spec.image_size, spec.image_size, device="meta"))
-    return counter.get_total_flops() // 2
+        model.eval()(torch.empty(1, spec.channels, spec.image_size, spec.image_size, device="meta"))
+    return Trace(counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters()), sum(sizes),
+                 max(sizes, default=0))
+
+
+def forward_macs(cfg: ModelConfig, spec: InputSpec, member: Member) -> int:
+    """Multiply-adds of one image's forward pass through `member`'s (dense-equivalent) model."""
+    return trace(cfg, spec, member).macs
 
 
 def member_key(member: Member) -> tuple:

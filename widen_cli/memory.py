@@ -47,29 +47,19 @@ _ACTIVATIONS: dict[tuple, tuple[int, int, int]] = {}  # run_bytes' cache of _act
 def _activations(run: RunConfig, spec: InputSpec, member: Member) -> tuple[int, int, int]:
     """The model's parameters (built on torch's meta device: shapes only, no memory); per image, every
     layer's output kept for the backward pass and the largest one (evaluation). Fully connected models
-    (every weight 2-D): each layer's output and its activation's, from the planned shapes. Others: counted
-    in a forward pass on the meta device, as cost.forward_macs does (that pass imports torch's compiler,
-    which a plain MLP run never needs)."""
-    width = method_of(member).model_width(member)
-    with torch.device("meta"):
-        model = build_model(run.model, width, spec, inner=member.inner, ranks=member.ranks)
-    params = sum(p.numel() for p in model.parameters())
+    (every weight 2-D): each layer's output and its activation's, from the planned shapes. Others: from
+    cost.trace's forward pass on the meta device (it imports torch's compiler, which a plain MLP run never
+    needs)."""
     shapes = list(member.layers.values())
     if all(len(s) == 2 for s in shapes):
+        width = method_of(member).model_width(member)
+        with torch.device("meta"):
+            model = build_model(run.model, width, spec, inner=member.inner, ranks=member.ranks)
+        params = sum(p.numel() for p in model.parameters())
         inputs = spec.channels * spec.image_size ** 2
         return params, inputs + sum(2 * s[0] for s in shapes), max([inputs, *(s[0] for s in shapes)])
-    sizes = []
-
-    def count(_layer, _inputs, out):
-        if isinstance(out, torch.Tensor):
-            sizes.append(out.numel())
-
-    for layer in model.modules():
-        if not list(layer.children()):  # leaf modules: each output is one stored activation
-            layer.register_forward_hook(count)
-    with torch.no_grad():  # eval: batch norm takes a batch of one however small the last feature map
-        model.eval()(torch.empty(1, spec.channels, spec.image_size, spec.image_size, device="meta"))
-    return params, sum(sizes), max(sizes, default=0)
+    traced = cost.trace(run.model, spec, member)  # the pass that counts the sweep's compute too, done once
+    return traced.params, traced.kept, traced.largest
 
 
 def run_bytes(run: RunConfig, spec: InputSpec, member: Member, ranks: int = 1) -> dict[str, int]:
