@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from test_reliability import metrics, start, wait_for, widen  # noqa: F401 (one_thread: an autouse fixture)
-from test_reliability import one_thread  # noqa: F401
+from helpers import metrics, start, wait_for, widen
 from widen_cli import checkpoint, regrow, report, results
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread, so runs compare bit for bit
 
 DIGITS = ["train", "--dataset", "digits", "--base-width", 8, "method.distribution=staggered"]
 
