@@ -22,8 +22,11 @@ demo: setup
 docs: setup
 	$(BIN)/python scripts/gen-reference.py
 
+# The whole suite (all but the slurm tier) on two pytest-xdist workers: most tests are single-threaded
+# processes, so two workers use both cores of a small machine. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # The unit layer, for the inner loop: all but the tests marked slow (training, subprocesses, big plans; listed
 # by name in tests/conftest.py), gpu or slurm. Under 2 minutes on 2 cores; `make test` runs everything.

@@ -107,7 +107,7 @@ def run_cli(*args):
 @pytest.mark.parametrize("args,needle", [
     (("--dataset", "imagenet21k"), "unknown dataset 'imagenet21k'; valid: cifar10, cifar100, digits"),
     (("--model", "vgg"), "unknown model 'vgg'; valid: mlp, resnet18"),
-    (("--method", "lottery"), "unknown method 'lottery'; valid: dense, linear-bottleneck, nonlinear-bottleneck, pruned, pruned-rewind, pruned-structured, sparse"),
+    (("--method", "lottery"), "unknown method 'lottery'; valid: dense, linear-bottleneck, nonlinear-bottleneck, pruned, pruned-rewind, pruned-structured, rigl, set, sparse"),
     (("--width", 0), "width must be an integer >= 1, got 0"),
     (("--width", -3), "width must be an integer >= 1, got -3"),
     (("width=2.5",), "width must be an integer >= 1, got 2.5"),
