@@ -56,7 +56,8 @@ import torch.nn.functional as F  # noqa: E402
 from widen_cli import hardware, sparse_ops, stacked_training  # noqa: E402
 from widen_cli.budget import plan_member  # noqa: E402
 from widen_cli.compose import load  # noqa: E402
-from widen_cli.data import load_data, spec_from_config  # noqa: E402
+from widen_cli.data import load_data  # noqa: E402
+from widen_cli.datasets import spec_from_config  # noqa: E402
 from widen_cli.models import build_model  # noqa: E402
 from widen_cli.sparsity import draw_masks, sparsify  # noqa: E402
 from widen_cli.train import evaluate, make_optimizer, train_epoch  # noqa: E402

@@ -26,7 +26,8 @@ from mask_updates import _side_by_side  # noqa: E402
 from widen_cli import hardware, train  # noqa: E402
 from widen_cli.budget import plan_member  # noqa: E402
 from widen_cli.compose import load  # noqa: E402
-from widen_cli.data import load_data, spec_from_config  # noqa: E402
+from widen_cli.data import load_data  # noqa: E402
+from widen_cli.datasets import spec_from_config  # noqa: E402
 from widen_cli.methods import method_of  # noqa: E402
 from widen_cli.models import build_model  # noqa: E402
 

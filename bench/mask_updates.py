@@ -33,7 +33,8 @@ from widen_cli import hardware  # noqa: E402
 from widen_cli import stacked_training as family  # noqa: E402 (the batched family path)
 from widen_cli.budget import plan_member  # noqa: E402
 from widen_cli.compose import load  # noqa: E402
-from widen_cli.data import load_data, spec_from_config  # noqa: E402
+from widen_cli.data import load_data  # noqa: E402
+from widen_cli.datasets import spec_from_config  # noqa: E402
 from widen_cli.models import build_model  # noqa: E402
 from widen_cli.models.stacked import StackedMLP  # noqa: E402
 from widen_cli.regrow import Updater, update_layer  # noqa: E402
