@@ -1,4 +1,4 @@
-"""`make bench` case `regrow`: what SET and RigL mask updates (widen_cli/regrow.py) cost, on CPU or GPU.
+"""`make bench` case `regrow`: what SET and RigL mask updates (widen_cli/methods/regrow.py) cost, on CPU or GPU.
 
 1. A sparse MLP member at width 128, base width 8 (connectivity 1/16) on the built-in digits (1,437
    training images, the digits recipe's batch size): the cost of one update (ms, the median of those
@@ -37,7 +37,7 @@ from widen_cli.data import load_data  # noqa: E402
 from widen_cli.datasets import spec_from_config  # noqa: E402
 from widen_cli.models import build_model  # noqa: E402
 from widen_cli.models.stacked import StackedMLP  # noqa: E402
-from widen_cli.regrow import Updater, update_layer  # noqa: E402
+from widen_cli.methods.regrow import Updater, update_layer  # noqa: E402
 from widen_cli.sparsity import sparsify  # noqa: E402
 from widen_cli.train import make_optimizer  # noqa: E402
 

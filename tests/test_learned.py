@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from helpers import metrics, start, wait_for, widen
-from widen_cli import checkpoint, regrow, report, results
+from widen_cli import checkpoint, report, results
+from widen_cli.methods import regrow
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread, so runs compare bit for bit
 

@@ -1,4 +1,4 @@
-"""SET and RigL mask updates (widen_cli/regrow.py) on hand-built layers and a tiny network trained on
+"""SET and RigL mask updates (widen_cli/methods/regrow.py) on hand-built layers and a tiny network trained on
 random data: exact counts, where weights regrow, seeding, resuming, what is never touched, bad options."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from widen_cli.errors import UserError
-from widen_cli.regrow import Updater, check_options, update_layer
+from widen_cli.methods.regrow import Updater, check_options, update_layer
 from widen_cli.sparsity import Masks
 
 STEPS_PER_EPOCH, EPOCHS = 25, 12  # 300 steps

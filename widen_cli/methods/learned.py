@@ -23,12 +23,12 @@ class Learned(Sparse):
     batched = False  # stacked training calls no updater
 
     def check(self, run) -> None:
-        from widen_cli.regrow import check_options  # torch: configs are checked without it otherwise
+        from widen_cli.methods.regrow import check_options  # torch: configs are checked without it otherwise
 
         check_options(self.name, run.method)
 
     def updater(self, run, model, masks, optimizer, steps_per_epoch):
-        from widen_cli.regrow import Updater  # torch: only where a model is trained
+        from widen_cli.methods.regrow import Updater  # torch: only where a model is trained
 
         if masks is None:
             return None
