@@ -290,7 +290,7 @@ def _dense_models(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_figure_12_gains_from_widening_at_constant_and_growing_weight_count(fake_results):
-    from widen_cli.report.figures import fig_widening_gain, widening_gain_data
+    from widen_cli.report.gains import fig_widening_gain, widening_gain_data
 
     root, sweeps = fake_results
     runs = report.load([root / "runs"], lambda msg: None).runs

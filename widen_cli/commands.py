@@ -49,7 +49,7 @@ def sweep_width(given: dict, sweep: dict, experiment: str | None, overrides: lis
                 config_dirs: list[Path], launcher: str, jobs: int | None, dry_run: bool, restart: bool) -> None:
     """`widen sweep-width`: `given` as for train; `sweep` the sweep options (None: not given), by their
     names in the config's `sweep:` section (base_widths: --base-width's budgets)."""
-    from widen_cli import claims, compose, display, fingerprint, plan
+    from widen_cli import claims, compose, display, fingerprint, plan, slurm
     from widen_cli import sweep as sweeps
 
     budgets = sweep["base_widths"]
@@ -72,7 +72,7 @@ def sweep_width(given: dict, sweep: dict, experiment: str | None, overrides: lis
     run = fingerprint.attach(run, fetch=not dry_run)  # once for every member: they share the data
     settings = plan.settings(cfg, **{**sweep, "methods": methods})
     if launcher == "submitit" and not dry_run:
-        sweeps.slurm.check(settings)  # no SLURM here (and no explicit local executor): refused before writing
+        slurm.check(settings)  # no SLURM here (and no explicit local executor): refused before writing
     family = plan.plan_sweep(run, settings, given.get("name"), plan.methods(composed, run, settings))
     # Refused before anything is shown or written: a member that cannot fit, data that is not there.
     needs = family.memory(refuse=not dry_run)

@@ -7,7 +7,7 @@ kernel is K_1(x, y)/d. Everything here is tensor maths on plain inputs; the CLI 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import pandas as pd
 import torch

@@ -192,7 +192,6 @@ class Run:
             raise
 
     def _prepare(self, restart: bool) -> Run:
-        run = self.job.run
         if self.main:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)

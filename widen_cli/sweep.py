@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from widen_cli import results, slurm  # noqa: F401 - cli.py checks SLURM as sweep.slurm
+from widen_cli import results
 from widen_cli.schema import SweepConfig
 from widen_cli.errors import UserError
 from widen_cli.identity import differences

@@ -16,8 +16,7 @@ from widen_cli.methods.dense import DENSE
 from widen_cli.report.axes import (Plot, band, by_budget, connectivity_axis, errorbar, family_style, front, legend,
                                    log_axis, log_fractions, panels, paper_style, settle, title)
 from widen_cli.report.curves import fig_training_curves
-from widen_cli.report.gains import (FIG6_COLUMNS, GAIN_COLUMNS, fig_improvement_fraction,  # noqa: F401 (also
-                                    fig_widening_gain, widening_gain_data, widening_gains)  # imported from here)
+from widen_cli.report.gains import fig_improvement_fraction, fig_widening_gain
 from widen_cli.report.load import Results
 from widen_cli.report.overlay import kernel_keys, kernel_overlay, tracking
 from widen_cli.report.runs import count, mean_sem
