@@ -12,7 +12,6 @@ turns, the fastest of `rounds` rounds counts, and each is given per epoch and as
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from mask_updates import _side_by_side  # noqa: E402
+from mask_updates import _side_by_side, standalone  # noqa: E402
 from widen_cli import hardware, train  # noqa: E402
 from widen_cli.budget import plan_member  # noqa: E402
 from widen_cli.compose import load  # noqa: E402
@@ -81,16 +80,5 @@ def run(device_name: str = "cpu", rounds: int = 5) -> list[tuple]:
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--rounds", type=int, default=5)
-    args = p.parse_args()
-    hardware.setup(hardware.resolve_device(args.device))
-    print("| benchmark | speeds | result | target | met |\n|---|---|---|---|---|")
-    for name, speeds, result, target, met in run(args.device, args.rounds):
-        print(f"| {name} | {speeds} | {result} | {target} | {'-' if met is None else 'yes' if met else 'NO'} |")
-
-
 if __name__ == "__main__":
-    main()
+    standalone(__doc__, run)

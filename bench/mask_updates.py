@@ -236,16 +236,17 @@ def run(device_name: str = "cpu", rounds: int = 5) -> list[tuple]:
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def standalone(doc: str, cases) -> None:
+    """A case run on its own (`python bench/<case>.py`): its rows as bench.py prints them."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
     hardware.setup(hardware.resolve_device(args.device))
     print("| benchmark | speeds | result | target | met |\n|---|---|---|---|---|")
-    for name, speeds, result, target, met in run(args.device, args.rounds):
+    for name, speeds, result, target, met in cases(args.device, args.rounds):
         print(f"| {name} | {speeds} | {result} | {target} | {'-' if met is None else 'yes' if met else 'NO'} |")
 
 
 if __name__ == "__main__":
-    main()
+    standalone(__doc__, run)
