@@ -49,7 +49,7 @@ LOWEST_TESTS := tests/test_cli.py::test_train_digits_end_to_end tests/test_cli.p
 	tests/test_config.py::test_wrong_type_names_the_expected_type \
 	tests/test_sweep.py::test_sweep_runs_every_member_and_seed \
 	tests/test_sweep.py::test_local_launcher_trains_mlp_families_batched tests/test_sweep.py::test_rerun_trains_nothing \
-	'tests/test_sweep.py::test_launchers_give_the_same_rows[submitit]' \
+	'tests/test_sweep.py::test_launchers_give_the_same_rows[submitit-seeds1]' \
 	tests/test_reliability.py::test_sigkill_then_resume_equals_an_uninterrupted_run \
 	tests/test_kernels.py::test_command_writes_the_table tests/test_kernels.py::test_command_on_mnist_files \
 	tests/test_report.py::test_real_sweep_report tests/test_report.py::test_every_figure_is_drawn_and_linked \
