@@ -39,14 +39,14 @@ test-gpu: setup
 
 # Every dependency at the lowest version pyproject.toml allows (.ci/floors.py pins each floor; what they
 # in turn need comes at its newest), in its own .venv-lowest, and the tests that touch each of them: train,
-# help, Hydra configs, a local sweep (nested progress displays), the submitit launcher, a killed run resumed
-# from its checkpoint, kernel-distance, the report, Parquet tables (read with DuckDB and polars), the sparse
-# ops, TensorBoard's event files. uv installs (pip's backtracking is far slower); the floors' PyTorch is a CUDA
-# build of a few GB from PyPI.
+# help, Hydra configs, one sweep composing several methods (Hydra package overrides), a local sweep (nested
+# progress displays), the submitit launcher, a killed run resumed from its checkpoint, kernel-distance, the
+# report, Parquet tables (read with DuckDB and polars), the sparse ops, TensorBoard's event files. uv installs
+# (pip's backtracking is far slower); the floors' PyTorch is a CUDA build of a few GB from PyPI.
 LOWEST := .venv-lowest
 LOWEST_TESTS := tests/test_cli.py::test_train_digits_end_to_end tests/test_cli.py::test_help \
 	tests/test_config.py::test_config_dir_adds_presets_and_datasets \
-	tests/test_config.py::test_wrong_type_names_the_expected_type \
+	tests/test_config.py::test_wrong_type_names_the_expected_type tests/test_plan.py::test_several_methods_compose_once \
 	tests/test_sweep.py::test_sweep_runs_every_member_and_seed \
 	tests/test_sweep.py::test_local_launcher_trains_mlp_families_batched tests/test_sweep.py::test_rerun_trains_nothing \
 	'tests/test_sweep.py::test_launchers_give_the_same_rows[submitit-seeds1]' \
