@@ -236,7 +236,7 @@ def sweep_name(families: list[Family], s: SweepConfig) -> str:
     budgets = "+".join(map(str, dict.fromkeys(r.base_width for r in runs)))
     tuned = "-lrs" if s.lrs else ""
     return folder_name(f"{runs[0].dataset.name}-{runs[0].model.name}-{methods}-b{budgets}{tuned}",
-                              sweep_identity(families, s))
+                       sweep_identity(families, s))
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,6 @@
 layers by method.distribution (distributions.py) and drawn once from the seed (sparsity.py)."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 from widen_cli.distributions import DENSE_LAST, default_distribution
 from widen_cli.methods.protocol import Method
 from widen_cli.shapes import Infeasible, Member, count, distribute, fix_last_layer, weight_shapes
@@ -11,7 +9,8 @@ from widen_cli.shapes import Infeasible, Member, count, distribute, fix_last_lay
 
 def sparse_member(cfg, spec, width: int, budget: int, method, base_width: int | None = None) -> Member:
     """The sparse model at `width` that keeps `budget` weights, spread over its layers by
-    method.distribution; raises Infeasible. sweep-width's members and kernel-distance's networks both
+    method.distribution (the member is `method.name`'s: sparse, or a method planned as it, set and rigl);
+    raises Infeasible. sweep-width's members and kernel-distance's networks both
     come from here, so the same rule name gives the same per-layer counts."""
     dense = weight_shapes(cfg, width, spec)
     try:
@@ -24,7 +23,7 @@ def sparse_member(cfg, spec, width: int, budget: int, method, base_width: int | 
         raise Infeasible(f"width {width} cannot keep {budget:,} weights: {e}{lift}") from None
     if min(kept.values()) < 1:
         raise Infeasible(f"width {width} would leave a layer with no weights")
-    return Member(width=width, base_width=base_width, method=SPARSE.name, budget=budget,
+    return Member(width=width, base_width=base_width, method=method.name, budget=budget,
                   n_weights=sum(kept.values()), n_weights_dense=count(dense), distribution=method.distribution,
                   within=method.within, layers=dense, kept=kept)
 
@@ -40,8 +39,7 @@ class Sparse(Method):
         return default_distribution(model)
 
     def plan(self, cfg, spec, base_width, width, method) -> Member:
-        member = sparse_member(cfg, spec, width, self.budget(cfg, spec, base_width), method, base_width)
-        return member if member.method == self.name else replace(member, method=self.name)  # a subclass's
+        return sparse_member(cfg, spec, width, self.budget(cfg, spec, base_width), method, base_width)
 
     def masks(self, run, model, member, start=None):
         from widen_cli.sparsity import sparsify  # torch: only where a model is trained
