@@ -79,7 +79,7 @@ def without_lr(identity: dict) -> dict:
 def folder_name(readable: str, identity: dict) -> str:
     """The one way run, sweep and kernel folders are named: readable parts plus a short hash of the
     identity, so the same experiment always finds the same folder."""
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(dumps(identity).encode()).hexdigest()[:8]  # of the stored form
     return f"{readable}-{digest}"
 
 
